@@ -1,0 +1,1 @@
+"""Entry points: `lifeseq` console script, spark-submit jobs and benchmarks."""

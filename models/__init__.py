@@ -1,0 +1,1 @@
+"""Plain `torch.nn` models. No Lightning, Spark or WebDataset imports here."""

@@ -1,0 +1,270 @@
+"""The lifelong build job: raw events → quarantine, vocab, lifelong table, shards, manifest.
+
+Stages (one Spark session, nothing but metadata collected on the driver):
+
+1. read + validate: every row gets a `reason` or none; bad rows → `OUT/quarantine/` (Parquet);
+   the job stops before writing anything else if their fraction passes `max_bad_fraction`.
+2. deduplicate exact duplicates (first occurrence in input order wins), count them.
+3. vocab (`OUT/vocab/{item,category,behavior}/`), or reuse an earlier run's (`vocab_from`).
+4. lifelong table (`OUT/lifelong/`): one row per user, user order, `max_history` cap.
+5. targets + shards (`OUT/shards/{train,valid,test}/`), written by executors, committed
+   atomically; `OUT/manifest.json` last.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pyspark import StorageLevel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from pipeline import storage
+from pipeline.config import PipelineConfig
+from pipeline.lifelong import build_lifelong, deduplicate, index_files
+from pipeline.manifest import build_manifest, input_fingerprint
+from pipeline.readers import column_mapping, read_raw_events
+from pipeline.sample_codec import SCHEMA_VERSION, SPLITS
+from pipeline.shards import ShardJob, commit_shards, write_shards
+from pipeline.targets import TargetSpec
+from pipeline.validate import REASONS, quarantine_view, tag_reasons, valid_events
+from pipeline.vocab import OOV_ID, apply_vocabs, build_all_vocabs, read_vocabs
+
+log = logging.getLogger(__name__)
+_EXAMPLES_PER_REASON = 3
+
+
+class BadInputError(ValueError):
+    """Too much of the input failed validation; the message lists counts and example rows."""
+
+
+@dataclass
+class BuildResult:
+    """What a build produced: the manifest (as written) and stage timings in seconds."""
+
+    manifest: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _bad_input_message(counts: dict[str, int], events_in: int, limit: float,
+                       examples: dict[str, list[dict]], quarantine_dir: str) -> str:
+    bad = sum(counts.values())
+    lines = [
+        f"{bad} of {events_in} input rows ({bad / max(events_in, 1):.2%}) failed validation, "
+        f"more than validation.max_bad_fraction = {limit:.2%}.",
+        "Counts per reason:",
+    ]
+    for reason in REASONS:
+        if counts.get(reason):
+            lines.append(f"  {reason}: {counts[reason]}")
+            for row in examples.get(reason, []):
+                lines.append(f"    e.g. {row}")
+    lines.append(
+        f"All bad rows are in {quarantine_dir} (Parquet, with a `reason` column). Fix the input, "
+        "the column mapping (input.columns) or the timestamp range (input.ts_min/ts_max), "
+        "or raise validation.max_bad_fraction."
+    )
+    return "\n".join(lines)
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse a non-empty output directory unless `overwrite`, in which case empty it.
+
+    Raises:
+        FileExistsError: `output` is not empty and `overwrite` is False.
+    """
+    if storage.is_nonempty_dir(output):
+        if not overwrite:
+            raise FileExistsError(
+                f"output directory {output} is not empty; pass --overwrite to replace it"
+            )
+        storage.delete_dir(output)
+    storage.make_dirs(output)
+
+
+def _target_spec(cfg: PipelineConfig, behavior_ids: dict[str, int], has_impressions: bool) -> TargetSpec:
+    t = cfg.targets
+    mode = t.negatives
+    if mode == "auto":
+        mode = "impressions" if (t.impression_behavior and has_impressions) else "sampled"
+    imp_id = behavior_ids.get(t.impression_behavior) if t.impression_behavior else None
+    return TargetSpec(
+        split=t.split,
+        valid_start=t.valid_start,
+        test_start=t.test_start,
+        positive_behavior_ids=tuple(
+            sorted(behavior_ids[b] for b in t.positive_behaviors if b in behavior_ids)
+        ),
+        impression_behavior_id=imp_id,
+        negative_mode=mode,  # type: ignore[arg-type]
+        negatives_per_positive=t.negatives_per_positive,
+        min_history=t.min_history,
+        max_targets_per_user=t.max_targets_per_user,
+        seed=t.seed,
+    )
+
+
+def run_build(
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    inputs: list[str],
+    output: str,
+    overwrite: bool = False,
+    vocab_from: str | None = None,
+) -> BuildResult:
+    """Run the whole build; see the module docstring.
+
+    Raises:
+        FileExistsError: non-empty `output` without `overwrite`.
+        BadInputError: bad fraction above the limit (after the quarantine was written).
+        ValueError: config/input mismatch (e.g. a mapped column is missing), naming it.
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    prepare_output(output, overwrite)
+
+    # 1. read + validate
+    raw = read_raw_events(spark, inputs, cfg.input)
+    tagged = tag_reasons(raw, cfg.input, cfg.behaviors)
+    reason_rows = tagged.groupBy("reason").count().collect()
+    events_in = sum(r["count"] for r in reason_rows)
+    quarantined = {r["reason"]: r["count"] for r in reason_rows if r["reason"] is not None}
+    quarantine_dir = storage.join(output, "quarantine")
+    bad_rows = quarantine_view(tagged)
+    if not quarantined:  # an empty table with the same schema, without another input scan
+        bad_rows = spark.createDataFrame([], bad_rows.schema)
+    bad_rows.write.mode("overwrite").parquet(quarantine_dir)
+    bad = sum(quarantined.values())
+    if events_in == 0:
+        raise ValueError(f"input {inputs} has no rows; check the paths and input.format")
+    if bad / events_in > cfg.validation.max_bad_fraction:
+        examples = {}
+        q = spark.read.parquet(quarantine_dir)
+        for reason in quarantined:
+            rows = q.where(F.col("reason") == reason).limit(_EXAMPLES_PER_REASON).collect()
+            examples[reason] = [{k: v for k, v in r.asDict().items() if v is not None} for r in rows]
+        raise BadInputError(
+            _bad_input_message(quarantined, events_in, cfg.validation.max_bad_fraction, examples,
+                               quarantine_dir)
+        )
+    timings["validate"] = time.perf_counter() - started
+
+    # 2. dedupe
+    t0 = time.perf_counter()
+    valid = valid_events(tagged)
+    files = [r["_file"] for r in valid.select("_file").distinct().collect()]
+    deduped = deduplicate(index_files(valid, files)).persist(StorageLevel.MEMORY_AND_DISK)
+    events_valid = deduped.count()
+    duplicates = (events_in - bad) - events_valid
+    timings["dedupe"] = time.perf_counter() - t0
+
+    # 3. vocab
+    t0 = time.perf_counter()
+    vocab_dir = storage.join(output, "vocab")
+    if vocab_from:
+        vocabs = read_vocabs(spark, storage.join(vocab_from, "vocab"))
+    else:
+        vocabs = build_all_vocabs(deduped, cfg.vocab.min_count)
+    for name, table in vocabs.items():
+        table.orderBy("id").coalesce(1).write.mode("overwrite").parquet(storage.join(vocab_dir, name))
+    vocabs = {name: spark.read.parquet(storage.join(vocab_dir, name)) for name in vocabs}
+    vocab_sizes = {
+        name: int(table.agg(F.max("id")).first()[0] or OOV_ID) + 1 for name, table in vocabs.items()
+    }
+    behavior_ids = {r["raw_id"]: int(r["id"]) for r in vocabs["behavior"].collect()}
+    item_rows = vocabs["item"].select("id", "count", "category_id").toPandas()
+    timings["vocab"] = time.perf_counter() - t0
+
+    # 4. lifelong table
+    t0 = time.perf_counter()
+    mapped = apply_vocabs(deduped, vocabs)
+    oov_row = mapped.agg(
+        F.sum((F.col("item") == OOV_ID).cast("long")).alias("item"),
+        F.sum(((F.col("category") == OOV_ID) & F.col("raw_category").isNotNull()).cast("long")).alias("category"),
+        F.sum((F.col("behavior") == OOV_ID).cast("long")).alias("behavior"),
+    ).first()
+    oov = {k: int(oov_row[k] or 0) for k in ("item", "category", "behavior")}
+    with_value = column_mapping(cfg.input).get("value") is not None
+    lifelong_dir = storage.join(output, "lifelong")
+    build_lifelong(mapped, cfg.lifelong.max_history, with_value).write.mode("overwrite").parquet(
+        lifelong_dir
+    )
+    deduped.unpersist()
+    lifelong = spark.read.parquet(lifelong_dir)
+    user_row = lifelong.agg(
+        F.count(F.lit(1)).alias("users"), F.sum("truncated").alias("truncated"),
+        F.max("n_events").alias("max_events"),
+    ).first()
+    timings["lifelong"] = time.perf_counter() - t0
+
+    # 5. targets + shards
+    t0 = time.perf_counter()
+    has_impressions = bool(
+        cfg.targets.impression_behavior and cfg.targets.impression_behavior in behavior_ids
+    )
+    spec = _target_spec(cfg, behavior_ids, has_impressions)
+    sampler_bc = None
+    if spec.negative_mode == "sampled" and spec.negatives_per_positive > 0:
+        size = vocab_sizes["item"]
+        counts = np.zeros(size, dtype=np.int64)
+        categories = np.full(size, OOV_ID, dtype=np.int64)
+        ids = item_rows["id"].to_numpy(dtype=np.int64)
+        counts[ids] = item_rows["count"].to_numpy(dtype=np.int64)
+        categories[ids] = item_rows["category_id"].to_numpy(dtype=np.int64)
+        sampler_bc = spark.sparkContext.broadcast((counts, categories))
+    shard_cfg = cfg.shards
+    partitions = shard_cfg.partitions or max(1, math.ceil(events_valid / shard_cfg.events_per_partition))
+    job = ShardJob(
+        tmp_dir=storage.join(output, "_tmp", "shards"),
+        spec=spec,
+        max_samples=shard_cfg.max_samples,
+        max_bytes=shard_cfg.max_bytes,
+        sampling=cfg.targets.negative_sampling,
+        alpha=cfg.targets.popularity_alpha,
+    )
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
+    rows = write_shards(lifelong, job, partitions, sampler_bc)
+    listing = commit_shards(output, [r for r in rows if r["kind"] == "shard"])
+    stats = [r for r in rows if r["kind"] == "stats"]
+    if sampler_bc is not None:
+        sampler_bc.unpersist()
+    timings["shards"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+
+    counts = {
+        "events_in": int(events_in),
+        "events_valid": int(events_valid),
+        "duplicates": int(duplicates),
+        "quarantined": {reason: int(quarantined.get(reason, 0)) for reason in REASONS},
+        "truncated": int(user_row["truncated"] or 0),
+        "oov": oov,
+        "negatives_short": int(sum(r["negatives_short"] for r in stats)),
+        "users_without_targets": int(sum(r["users_without_targets"] for r in stats)),
+    }
+    manifest = build_manifest(
+        cfg=cfg,
+        inputs=inputs,
+        fingerprint=input_fingerprint(inputs),
+        counts=counts,
+        users=int(user_row["users"]),
+        max_user_events=int(user_row["max_events"] or 0),
+        vocab_sizes=vocab_sizes,
+        negative_mode=spec.negative_mode,
+        listing=listing,
+        partitions=partitions,
+        timings=timings,
+        schema_version=SCHEMA_VERSION,
+        with_value=with_value,
+        vocab_from=vocab_from,
+    )
+    storage.write_json_atomic(storage.join(output, "manifest.json"), manifest)
+    log.info("build finished in %.1f s: %s", timings["total"], output)
+    return BuildResult(manifest=manifest, timings=timings)
+
+
+__all__ = ["BadInputError", "BuildResult", "prepare_output", "run_build", "SPLITS"]

@@ -1,0 +1,155 @@
+"""Deterministic WebDataset tar writing, rolled over by sample count and byte size.
+
+Tar headers carry fixed metadata (mtime 0, uid/gid 0, mode 0444, no user names), so the same
+samples in the same order give byte-identical shards on every run. Each shard's sha256 and size
+are computed while it is streamed out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pipeline import storage
+from pipeline.sample_codec import UserSample, encode_members
+
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """A finished shard file."""
+
+    path: str
+    samples: int
+    bytes: int
+    sha256: str
+    targets: int
+    positives: int
+    negatives: int
+
+
+class _HashingStream(io.RawIOBase):
+    """Write-only stream that forwards to `sink` and keeps a sha256 and byte count."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self._sink = sink
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        view = memoryview(data)
+        self._sink.write(view)
+        self.sha256.update(view)
+        self.size += len(view)
+        return len(view)
+
+
+def tar_member_size(payload_len: int) -> int:
+    """Bytes one tar member takes: a 512-byte header plus the payload padded to 512."""
+    return _BLOCK + -(-payload_len // _BLOCK) * _BLOCK
+
+
+def encoded_sample_size(members: list[tuple[str, bytes]]) -> int:
+    """Bytes the members of one sample take inside a tar."""
+    return sum(tar_member_size(len(data)) for _, data in members)
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+class ShardWriter:
+    """Writes samples into `{directory}/{prefix}-{NNNNNN}.tar`, opening a new shard as needed.
+
+    A shard is closed before adding a sample would pass `max_bytes` (a sample larger than that
+    gets a shard of its own) or when it holds `max_samples` samples.
+
+    Args:
+        directory: URI or local path of the output directory.
+        prefix: file name prefix (e.g. `part-00003`).
+        max_samples: samples per shard.
+        max_bytes: size bound of a shard in bytes.
+    """
+
+    def __init__(self, directory: str, prefix: str, max_samples: int, max_bytes: int) -> None:
+        self.directory = directory
+        self.prefix = prefix
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.shards: list[ShardInfo] = []
+        self._fs, self._dir_path = storage.resolve(directory)
+        self._fs.create_dir(self._dir_path, recursive=True)
+        self._out: BinaryIO | None = None
+        self._hash: _HashingStream | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._path = ""
+        self._samples = self._bytes = self._targets = self._pos = self._neg = 0
+
+    def _open(self) -> None:
+        index = len(self.shards)
+        self._path = f"{self._dir_path}/{self.prefix}-{index:06d}.tar"
+        self._out = self._fs.open_output_stream(self._path)
+        self._hash = _HashingStream(self._out)
+        self._tar = tarfile.open(fileobj=self._hash, mode="w|", format=tarfile.USTAR_FORMAT)
+        self._samples = self._bytes = self._targets = self._pos = self._neg = 0
+
+    def _close(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        assert self._out is not None and self._hash is not None
+        self._out.close()
+        self.shards.append(
+            ShardInfo(
+                path=self._path,
+                samples=self._samples,
+                bytes=self._hash.size,
+                sha256=self._hash.sha256.hexdigest(),
+                targets=self._targets,
+                positives=self._pos,
+                negatives=self._neg,
+            )
+        )
+        self._tar = self._out = self._hash = None
+
+    def write(self, key: str, sample: UserSample) -> None:
+        """Append one sample under WebDataset key `key` (no dots allowed)."""
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+        members = encode_members(sample)
+        size = encoded_sample_size(members)
+        if self._tar is not None and (
+            self._samples >= self.max_samples or self._bytes + size > self.max_bytes
+        ):
+            self._close()
+        if self._tar is None:
+            self._open()
+        assert self._tar is not None
+        for suffix, data in members:
+            self._tar.addfile(_tarinfo(f"{key}.{suffix}", len(data)), io.BytesIO(data))
+        labels = sample.targets["target_label"]
+        self._samples += 1
+        self._bytes += size
+        self._targets += int(labels.size)
+        self._pos += int((labels == 1).sum())
+        self._neg += int((labels == 0).sum())
+
+    def close(self) -> list[ShardInfo]:
+        """Finish the open shard and return all shards written."""
+        self._close()
+        return self.shards

@@ -1,0 +1,181 @@
+"""Shard stage: lifelong table → per-split WebDataset shards, written in parallel by executors.
+
+Each Spark partition (users hash-partitioned and sorted by user id) streams its users through
+`build_user_samples` and writes `OUT/_tmp/shards/{split}/part-PPPPP-NNNNNN.tar`. Only shard
+metadata (names, counts, sizes, sha256) returns to the driver, which then commits: renames the
+files to `{split}-{NNNNNN}.tar` in partition order inside a staging directory and moves that
+directory to `OUT/shards` in one rename, so a killed job leaves no `shards/` that looks complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+from pyspark import Broadcast
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from pipeline import storage
+from pipeline.sample_codec import SPLITS, VALUE_MEMBER
+from pipeline.shard_writer import ShardWriter
+from pipeline.targets import NegativeSampler, TargetSpec, build_user_samples
+
+RESULT_SCHEMA = T.StructType(
+    [
+        T.StructField("kind", T.StringType()),
+        T.StructField("split", T.StringType()),
+        T.StructField("part", T.IntegerType()),
+        T.StructField("index", T.IntegerType()),
+        T.StructField("path", T.StringType()),
+        T.StructField("samples", T.LongType()),
+        T.StructField("bytes", T.LongType()),
+        T.StructField("sha256", T.StringType()),
+        T.StructField("targets", T.LongType()),
+        T.StructField("positives", T.LongType()),
+        T.StructField("negatives", T.LongType()),
+        T.StructField("users", T.LongType()),
+        T.StructField("users_without_targets", T.LongType()),
+        T.StructField("negatives_short", T.LongType()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything an executor needs to write its partition's shards."""
+
+    tmp_dir: str
+    spec: TargetSpec
+    max_samples: int
+    max_bytes: int
+    sampling: str
+    alpha: float
+
+
+def _list_column(batch: pa.RecordBatch, name: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of a list column, zero-copy where possible."""
+    column = batch.column(batch.schema.get_field_index(name))
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    values = column.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    return values, offsets
+
+
+def _result_row(kind: str, **fields: object) -> dict[str, object]:
+    row: dict[str, object] = {f.name: None for f in RESULT_SCHEMA.fields}
+    row["kind"] = kind
+    row.update(fields)
+    return row
+
+
+def make_partition_writer(job: ShardJob, sampler_arrays: Broadcast | None):
+    """Return the `mapInArrow` function that writes one partition's shards."""
+
+    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        part = TaskContext.get().partitionId()
+        sampler = None
+        if sampler_arrays is not None:
+            counts, categories = sampler_arrays.value
+            sampler = NegativeSampler(counts, categories, job.sampling, job.alpha)
+        writers = {
+            split: ShardWriter(storage.join(job.tmp_dir, split), f"part-{part:05d}",
+                               job.max_samples, job.max_bytes)
+            for split in SPLITS
+        }
+        users = without = short = 0
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            names = batch.schema.names
+            user_ids = batch.column(names.index("user_id")).to_pylist()
+            arrays = {
+                name: _list_column(batch, name, np.int64)
+                for name in ("item", "category", "behavior", "ts")
+            }
+            if VALUE_MEMBER in names:
+                arrays[VALUE_MEMBER] = _list_column(batch, VALUE_MEMBER, np.float32)
+            for row, user in enumerate(user_ids):
+                events = {
+                    name: values[offsets[row]:offsets[row + 1]]
+                    for name, (values, offsets) in arrays.items()
+                }
+                samples, stats = build_user_samples(user, events, job.spec, sampler)
+                key = f"p{part:05d}-{users:09d}"
+                users += 1
+                short += stats.negatives_short
+                if not samples:
+                    without += 1
+                for sample in samples:
+                    writers[sample.split].write(key, sample)
+        rows = []
+        for split, writer in writers.items():
+            for index, info in enumerate(writer.close()):
+                rows.append(_result_row("shard", split=split, part=part, index=index, **{
+                    k: v for k, v in asdict(info).items()
+                }))
+        rows.append(_result_row("stats", part=part, users=users, users_without_targets=without,
+                                negatives_short=short))
+        yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_RESULT_SCHEMA)
+
+    return write_partition
+
+
+_ARROW_RESULT_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()), ("split", pa.string()), ("part", pa.int32()), ("index", pa.int32()),
+        ("path", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()),
+        ("sha256", pa.string()), ("targets", pa.int64()), ("positives", pa.int64()),
+        ("negatives", pa.int64()), ("users", pa.int64()), ("users_without_targets", pa.int64()),
+        ("negatives_short", pa.int64()),
+    ]
+)
+
+
+def write_shards(lifelong: DataFrame, job: ShardJob, partitions: int,
+                 sampler_arrays: Broadcast | None) -> list[dict]:
+    """Run the shard stage; return the metadata rows (`kind` shard or stats) on the driver."""
+    ordered = lifelong.repartition(partitions, "user_id").sortWithinPartitions("user_id")
+    result = ordered.mapInArrow(make_partition_writer(job, sampler_arrays), RESULT_SCHEMA)
+    return [row.asDict() for row in result.collect()]
+
+
+def commit_shards(out_dir: str, shard_rows: list[dict]) -> dict[str, list[dict]]:
+    """Rename temporary shards to `{split}-{NNNNNN}.tar` and publish `OUT/shards` atomically.
+
+    Returns:
+        split → list of `{name, samples, bytes, sha256, targets, positives, negatives}` in
+        shard order.
+    """
+    staging = storage.join(out_dir, "_tmp", "commit")
+    storage.delete_dir(staging)
+    listing: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for split in SPLITS:
+        rows = sorted((r for r in shard_rows if r["split"] == split), key=lambda r: (r["part"], r["index"]))
+        split_dir = storage.join(staging, split)
+        storage.make_dirs(split_dir)
+        fs, _ = storage.resolve(out_dir)
+        for number, row in enumerate(rows):
+            name = f"{split}-{number:06d}.tar"
+            fs.move(row["path"], storage.resolve(storage.join(split_dir, name))[1])
+            listing[split].append(
+                {
+                    "name": f"{split}/{name}",
+                    "samples": row["samples"],
+                    "bytes": row["bytes"],
+                    "sha256": row["sha256"],
+                    "targets": row["targets"],
+                    "positives": row["positives"],
+                    "negatives": row["negatives"],
+                }
+            )
+    final = storage.join(out_dir, "shards")
+    storage.delete_dir(final)
+    storage.move(staging, final)
+    storage.delete_dir(storage.join(out_dir, "_tmp"))
+    return listing

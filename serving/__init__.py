@@ -1,0 +1,1 @@
+"""Loading exported artifacts and scoring requests."""
