@@ -28,7 +28,7 @@ from pipeline import storage
 from pipeline.config import PipelineConfig
 from pipeline.lifelong import build_lifelong, deduplicate, index_files
 from pipeline.manifest import build_manifest, input_fingerprint
-from pipeline.readers import column_mapping, read_raw_events
+from pipeline.readers import read_raw_events
 from pipeline.sample_codec import SCHEMA_VERSION, SPLITS
 from pipeline.shards import ShardJob, commit_shards, write_shards
 from pipeline.targets import TargetSpec
@@ -130,7 +130,7 @@ def run_build(
 
     # 1. read + validate
     raw = read_raw_events(spark, inputs, cfg.input)
-    tagged = tag_reasons(raw, cfg.input, cfg.behaviors)
+    tagged = tag_reasons(raw.df, cfg.input, cfg.behaviors)
     reason_rows = tagged.groupBy("reason").count().collect()
     events_in = sum(r["count"] for r in reason_rows)
     quarantined = {r["reason"]: r["count"] for r in reason_rows if r["reason"] is not None}
@@ -189,7 +189,7 @@ def run_build(
         F.sum((F.col("behavior") == OOV_ID).cast("long")).alias("behavior"),
     ).first()
     oov = {k: int(oov_row[k] or 0) for k in ("item", "category", "behavior")}
-    with_value = column_mapping(cfg.input).get("value") is not None
+    with_value = raw.columns.get("value") is not None
     lifelong_dir = storage.join(output, "lifelong")
     build_lifelong(mapped, cfg.lifelong.max_history, with_value).write.mode("overwrite").parquet(
         lifelong_dir

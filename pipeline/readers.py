@@ -10,13 +10,15 @@ with a reason instead of failing the job.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipeline.config import EVENT_FIELDS, InputConfig
+from pipeline.config import EVENT_FIELDS, REQUIRED_EVENT_FIELDS, InputConfig
 
 RAW_COLUMNS = tuple(f"raw_{name}" for name in EVENT_FIELDS)
 CORRUPT = "_corrupt"
@@ -69,7 +71,12 @@ _LAYOUTS: dict[str, _Layout] = {
 
 
 def column_mapping(cfg: InputConfig) -> dict[str, str | None]:
-    """Event field → source column (None: absent), format defaults overlaid by `cfg.columns`."""
+    """Event field → source column (None: absent), format defaults overlaid by `cfg.columns`.
+
+    An optional field (`category_id`, `behavior`, `value`) whose default column is missing from
+    the input is treated as absent by `read_raw_events`; a column named explicitly in
+    `cfg.columns` must exist.
+    """
     layout = _LAYOUTS.get(cfg.format)
     base: dict[str, str | None] = dict(layout.defaults) if layout else {f: f for f in EVENT_FIELDS}
     base.update(cfg.columns)
@@ -84,31 +91,49 @@ def default_behavior(cfg: InputConfig) -> str | None:
     return layout.default_behavior if layout else None
 
 
-def _csv_header_names(spark: SparkSession, paths: list[str], sep: str) -> list[str]:
-    first = spark.read.option("sep", sep).option("header", "false").csv(paths).limit(1).collect()
-    if not first:
-        return []
-    return [str(v) for v in first[0]]
+def _header_line(spark: SparkSession, paths: list[str]) -> str | None:
+    first = spark.read.text(paths).where(F.trim("value") != "").limit(1).collect()
+    return first[0]["value"] if first else None
+
+
+def _split_fields(line: str, sep: str) -> list[str]:
+    return [field.strip().strip('"') for field in line.split(sep)]
 
 
 def _read_delimited(
-    spark: SparkSession, paths: list[str], sep: str, header: bool, names: list[str]
+    spark: SparkSession, paths: list[str], sep: str, header_line: str | None, names: list[str]
 ) -> DataFrame:
-    schema = T.StructType(
-        [T.StructField(n, T.StringType()) for n in names] + [T.StructField(CORRUPT, T.StringType())]
+    """Read delimited text lines as string columns; a line with the wrong field count is corrupt.
+
+    Spark's CSV reader silently pads short lines and drops extra fields, so lines are read as
+    text, parsed with `from_csv`, and their fields counted outside quoted sections. A corrupt
+    line keeps its raw text in `_corrupt`. Blank lines are skipped; when `header_line` is given,
+    lines equal to it (each file's header) are skipped.
+    """
+    lines = spark.read.text(paths).select("value", F.col("_metadata.file_path").alias("_file"))
+    lines = lines.where(F.trim("value") != "")
+    if header_line is not None:
+        lines = lines.where(F.col("value") != F.lit(header_line))
+    ddl = ", ".join(f"`{n}` STRING" for n in names)
+    parsed = F.from_csv(F.col("value"), ddl, {"sep": sep, "mode": "PERMISSIVE"})
+    unquoted = F.regexp_replace("value", r'"(?:[^"]|"")*"', "")
+    field_count = F.size(F.split(unquoted, re.escape(sep), -1))
+    df = lines.select(
+        parsed.alias("_parsed"),
+        F.when(field_count != len(names), F.col("value")).alias(CORRUPT),
+        "_file",
     )
-    return (
-        spark.read.schema(schema)
-        .option("sep", sep)
-        .option("header", str(header).lower())
-        .option("mode", "PERMISSIVE")
-        .option("columnNameOfCorruptRecord", CORRUPT)
-        .option("enforceSchema", "true")
-        .csv(paths)
-    )
+    return df.select(*[F.col(f"_parsed.`{n}`").alias(n) for n in names], CORRUPT, "_file")
 
 
-def read_raw_events(spark: SparkSession, paths: list[str], cfg: InputConfig) -> DataFrame:
+class RawEvents(NamedTuple):
+    """Raw events and the resolved column mapping (event field → source column or None)."""
+
+    df: DataFrame
+    columns: dict[str, str | None]
+
+
+def read_raw_events(spark: SparkSession, paths: list[str], cfg: InputConfig) -> RawEvents:
     """Read raw events in `cfg.format` from `paths` (files, directories or globs).
 
     Raises:
@@ -133,27 +158,31 @@ def read_raw_events(spark: SparkSession, paths: list[str], cfg: InputConfig) -> 
             .json(paths)
         )
     elif fmt == "csv":
-        names = (
-            _csv_header_names(spark, paths, cfg.csv_delimiter)
-            if cfg.csv_header
-            else sorted({c for c in mapping.values() if c})
-        )
-        df = _read_delimited(spark, paths, cfg.csv_delimiter, cfg.csv_header, names)
+        first = _header_line(spark, paths) or ""
+        if cfg.csv_header:
+            names = _split_fields(first, cfg.csv_delimiter)
+        else:  # Spark's convention: _c0, _c1, ... (map them in input.columns)
+            names = [f"_c{i}" for i in range(len(_split_fields(first, cfg.csv_delimiter)))]
+        header = first if cfg.csv_header else None
+        df = _read_delimited(spark, paths, cfg.csv_delimiter, header, names)
     else:
         layout = _LAYOUTS[fmt]
+        header = _header_line(spark, paths) if layout.header else None
         if layout.names is None:
-            header = _csv_header_names(spark, paths, layout.sep)
-            names = [h.split(":", 1)[0] for h in header]
+            names = [h.split(":", 1)[0] for h in _split_fields(header or "", layout.sep)]
         else:
             names = list(layout.names)
-        df = _read_delimited(spark, paths, layout.sep, layout.header, names)
+        df = _read_delimited(spark, paths, layout.sep, header, names)
 
     available = set(df.columns)
-    missing = {f: c for f, c in mapping.items() if c and c not in available}
+    absent = {f for f, c in mapping.items() if c and (c not in available or c == "_file")}
+    optional_defaults = absent - set(cfg.columns) - set(REQUIRED_EVENT_FIELDS)
+    mapping.update(dict.fromkeys(optional_defaults))  # optional and not asked for: no such column
+    missing = {f: mapping[f] for f in sorted(absent - optional_defaults)}
     if missing:
         raise ValueError(
             f"input.columns: source column(s) {missing} not found in the {fmt} input "
-            f"{paths}; available columns: {sorted(available - {CORRUPT})}"
+            f"{paths}; available columns: {sorted(available - {CORRUPT, '_file'})}"
         )
     selected = []
     for name in EVENT_FIELDS:
@@ -165,9 +194,10 @@ def read_raw_events(spark: SparkSession, paths: list[str], cfg: InputConfig) -> 
         if isinstance(df.schema[source].dataType, T.TimestampType | T.TimestampNTZType | T.DateType):
             column = F.unix_timestamp(column.cast("timestamp")).cast("string")
         selected.append(column.cast("string").alias(f"raw_{name}"))
+    file_column = F.col("_file") if "_file" in available else F.col("_metadata.file_path")
     selected += [
         F.col(CORRUPT),
-        F.col("_metadata.file_path").alias("_file"),
+        file_column.alias("_file"),
         F.monotonically_increasing_id().alias("_row"),
     ]
-    return df.select(*selected)
+    return RawEvents(df.select(*selected), mapping)

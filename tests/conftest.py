@@ -1,0 +1,48 @@
+"""Shared fixtures: one local Spark session per test run, and small event-file writers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator["pyspark.sql.SparkSession"]:  # noqa: F821
+    """A `local[2]` Spark session shared by all Spark tests (starting one costs ~8 s)."""
+    from pipeline.spark_session import get_spark
+
+    session = get_spark(
+        "local[2]",
+        {"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "4"},
+        app_name="lifeseq-tests",
+    )
+    yield session
+    session.stop()
+
+
+def write_events_parquet(path: Path, rows: Sequence[dict], schema: dict[str, str] | None = None) -> Path:
+    """Write event dicts to one Parquet file (column types inferred by pyarrow unless given)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = sorted({key for row in rows for key in row}) if rows else []
+    data = {col: [row.get(col) for row in rows] for col in columns}
+    if schema:
+        table = pa.table({c: pa.array(data[c], type=pa.type_for_alias(schema[c])) if c in schema
+                          else pa.array(data[c]) for c in columns})
+    else:
+        table = pa.table(data)
+    pq.write_table(table, path)
+    return path
+
+
+def write_text(path: Path, lines: Sequence[str]) -> Path:
+    """Write lines to a text file (creating parents)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
