@@ -4,9 +4,10 @@ Run on the embedded local Spark:
 
     lifeseq build --config configs/pipeline/synthetic.yaml --input data/events --output out/build
 
-or on any cluster (ship the package with --py-files; executors need numpy and pyarrow):
+or on any cluster (the job ships the `pipeline` package to the executors itself; they need
+numpy and pyarrow installed):
 
-    spark-submit --master yarn --py-files lifeseq.zip jobs/build_lifelong.py \
+    spark-submit --master yarn jobs/build_lifelong.py \
         --config configs/pipeline/synthetic.yaml --input hdfs:///events --output hdfs:///lifeseq/out
 """
 
@@ -23,20 +24,31 @@ if __package__ in (None, ""):  # `spark-submit jobs/build_lifelong.py`: make the
 from pipeline.build import BadInputError, run_build  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.manifest import summary_table  # noqa: E402
-from pipeline.spark_session import get_spark  # noqa: E402
+from pipeline.spark_session import get_spark, ship_package  # noqa: E402
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by `lifeseq build` and `spark-submit jobs/build_lifelong.py`."""
     parser.add_argument("--config", required=True, help="pipeline YAML (configs/pipeline/*.yaml)")
-    parser.add_argument("--input", required=True, nargs="+",
-                        help="input files, directories or globs (local path or Hadoop URI)")
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        help="input files, directories or globs (local path or Hadoop URI)",
+    )
     parser.add_argument("--output", required=True, help="output directory OUT (local path or URI)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
-    parser.add_argument("--master", default=None,
-                        help="Spark master for the embedded session (default: config spark.master)")
-    parser.add_argument("--vocab-from", default=None, metavar="OLD_OUT",
-                        help="reuse the vocab of an earlier build's OUT (new ids map to OOV)")
+    parser.add_argument(
+        "--master",
+        default=None,
+        help="Spark master for the embedded session (default: config spark.master)",
+    )
+    parser.add_argument(
+        "--vocab-from",
+        default=None,
+        metavar="OLD_OUT",
+        help="reuse the vocab of an earlier build's OUT (new ids map to OOV)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,9 +59,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     spark = get_spark(args.master or cfg.spark.master, cfg.spark.conf, app_name="lifeseq-build")
+    ship_package(spark)
     try:
-        result = run_build(spark, cfg, args.input, args.output, overwrite=args.overwrite,
-                           vocab_from=args.vocab_from)
+        result = run_build(
+            spark,
+            cfg,
+            args.input,
+            args.output,
+            overwrite=args.overwrite,
+            vocab_from=args.vocab_from,
+        )
     except (BadInputError, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -63,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return run(args)
 
 

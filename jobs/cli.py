@@ -1,9 +1,9 @@
 """`lifeseq` console script: one entry point for every job.
 
-    lifeseq synth --out DIR --users N --seed S       synthetic lifelong events (Parquet)
-    lifeseq build --config C --input IN --output OUT  Spark build: quarantine, vocab, lifelong, shards
-    lifeseq demo [--workdir DIR]                      synth → build on a small synthetic set
-    lifeseq bench pipeline [...]                      pipeline benchmark (Spark vs single-process)
+lifeseq synth --out DIR --users N --seed S       synthetic lifelong events (Parquet)
+lifeseq build --config C --input IN --output OUT  Spark build: quarantine, vocab, lifelong, shards
+lifeseq demo [--workdir DIR]                      synth → build on a small synthetic set
+lifeseq bench pipeline [...]                      pipeline benchmark (Spark vs single-process)
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import sys
 
 
 def _demo(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lifeseq demo", description="synth → build on synthetic data")
+    parser = argparse.ArgumentParser(
+        prog="lifeseq demo", description="synth → build on synthetic data"
+    )
     parser.add_argument("--workdir", default="out/demo", help="where data and outputs go")
     parser.add_argument("--events", type=int, default=1_000_000, help="synthetic events")
     parser.add_argument("--seed", type=int, default=7)
@@ -24,14 +26,16 @@ def _demo(argv: list[str]) -> int:
 
     events_dir = f"{args.workdir}/events"
     print(f"[1/2] lifeseq synth --events {args.events} --seed {args.seed} --out {events_dir}")
-    code = synth.main(["--out", events_dir, "--events", str(args.events), "--seed", str(args.seed),
-                       "--overwrite"])
+    code = synth.main(
+        ["--out", events_dir, "--events", str(args.events), "--seed", str(args.seed), "--overwrite"]
+    )
     if code:
         return code
     build_dir = f"{args.workdir}/build"
     print(f"[2/2] lifeseq build --config {args.config} --input {events_dir} --output {build_dir}")
-    return build_lifelong.main(["--config", args.config, "--input", events_dir,
-                                "--output", build_dir, "--overwrite"])
+    return build_lifelong.main(
+        ["--config", args.config, "--input", events_dir, "--output", build_dir, "--overwrite"]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__)
         if argv and argv[0] not in ("-h", "--help"):
-            print(f"error: unknown command {argv[0]!r}; expected one of {commands}", file=sys.stderr)
+            print(
+                f"error: unknown command {argv[0]!r}; expected one of {commands}", file=sys.stderr
+            )
             return 2
         return 0
     command, rest = argv[0], argv[1:]

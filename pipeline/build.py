@@ -30,6 +30,7 @@ from pipeline.lifelong import build_lifelong, deduplicate, index_files
 from pipeline.manifest import build_manifest, input_fingerprint
 from pipeline.readers import read_raw_events
 from pipeline.sample_codec import SCHEMA_VERSION, SPLITS
+from pipeline.shard_writer import SHARD_SUFFIX
 from pipeline.shards import ShardJob, commit_shards, write_shards
 from pipeline.targets import TargetSpec
 from pipeline.validate import REASONS, quarantine_view, tag_reasons, valid_events
@@ -51,8 +52,13 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _bad_input_message(counts: dict[str, int], events_in: int, limit: float,
-                       examples: dict[str, list[dict]], quarantine_dir: str) -> str:
+def _bad_input_message(
+    counts: dict[str, int],
+    events_in: int,
+    limit: float,
+    examples: dict[str, list[dict]],
+    quarantine_dir: str,
+) -> str:
     bad = sum(counts.values())
     lines = [
         f"{bad} of {events_in} input rows ({bad / max(events_in, 1):.2%}) failed validation, "
@@ -87,7 +93,9 @@ def prepare_output(output: str, overwrite: bool) -> None:
     storage.make_dirs(output)
 
 
-def _target_spec(cfg: PipelineConfig, behavior_ids: dict[str, int], has_impressions: bool) -> TargetSpec:
+def _target_spec(
+    cfg: PipelineConfig, behavior_ids: dict[str, int], has_impressions: bool
+) -> TargetSpec:
     t = cfg.targets
     mode = t.negatives
     if mode == "auto":
@@ -147,10 +155,13 @@ def run_build(
         q = spark.read.parquet(quarantine_dir)
         for reason in quarantined:
             rows = q.where(F.col("reason") == reason).limit(_EXAMPLES_PER_REASON).collect()
-            examples[reason] = [{k: v for k, v in r.asDict().items() if v is not None} for r in rows]
+            examples[reason] = [
+                {k: v for k, v in r.asDict().items() if v is not None} for r in rows
+            ]
         raise BadInputError(
-            _bad_input_message(quarantined, events_in, cfg.validation.max_bad_fraction, examples,
-                               quarantine_dir)
+            _bad_input_message(
+                quarantined, events_in, cfg.validation.max_bad_fraction, examples, quarantine_dir
+            )
         )
     timings["validate"] = time.perf_counter() - started
 
@@ -171,7 +182,9 @@ def run_build(
     else:
         vocabs = build_all_vocabs(deduped, cfg.vocab.min_count)
     for name, table in vocabs.items():
-        table.orderBy("id").coalesce(1).write.mode("overwrite").parquet(storage.join(vocab_dir, name))
+        table.orderBy("id").coalesce(1).write.mode("overwrite").parquet(
+            storage.join(vocab_dir, name)
+        )
     vocabs = {name: spark.read.parquet(storage.join(vocab_dir, name)) for name in vocabs}
     vocab_sizes = {
         name: int(table.agg(F.max("id")).first()[0] or OOV_ID) + 1 for name, table in vocabs.items()
@@ -185,7 +198,9 @@ def run_build(
     mapped = apply_vocabs(deduped, vocabs)
     oov_row = mapped.agg(
         F.sum((F.col("item") == OOV_ID).cast("long")).alias("item"),
-        F.sum(((F.col("category") == OOV_ID) & F.col("raw_category").isNotNull()).cast("long")).alias("category"),
+        F.sum(
+            ((F.col("category") == OOV_ID) & F.col("raw_category").isNotNull()).cast("long")
+        ).alias("category"),
         F.sum((F.col("behavior") == OOV_ID).cast("long")).alias("behavior"),
     ).first()
     oov = {k: int(oov_row[k] or 0) for k in ("item", "category", "behavior")}
@@ -197,7 +212,8 @@ def run_build(
     deduped.unpersist()
     lifelong = spark.read.parquet(lifelong_dir)
     user_row = lifelong.agg(
-        F.count(F.lit(1)).alias("users"), F.sum("truncated").alias("truncated"),
+        F.count(F.lit(1)).alias("users"),
+        F.sum("truncated").alias("truncated"),
         F.max("n_events").alias("max_events"),
     ).first()
     timings["lifelong"] = time.perf_counter() - t0
@@ -218,7 +234,9 @@ def run_build(
         categories[ids] = item_rows["category_id"].to_numpy(dtype=np.int64)
         sampler_bc = spark.sparkContext.broadcast((counts, categories))
     shard_cfg = cfg.shards
-    partitions = shard_cfg.partitions or max(1, math.ceil(events_valid / shard_cfg.events_per_partition))
+    partitions = shard_cfg.partitions or max(
+        1, math.ceil(events_valid / shard_cfg.events_per_partition)
+    )
     job = ShardJob(
         tmp_dir=storage.join(output, "_tmp", "shards"),
         spec=spec,
@@ -226,10 +244,13 @@ def run_build(
         max_bytes=shard_cfg.max_bytes,
         sampling=cfg.targets.negative_sampling,
         alpha=cfg.targets.popularity_alpha,
+        compression=shard_cfg.compression,
     )
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
     rows = write_shards(lifelong, job, partitions, sampler_bc)
-    listing = commit_shards(output, [r for r in rows if r["kind"] == "shard"])
+    listing = commit_shards(
+        output, [r for r in rows if r["kind"] == "shard"], SHARD_SUFFIX[shard_cfg.compression]
+    )
     stats = [r for r in rows if r["kind"] == "stats"]
     if sampler_bc is not None:
         sampler_bc.unpersist()

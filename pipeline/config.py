@@ -222,7 +222,9 @@ class TargetConfig:
             )
         if self.split == "time":
             if self.valid_start is None or self.test_start is None:
-                raise ValueError("targets.valid_start and targets.test_start are required for split: time")
+                raise ValueError(
+                    "targets.valid_start and targets.test_start are required for split: time"
+                )
             valid = parse_epoch_seconds(self.valid_start, "targets.valid_start")
             test = parse_epoch_seconds(self.test_start, "targets.test_start")
             if valid > test:
@@ -239,7 +241,9 @@ class TargetConfig:
                 f"got {self.negatives!r}"
             )
         if self.negatives == "impressions" and self.impression_behavior is None:
-            raise ValueError("targets.negatives is 'impressions' but targets.impression_behavior is null")
+            raise ValueError(
+                "targets.negatives is 'impressions' but targets.impression_behavior is null"
+            )
         if self.negative_sampling not in ("uniform", "popularity"):
             raise ValueError(
                 "targets.negative_sampling: expected 'uniform' or 'popularity', "
@@ -268,14 +272,22 @@ class ShardConfig:
         partitions: Spark partitions (= parallel shard writers) for the shard stage;
             0 picks one per `events_per_partition` events.
         events_per_partition: events per partition when `partitions` is 0.
+        compression: `none` writes `{split}-NNNNNN.tar` as DESIGN.md fixes; `gzip` writes
+            `{split}-NNNNNN.tar.gz` (same members; WebDataset decompresses by suffix), about 4-8x
+            smaller on lifelong histories.
     """
 
     max_samples: int = 1000
     max_bytes: int = 256 * 1024 * 1024
     partitions: int = 0
     events_per_partition: int = 2_000_000
+    compression: Literal["none", "gzip"] = "none"
 
     def __post_init__(self) -> None:
+        if self.compression not in ("none", "gzip"):
+            raise ValueError(
+                f"shards.compression: expected 'none' or 'gzip', got {self.compression!r}"
+            )
         for name in ("max_samples", "max_bytes", "events_per_partition"):
             if getattr(self, name) < 1:
                 raise ValueError(f"shards.{name}: expected >= 1, got {getattr(self, name)}")
@@ -387,8 +399,10 @@ def _check_type(value: Any, hint: Any, path: str) -> Any:
         return {str(k): _check_type(v, args[1], f"{path}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is int and (isinstance(value, str | dt.date)) and path.endswith(
-        ("ts_min", "ts_max", "valid_start", "test_start")
+    if (
+        hint is int
+        and (isinstance(value, str | dt.date))
+        and path.endswith(("ts_min", "ts_max", "valid_start", "test_start"))
     ):
         return value
     if hint is str and isinstance(value, int | float) and not isinstance(value, bool):

@@ -47,13 +47,19 @@ def check_java(min_major: int = MIN_JAVA_MAJOR) -> int:
     """
     java = _java_binary()
     if java is None:
-        raise RuntimeError(f"Spark needs Java {min_major}+, but no `java` was found. {INSTALL_HINT}")
+        raise RuntimeError(
+            f"Spark needs Java {min_major}+, but no `java` was found. {INSTALL_HINT}"
+        )
     result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
     major = parse_java_major(result.stderr + result.stdout)
     if major is None:
-        raise RuntimeError(f"Could not read the version of {java}: {result.stderr!r}. {INSTALL_HINT}")
+        raise RuntimeError(
+            f"Could not read the version of {java}: {result.stderr!r}. {INSTALL_HINT}"
+        )
     if major < min_major:
-        raise RuntimeError(f"Spark needs Java {min_major}+, but {java} is Java {major}. {INSTALL_HINT}")
+        raise RuntimeError(
+            f"Spark needs Java {min_major}+, but {java} is Java {major}. {INSTALL_HINT}"
+        )
     return major
 
 

@@ -26,7 +26,9 @@ def index_files(events: DataFrame, files: list[str]) -> DataFrame:
     for idx, name in enumerate(sorted(files)):
         pairs += [F.lit(name), F.lit(idx)]
     mapping = F.create_map(*pairs) if pairs else F.create_map()
-    return events.withColumn("_file_idx", F.try_element_at(mapping, F.col("_file")).cast("int")).drop("_file")
+    return events.withColumn(
+        "_file_idx", F.try_element_at(mapping, F.col("_file")).cast("int")
+    ).drop("_file")
 
 
 def deduplicate(events: DataFrame) -> DataFrame:
@@ -37,7 +39,11 @@ def deduplicate(events: DataFrame) -> DataFrame:
     return (
         events.groupBy(*EVENT_KEY)
         .agg(first)
-        .select(*EVENT_KEY, F.col("first._file_idx").alias("_file_idx"), F.col("first._row").alias("_row"))
+        .select(
+            *EVENT_KEY,
+            F.col("first._file_idx").alias("_file_idx"),
+            F.col("first._row").alias("_row"),
+        )
     )
 
 

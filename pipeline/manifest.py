@@ -22,10 +22,7 @@ def input_fingerprint(inputs: list[str]) -> dict[str, Any]:
     """
     entries = []
     for uri in inputs:
-        fs, path = storage.resolve(uri)
-        info = fs.get_file_info(path)
-        files = [info] if info.type.name == "File" else storage.list_files(uri)
-        for f in files:
+        for f in storage.expand_files(uri):
             if f.base_name.startswith((".", "_")):
                 continue
             entries.append((f.path, f.size, f.mtime_ns))
@@ -61,9 +58,7 @@ def build_manifest(
             "positives": sum(s["positives"] for s in shards),
             "negatives": sum(s["negatives"] for s in shards),
             "bytes": sum(s["bytes"] for s in shards),
-            "shards": [
-                {k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in shards
-            ],
+            "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in shards],
         }
     members = {name: str(dtype) for name, dtype in {**HISTORY_MEMBERS, **TARGET_MEMBERS}.items()}
     if with_value:
@@ -100,9 +95,15 @@ def summary_table(manifest: dict[str, Any]) -> str:
     rows = [
         ("events in", f"{c['events_in']:,}"),
         ("events valid", f"{c['events_valid']:,}"),
-        ("quarantined", f"{bad:,}" + (
-            " (" + ", ".join(f"{k} {v:,}" for k, v in c["quarantined"].items() if v) + ")" if bad else ""
-        )),
+        (
+            "quarantined",
+            f"{bad:,}"
+            + (
+                " (" + ", ".join(f"{k} {v:,}" for k, v in c["quarantined"].items() if v) + ")"
+                if bad
+                else ""
+            ),
+        ),
         ("duplicates dropped", f"{c['duplicates']:,}"),
         ("events truncated", f"{c['truncated']:,}"),
         ("OOV events", ", ".join(f"{k} {v:,}" for k, v in c["oov"].items())),

@@ -35,37 +35,50 @@ class _Layout:
     default_behavior: str | None = None
 
 
+#: MovieLens-style ratings: the rating is the event value, every row is a `rating` behavior.
+_RATINGS_COLUMNS: dict[str, str | None] = {
+    "user_id": "user_id",
+    "item_id": "item_id",
+    "category_id": None,
+    "behavior": None,
+    "ts": "timestamp",
+    "value": "rating",
+}
+
 _LAYOUTS: dict[str, _Layout] = {
     "movielens_udata": _Layout(
         names=("user_id", "item_id", "rating", "timestamp"),
         sep="\t",
         header=False,
-        defaults={"user_id": "user_id", "item_id": "item_id", "category_id": None,
-                  "behavior": None, "ts": "timestamp", "value": "rating"},
+        defaults=_RATINGS_COLUMNS,
         default_behavior="rating",
     ),
     "movielens_dat": _Layout(
         names=("user_id", "item_id", "rating", "timestamp"),
         sep="::",
         header=False,
-        defaults={"user_id": "user_id", "item_id": "item_id", "category_id": None,
-                  "behavior": None, "ts": "timestamp", "value": "rating"},
+        defaults=_RATINGS_COLUMNS,
         default_behavior="rating",
     ),
     "recbole_inter": _Layout(
         names=None,
         sep="\t",
         header=True,
-        defaults={"user_id": "user_id", "item_id": "item_id", "category_id": None,
-                  "behavior": None, "ts": "timestamp", "value": "rating"},
+        defaults=_RATINGS_COLUMNS,
         default_behavior="rating",
     ),
     "taobao": _Layout(
         names=("user_id", "item_id", "category_id", "behavior", "ts"),
         sep=",",
         header=False,
-        defaults={"user_id": "user_id", "item_id": "item_id", "category_id": "category_id",
-                  "behavior": "behavior", "ts": "ts", "value": None},
+        defaults={
+            "user_id": "user_id",
+            "item_id": "item_id",
+            "category_id": "category_id",
+            "behavior": "behavior",
+            "ts": "ts",
+            "value": None,
+        },
     ),
 }
 
@@ -191,7 +204,9 @@ def read_raw_events(spark: SparkSession, paths: list[str], cfg: InputConfig) -> 
             selected.append(F.lit(None).cast("string").alias(f"raw_{name}"))
             continue
         column = df[source]
-        if isinstance(df.schema[source].dataType, T.TimestampType | T.TimestampNTZType | T.DateType):
+        if isinstance(
+            df.schema[source].dataType, T.TimestampType | T.TimestampNTZType | T.DateType
+        ):
             column = F.unix_timestamp(column.cast("timestamp")).cast("string")
         selected.append(column.cast("string").alias(f"raw_{name}"))
     file_column = F.col("_file") if "_file" in available else F.col("_metadata.file_path")

@@ -97,7 +97,9 @@ def validate_sample(sample: UserSample) -> None:
     if VALUE_MEMBER in sample.history:
         lengths.add(_checked(VALUE_MEMBER, sample.history[VALUE_MEMBER], VALUE_DTYPE).shape[0])
     if len(lengths) != 1:
-        raise ValueError(f"sample of user {sample.user!r}: history members differ in length {lengths}")
+        raise ValueError(
+            f"sample of user {sample.user!r}: history members differ in length {lengths}"
+        )
     (hist_len,) = lengths
     tlens = set()
     for name, dtype in TARGET_MEMBERS.items():
@@ -111,9 +113,7 @@ def validate_sample(sample: UserSample) -> None:
         raise ValueError(f"sample of user {sample.user!r}: history ts is not non-decreasing")
     cut = sample.targets["target_hist_len"]
     if cut.size and (cut.min() < 0 or cut.max() > hist_len):
-        raise ValueError(
-            f"sample of user {sample.user!r}: target_hist_len outside [0, {hist_len}]"
-        )
+        raise ValueError(f"sample of user {sample.user!r}: target_hist_len outside [0, {hist_len}]")
     if cut.size and hist_len:
         last_hist_ts = np.where(cut > 0, ts[np.maximum(cut - 1, 0)], np.iinfo(np.int64).min)
         if np.any(last_hist_ts > sample.targets["target_ts"]):
@@ -144,6 +144,7 @@ def decode_members(members: Mapping[str, Any]) -> UserSample:
     Raises:
         ValueError: a member is missing or has the wrong dtype, naming it.
     """
+
     def array(name: str, dtype: np.dtype) -> np.ndarray:
         key = f"{name}.npy"
         if key not in members:
@@ -160,4 +161,6 @@ def decode_members(members: Mapping[str, Any]) -> UserSample:
     if f"{VALUE_MEMBER}.npy" in members:
         history[VALUE_MEMBER] = array(VALUE_MEMBER, VALUE_DTYPE)
     targets = {name: array(name, dtype) for name, dtype in TARGET_MEMBERS.items()}
-    return UserSample(user=str(meta["user"]), split=str(meta["split"]), history=history, targets=targets)
+    return UserSample(
+        user=str(meta["user"]), split=str(meta["split"]), history=history, targets=targets
+    )

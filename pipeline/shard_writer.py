@@ -2,11 +2,13 @@
 
 Tar headers carry fixed metadata (mtime 0, uid/gid 0, mode 0444, no user names), so the same
 samples in the same order give byte-identical shards on every run. Each shard's sha256 and size
-are computed while it is streamed out.
+are computed while it is streamed out. With `compression="gzip"` shards are `.tar.gz` (gzip
+header without name or mtime, so still deterministic), which WebDataset reads natively.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import tarfile
@@ -17,6 +19,9 @@ from pipeline import storage
 from pipeline.sample_codec import UserSample, encode_members
 
 _BLOCK = tarfile.BLOCKSIZE
+#: File suffix of a shard per compression.
+SHARD_SUFFIX = {"none": ".tar", "gzip": ".tar.gz"}
+_GZIP_LEVEL = 3
 _RECORD = tarfile.RECORDSIZE
 
 
@@ -57,6 +62,12 @@ def tar_member_size(payload_len: int) -> int:
     return _BLOCK + -(-payload_len // _BLOCK) * _BLOCK
 
 
+def closed_tar_size(member_bytes: int) -> int:
+    """Size of a finished tar holding `member_bytes` of members: plus the two zero blocks that
+    end the archive, rounded up to tar's 10240-byte record."""
+    return -(-(member_bytes + 2 * _BLOCK) // _RECORD) * _RECORD
+
+
 def encoded_sample_size(members: list[tuple[str, bytes]]) -> int:
     """Bytes the members of one sample take inside a tar."""
     return sum(tar_member_size(len(data)) for _, data in members)
@@ -83,10 +94,23 @@ class ShardWriter:
         directory: URI or local path of the output directory.
         prefix: file name prefix (e.g. `part-00003`).
         max_samples: samples per shard.
-        max_bytes: size bound of a shard in bytes.
+        max_bytes: size bound of a shard in bytes (uncompressed tar bytes).
+        compression: `none` (`.tar`) or `gzip` (`.tar.gz`).
     """
 
-    def __init__(self, directory: str, prefix: str, max_samples: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        directory: str,
+        prefix: str,
+        max_samples: int,
+        max_bytes: int,
+        compression: str = "none",
+    ) -> None:
+        if compression not in SHARD_SUFFIX:
+            raise ValueError(
+                f"shard compression: expected one of {sorted(SHARD_SUFFIX)}, got {compression!r}"
+            )
+        self.compression = compression
         self.directory = directory
         self.prefix = prefix
         self.max_samples = max_samples
@@ -96,22 +120,32 @@ class ShardWriter:
         self._fs.create_dir(self._dir_path, recursive=True)
         self._out: BinaryIO | None = None
         self._hash: _HashingStream | None = None
+        self._gzip: gzip.GzipFile | None = None
         self._tar: tarfile.TarFile | None = None
         self._path = ""
         self._samples = self._bytes = self._targets = self._pos = self._neg = 0
 
     def _open(self) -> None:
         index = len(self.shards)
-        self._path = f"{self._dir_path}/{self.prefix}-{index:06d}.tar"
-        self._out = self._fs.open_output_stream(self._path)
+        self._path = f"{self._dir_path}/{self.prefix}-{index:06d}{SHARD_SUFFIX[self.compression]}"
+        self._out = self._fs.open_output_stream(self._path, compression=None)
         self._hash = _HashingStream(self._out)
-        self._tar = tarfile.open(fileobj=self._hash, mode="w|", format=tarfile.USTAR_FORMAT)
+        target: BinaryIO = self._hash  # type: ignore[assignment]
+        if self.compression == "gzip":
+            self._gzip = gzip.GzipFile(
+                filename="", mode="wb", fileobj=self._hash, compresslevel=_GZIP_LEVEL, mtime=0
+            )
+            target = self._gzip  # type: ignore[assignment]
+        self._tar = tarfile.open(fileobj=target, mode="w|", format=tarfile.USTAR_FORMAT)
         self._samples = self._bytes = self._targets = self._pos = self._neg = 0
 
     def _close(self) -> None:
         if self._tar is None:
             return
         self._tar.close()
+        if self._gzip is not None:
+            self._gzip.close()
+            self._gzip = None
         assert self._out is not None and self._hash is not None
         self._out.close()
         self.shards.append(
@@ -134,7 +168,8 @@ class ShardWriter:
         members = encode_members(sample)
         size = encoded_sample_size(members)
         if self._tar is not None and (
-            self._samples >= self.max_samples or self._bytes + size > self.max_bytes
+            self._samples >= self.max_samples
+            or closed_tar_size(self._bytes + size) > self.max_bytes
         ):
             self._close()
         if self._tar is None:

@@ -53,9 +53,12 @@ class ShardJob:
     max_bytes: int
     sampling: str
     alpha: float
+    compression: str = "none"
 
 
-def _list_column(batch: pa.RecordBatch, name: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def _list_column(
+    batch: pa.RecordBatch, name: str, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets) of a list column, zero-copy where possible."""
     column = batch.column(batch.schema.get_field_index(name))
     if isinstance(column, pa.ChunkedArray):
@@ -84,8 +87,13 @@ def make_partition_writer(job: ShardJob, sampler_arrays: Broadcast | None):
             counts, categories = sampler_arrays.value
             sampler = NegativeSampler(counts, categories, job.sampling, job.alpha)
         writers = {
-            split: ShardWriter(storage.join(job.tmp_dir, split), f"part-{part:05d}",
-                               job.max_samples, job.max_bytes)
+            split: ShardWriter(
+                storage.join(job.tmp_dir, split),
+                f"part-{part:05d}",
+                job.max_samples,
+                job.max_bytes,
+                job.compression,
+            )
             for split in SPLITS
         }
         users = without = short = 0
@@ -102,7 +110,7 @@ def make_partition_writer(job: ShardJob, sampler_arrays: Broadcast | None):
                 arrays[VALUE_MEMBER] = _list_column(batch, VALUE_MEMBER, np.float32)
             for row, user in enumerate(user_ids):
                 events = {
-                    name: values[offsets[row]:offsets[row + 1]]
+                    name: values[offsets[row] : offsets[row + 1]]
                     for name, (values, offsets) in arrays.items()
                 }
                 samples, stats = build_user_samples(user, events, job.spec, sampler)
@@ -116,11 +124,24 @@ def make_partition_writer(job: ShardJob, sampler_arrays: Broadcast | None):
         rows = []
         for split, writer in writers.items():
             for index, info in enumerate(writer.close()):
-                rows.append(_result_row("shard", split=split, part=part, index=index, **{
-                    k: v for k, v in asdict(info).items()
-                }))
-        rows.append(_result_row("stats", part=part, users=users, users_without_targets=without,
-                                negatives_short=short))
+                rows.append(
+                    _result_row(
+                        "shard",
+                        split=split,
+                        part=part,
+                        index=index,
+                        **{k: v for k, v in asdict(info).items()},
+                    )
+                )
+        rows.append(
+            _result_row(
+                "stats",
+                part=part,
+                users=users,
+                users_without_targets=without,
+                negatives_short=short,
+            )
+        )
         yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_RESULT_SCHEMA)
 
     return write_partition
@@ -128,25 +149,37 @@ def make_partition_writer(job: ShardJob, sampler_arrays: Broadcast | None):
 
 _ARROW_RESULT_SCHEMA = pa.schema(
     [
-        ("kind", pa.string()), ("split", pa.string()), ("part", pa.int32()), ("index", pa.int32()),
-        ("path", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()),
-        ("sha256", pa.string()), ("targets", pa.int64()), ("positives", pa.int64()),
-        ("negatives", pa.int64()), ("users", pa.int64()), ("users_without_targets", pa.int64()),
+        ("kind", pa.string()),
+        ("split", pa.string()),
+        ("part", pa.int32()),
+        ("index", pa.int32()),
+        ("path", pa.string()),
+        ("samples", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("targets", pa.int64()),
+        ("positives", pa.int64()),
+        ("negatives", pa.int64()),
+        ("users", pa.int64()),
+        ("users_without_targets", pa.int64()),
         ("negatives_short", pa.int64()),
     ]
 )
 
 
-def write_shards(lifelong: DataFrame, job: ShardJob, partitions: int,
-                 sampler_arrays: Broadcast | None) -> list[dict]:
+def write_shards(
+    lifelong: DataFrame, job: ShardJob, partitions: int, sampler_arrays: Broadcast | None
+) -> list[dict]:
     """Run the shard stage; return the metadata rows (`kind` shard or stats) on the driver."""
     ordered = lifelong.repartition(partitions, "user_id").sortWithinPartitions("user_id")
     result = ordered.mapInArrow(make_partition_writer(job, sampler_arrays), RESULT_SCHEMA)
     return [row.asDict() for row in result.collect()]
 
 
-def commit_shards(out_dir: str, shard_rows: list[dict]) -> dict[str, list[dict]]:
-    """Rename temporary shards to `{split}-{NNNNNN}.tar` and publish `OUT/shards` atomically.
+def commit_shards(
+    out_dir: str, shard_rows: list[dict], suffix: str = ".tar"
+) -> dict[str, list[dict]]:
+    """Rename temporary shards to `{split}-{NNNNNN}{suffix}` and publish `OUT/shards` atomically.
 
     Returns:
         split → list of `{name, samples, bytes, sha256, targets, positives, negatives}` in
@@ -156,12 +189,14 @@ def commit_shards(out_dir: str, shard_rows: list[dict]) -> dict[str, list[dict]]
     storage.delete_dir(staging)
     listing: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for split in SPLITS:
-        rows = sorted((r for r in shard_rows if r["split"] == split), key=lambda r: (r["part"], r["index"]))
+        rows = sorted(
+            (r for r in shard_rows if r["split"] == split), key=lambda r: (r["part"], r["index"])
+        )
         split_dir = storage.join(staging, split)
         storage.make_dirs(split_dir)
         fs, _ = storage.resolve(out_dir)
         for number, row in enumerate(rows):
-            name = f"{split}-{number:06d}.tar"
+            name = f"{split}-{number:06d}{suffix}"
             fs.move(row["path"], storage.resolve(storage.join(split_dir, name))[1])
             listing[split].append(
                 {

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
+import zipfile
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -25,8 +28,9 @@ LOCAL_DEFAULTS: dict[str, str] = {
 }
 
 
-def get_spark(master: str | None = None, conf: dict[str, str] | None = None,
-              app_name: str = "lifeseq") -> SparkSession:
+def get_spark(
+    master: str | None = None, conf: dict[str, str] | None = None, app_name: str = "lifeseq"
+) -> SparkSession:
     """Return the active Spark session, or start one on `master` (default `local[2]`).
 
     Under `spark-submit` a session's master comes from the submit command; `master` and
@@ -60,3 +64,22 @@ def get_spark(master: str | None = None, conf: dict[str, str] | None = None,
 def _under_submit() -> bool:
     """Whether this Python process was launched by spark-submit (a JVM gateway is waiting)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def ship_package(spark: SparkSession) -> str | None:
+    """Make the `pipeline` package importable on cluster executors (`SparkContext.addPyFile`).
+
+    Local masters share this machine's Python environment and need nothing. Returns the zip
+    path shipped, or None.
+    """
+    if spark.sparkContext.master.startswith("local"):
+        return None
+    package_dir = Path(__file__).resolve().parent
+    handle, zip_path = tempfile.mkstemp(prefix="lifeseq-pipeline-", suffix=".zip")
+    os.close(handle)
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for source in sorted(package_dir.rglob("*.py")):
+            archive.write(source, Path("pipeline") / source.relative_to(package_dir))
+    spark.sparkContext.addPyFile(zip_path)
+    log.info("shipped %s to the executors", zip_path)
+    return zip_path

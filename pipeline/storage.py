@@ -8,6 +8,7 @@ manifest) goes through `pyarrow.fs`, which understands local paths, `file://`, `
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from typing import Any
@@ -20,7 +21,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     if uri.startswith("s3a://"):
-        uri = "s3://" + uri[len("s3a://"):]
+        uri = "s3://" + uri[len("s3a://") :]
     return pafs.FileSystem.from_uri(uri)
 
 
@@ -72,7 +73,7 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with fs.open_output_stream(tmp) as out:
+    with fs.open_output_stream(tmp, compression=None) as out:
         out.write(data)
     fs.move(tmp, path)
 
@@ -91,7 +92,7 @@ def read_json(uri: str) -> Any:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no such file: {uri}")
-    with fs.open_input_stream(path) as handle:
+    with fs.open_input_stream(path, compression=None) as handle:
         return json.loads(handle.read().decode("utf-8"))
 
 
@@ -101,3 +102,26 @@ def list_files(uri: str, suffix: str = "") -> list[pafs.FileInfo]:
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     files = [i for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)]
     return sorted(files, key=lambda i: i.path)
+
+
+def expand_files(uri: str) -> list[pafs.FileInfo]:
+    """Files named by `uri`: the file itself, every file below a directory, or glob matches
+    (`*`, `?`, `[...]` in the last path component), sorted by path."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [info]
+    if info.type == pafs.FileType.Directory:
+        return list_files(uri)
+    parent, pattern = path.rsplit("/", 1) if "/" in path else ("", path)
+    if not any(ch in pattern for ch in "*?["):
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False, allow_not_found=True))
+    return sorted(
+        (
+            i
+            for i in infos
+            if i.type == pafs.FileType.File and fnmatch.fnmatch(i.base_name, pattern)
+        ),
+        key=lambda i: i.path,
+    )

@@ -79,9 +79,12 @@ class NegativeSampler:
         self._cdf: np.ndarray | None = None
         if mode == "popularity" and self.num_items > 2:
             weights = np.power(item_counts[2:].astype(np.float64), alpha)
-            self._cdf = np.cumsum(weights)
+            cdf = np.cumsum(weights)
+            self._cdf = cdf if cdf[-1] > 0 else None  # no counts at all: uniform
         elif mode not in ("uniform", "popularity"):
-            raise ValueError(f"negative sampling mode: expected uniform or popularity, got {mode!r}")
+            raise ValueError(
+                f"negative sampling mode: expected uniform or popularity, got {mode!r}"
+            )
 
     def _draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self._cdf is not None:
@@ -101,8 +104,11 @@ class NegativeSampler:
         pending = np.arange(n)
         for _ in range(_MAX_SAMPLING_ROUNDS):
             cand = self._draw(rng, pending.size)
-            pos = np.searchsorted(exclude, cand)
-            hit = (pos < exclude.size) & (exclude[np.minimum(pos, exclude.size - 1)] == cand)
+            if exclude.size == 0:  # indexing exclude[-1] below would raise on an empty set
+                hit = np.zeros(cand.size, dtype=bool)
+            else:
+                pos = np.searchsorted(exclude, cand)
+                hit = (pos < exclude.size) & (exclude[np.minimum(pos, exclude.size - 1)] == cand)
             ok = ~hit
             out[pending[ok]] = cand[ok]
             pending = pending[hit]
@@ -198,8 +204,9 @@ def build_user_samples(
         cap = spec.max_targets_per_user
         if cap is not None and chosen.size > cap:
             chosen = np.sort(rng.choice(chosen, size=cap, replace=False))
-        sample_targets = _targets_for(chosen, events, is_pos, hist_before, spec, sampler, rng,
-                                      seen_items, stats)
+        sample_targets = _targets_for(
+            chosen, events, is_pos, hist_before, spec, sampler, rng, seen_items, stats
+        )
         labels = sample_targets["target_label"]
         stats.targets[split] += int(labels.size)
         stats.positives[split] += int((labels == 1).sum())

@@ -102,10 +102,14 @@ def tag_reasons(raw: DataFrame, input_cfg: InputConfig, behavior_cfg: BehaviorCo
 
 def quarantine_view(tagged: DataFrame) -> DataFrame:
     """Bad rows with their original (raw, string) columns, the source file and the reason."""
-    raw_cols = [F.col(f"raw_{n}").alias(n) for n in
-                ("user_id", "item_id", "category_id", "behavior", "ts", "value")]
+    raw_cols = [
+        F.col(f"raw_{n}").alias(n)
+        for n in ("user_id", "item_id", "category_id", "behavior", "ts", "value")
+    ]
     return tagged.where(F.col("reason").isNotNull()).select(
-        *raw_cols, F.col(CORRUPT).alias("raw_record"), F.col("_file").alias("source_file"),
+        *raw_cols,
+        F.col(CORRUPT).alias("raw_record"),
+        F.col("_file").alias("source_file"),
         "reason",
     )
 

@@ -31,12 +31,14 @@ def build_vocab(events: DataFrame, column: str, min_count: int) -> DataFrame:
         .where(F.col("count") >= min_count)
     )
     order = Window.orderBy(F.col("count").desc(), F.col("raw_id").asc())
-    return counts.withColumn("id", (F.row_number().over(order) + (FIRST_ID - 1)).cast("long")).select(
-        "raw_id", "id", "count"
-    )
+    return counts.withColumn(
+        "id", (F.row_number().over(order) + (FIRST_ID - 1)).cast("long")
+    ).select("raw_id", "id", "count")
 
 
-def attach_item_category(item_vocab: DataFrame, events: DataFrame, category_vocab: DataFrame) -> DataFrame:
+def attach_item_category(
+    item_vocab: DataFrame, events: DataFrame, category_vocab: DataFrame
+) -> DataFrame:
     """Add `category_id` (the item's most frequent category id) to the item vocab."""
     with_cat = events.join(
         category_vocab.select(F.col("raw_id").alias("category_id"), F.col("id").alias("cat_id")),
@@ -51,7 +53,10 @@ def attach_item_category(item_vocab: DataFrame, events: DataFrame, category_voca
         F.col("item_id").alias("raw_id"), (-F.col("best.neg_cat")).cast("long").alias("category_id")
     )
     return item_vocab.join(best, on="raw_id", how="left").select(
-        "raw_id", "id", "count", F.coalesce("category_id", F.lit(OOV_ID)).cast("long").alias("category_id")
+        "raw_id",
+        "id",
+        "count",
+        F.coalesce("category_id", F.lit(OOV_ID)).cast("long").alias("category_id"),
     )
 
 

@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def spark() -> Iterator["pyspark.sql.SparkSession"]:  # noqa: F821
+def spark() -> Iterator[pyspark.sql.SparkSession]:  # noqa: F821
     """A `local[2]` Spark session shared by all Spark tests (starting one costs ~8 s)."""
     from pipeline.spark_session import get_spark
 
@@ -24,7 +24,9 @@ def spark() -> Iterator["pyspark.sql.SparkSession"]:  # noqa: F821
     session.stop()
 
 
-def write_events_parquet(path: Path, rows: Sequence[dict], schema: dict[str, str] | None = None) -> Path:
+def write_events_parquet(
+    path: Path, rows: Sequence[dict], schema: dict[str, str] | None = None
+) -> Path:
     """Write event dicts to one Parquet file (column types inferred by pyarrow unless given)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -33,8 +35,14 @@ def write_events_parquet(path: Path, rows: Sequence[dict], schema: dict[str, str
     columns = sorted({key for row in rows for key in row}) if rows else []
     data = {col: [row.get(col) for row in rows] for col in columns}
     if schema:
-        table = pa.table({c: pa.array(data[c], type=pa.type_for_alias(schema[c])) if c in schema
-                          else pa.array(data[c]) for c in columns})
+        table = pa.table(
+            {
+                c: pa.array(data[c], type=pa.type_for_alias(schema[c]))
+                if c in schema
+                else pa.array(data[c])
+                for c in columns
+            }
+        )
     else:
         table = pa.table(data)
     pq.write_table(table, path)

@@ -38,14 +38,16 @@ def make_config(**overrides: dict[str, Any]) -> Any:
     return config_from_dict(data)
 
 
-def build(spark: Any, inputs: list[Path | str], out: Path, cfg: Any = None, **kwargs: Any) -> BuildResult:
+def build(
+    spark: Any, inputs: list[Path | str], out: Path, cfg: Any = None, **kwargs: Any
+) -> BuildResult:
     """Run a build into `out` with `cfg` (default BASE_CONFIG)."""
     return run_build(spark, cfg or make_config(), [str(p) for p in inputs], str(out), **kwargs)
 
 
 def read_split(out: Path, split: str) -> list[UserSample]:
     """All samples of one split, read back with webdataset in shard order."""
-    urls = sorted(glob.glob(str(out / "shards" / split / "*.tar")))
+    urls = sorted(glob.glob(str(out / "shards" / split / "*.tar*")))
     if not urls:
         return []
     dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)

@@ -39,14 +39,24 @@ B_ROWS = [
     ("erin", "i1", "c1", "view", 99_999_999_999, 1.0),  # ts_out_of_range
 ]
 COLUMNS = ("user_id", "item_id", "category_id", "behavior", "ts", "value")
-SCHEMA = {"user_id": "string", "item_id": "string", "category_id": "string",
-          "behavior": "string", "ts": "int64", "value": "float32"}
+SCHEMA = {
+    "user_id": "string",
+    "item_id": "string",
+    "category_id": "string",
+    "behavior": "string",
+    "ts": "int64",
+    "value": "float32",
+}
 ITEM_IDS = {"i2": 2, "i1": 3, "i3": 4, "i4": 5, "i5": 6, "i6": 7, "i7": 8, "i8": 9, "i9": 10}
 
 
 def _write_inputs(directory: Path) -> Path:
-    write_events_parquet(directory / "a.parquet", [dict(zip(COLUMNS, r)) for r in A_ROWS], SCHEMA)
-    write_events_parquet(directory / "b.parquet", [dict(zip(COLUMNS, r)) for r in B_ROWS], SCHEMA)
+    write_events_parquet(
+        directory / "a.parquet", [dict(zip(COLUMNS, r, strict=False)) for r in A_ROWS], SCHEMA
+    )
+    write_events_parquet(
+        directory / "b.parquet", [dict(zip(COLUMNS, r, strict=False)) for r in B_ROWS], SCHEMA
+    )
     return directory
 
 
@@ -90,14 +100,24 @@ def test_user_order_is_ts_then_file_then_row(spark, built):
 
 def test_vocab_ids_by_count_then_raw_id(spark, built):
     root, manifest, _ = built
-    items = {r["raw_id"]: r["id"] for r in spark.read.parquet(str(root / "out1/vocab/item")).collect()}
+    items = {
+        r["raw_id"]: r["id"] for r in spark.read.parquet(str(root / "out1/vocab/item")).collect()
+    }
     assert items == ITEM_IDS
-    behaviors = {r["raw_id"]: r["id"] for r in spark.read.parquet(str(root / "out1/vocab/behavior")).collect()}
+    behaviors = {
+        r["raw_id"]: r["id"]
+        for r in spark.read.parquet(str(root / "out1/vocab/behavior")).collect()
+    }
     assert behaviors == {"click": 2, "view": 3, "buy": 4}  # click/view tie at 6 → by raw id
-    categories = {r["raw_id"]: (r["id"], r["count"]) for r in
-                  spark.read.parquet(str(root / "out1/vocab/category")).collect()}
+    categories = {
+        r["raw_id"]: (r["id"], r["count"])
+        for r in spark.read.parquet(str(root / "out1/vocab/category")).collect()
+    }
     assert categories == {"c1": (2, 8), "c2": (3, 3), "c3": (4, 2), "c4": (5, 2)}
-    item_cat = {r["raw_id"]: r["category_id"] for r in spark.read.parquet(str(root / "out1/vocab/item")).collect()}
+    item_cat = {
+        r["raw_id"]: r["category_id"]
+        for r in spark.read.parquet(str(root / "out1/vocab/item")).collect()
+    }
     assert item_cat["i9"] == 5 and item_cat["i3"] == 3
     assert manifest["vocab"] == {"item": 11, "category": 6, "behavior": 5}
 
@@ -105,11 +125,24 @@ def test_vocab_ids_by_count_then_raw_id(spark, built):
 def test_split_boundaries_and_targets(built):
     root, manifest, _ = built
     out = root / "out1"
-    by_split = {split: {s.user: s for s in read_split(out, split)} for split in ("train", "valid", "test")}
+    by_split = {
+        split: {s.user: s for s in read_split(out, split)} for split in ("train", "valid", "test")
+    }
     pos = {
-        split: {u: [(int(i), int(h), int(t)) for i, h, t, lab in zip(
-            s.targets["target_item"], s.targets["target_hist_len"], s.targets["target_ts"],
-            s.targets["target_label"]) if lab == 1] for u, s in samples.items()}
+        split: {
+            u: [
+                (int(i), int(h), int(t))
+                for i, h, t, lab in zip(
+                    s.targets["target_item"],
+                    s.targets["target_hist_len"],
+                    s.targets["target_ts"],
+                    s.targets["target_label"],
+                    strict=False,
+                )
+                if lab == 1
+            ]
+            for u, s in samples.items()
+        }
         for split, samples in by_split.items()
     }
     assert pos["train"] == {
@@ -134,8 +167,13 @@ def test_no_target_sees_itself_or_the_future(spark, built):
             validate_sample(sample)
             row = lifelong[sample.user]
             ts = sample.history["ts"]
-            for item, cut, t_ts, label in zip(sample.targets["target_item"], sample.targets["target_hist_len"],
-                                              sample.targets["target_ts"], sample.targets["target_label"]):
+            for item, cut, t_ts, label in zip(
+                sample.targets["target_item"],
+                sample.targets["target_hist_len"],
+                sample.targets["target_ts"],
+                sample.targets["target_label"],
+                strict=False,
+            ):
                 assert np.all(ts[:cut] <= t_ts)
                 if label == 1:  # the positive is the event right after its history
                     assert row["item"][cut] == item and row["ts"][cut] == t_ts
@@ -152,7 +190,7 @@ def test_negatives_never_positive_nor_seen(spark, built):
         for sample in read_split(out, split):
             seen = set(lifelong[sample.user]["item"])
             labels = sample.targets["target_label"]
-            for item, label in zip(sample.targets["target_item"], labels):
+            for item, label in zip(sample.targets["target_item"], labels, strict=False):
                 if label == 0:
                     negatives += 1
                     assert item not in seen and item >= 2
@@ -172,7 +210,9 @@ def test_shards_equal_lifelong_table(spark, built):
             assert n == int(sample.targets["target_hist_len"].max())
             for name in ("item", "category", "behavior", "ts"):
                 assert sample.history[name].tolist() == row[name][:n]
-            np.testing.assert_allclose(sample.history["value"], np.asarray(row["value"][:n], np.float32))
+            np.testing.assert_allclose(
+                sample.history["value"], np.asarray(row["value"][:n], np.float32)
+            )
 
 
 def test_two_runs_are_byte_identical(built):
@@ -199,7 +239,13 @@ def test_shard_sizes_respect_max_samples(built):
 def test_output_layout_and_manifest(built):
     root, manifest, _ = built
     out = root / "out1"
-    assert sorted(p.name for p in out.iterdir()) == ["lifelong", "manifest.json", "quarantine", "shards", "vocab"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "lifelong",
+        "manifest.json",
+        "quarantine",
+        "shards",
+        "vocab",
+    ]
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["schema_version"] == 1
     assert on_disk["config"]["targets"]["valid_start"] == 2000
@@ -237,8 +283,12 @@ def test_vocab_from_maps_new_items_to_oov(spark, tmp_path, built):
     root, _, _ = built
     new = tmp_path / "new"
     rows = [("zed", "i1", "c1", "view", 10, 1.0), ("zed", "NEW", "c9", "click", 20, 1.0)]
-    write_events_parquet(new / "x.parquet", [dict(zip(COLUMNS, r)) for r in rows], SCHEMA)
-    result = run_build(spark, make_config(), [str(new)], str(tmp_path / "out"), vocab_from=str(root / "out1"))
+    write_events_parquet(
+        new / "x.parquet", [dict(zip(COLUMNS, r, strict=False)) for r in rows], SCHEMA
+    )
+    result = run_build(
+        spark, make_config(), [str(new)], str(tmp_path / "out"), vocab_from=str(root / "out1")
+    )
     assert result.manifest["counts"]["oov"] == {"item": 1, "category": 1, "behavior": 0}
     assert result.manifest["vocab"]["item"] == 11
     zed = _lifelong(spark, tmp_path / "out")["zed"]
@@ -254,3 +304,33 @@ def test_max_history_keeps_most_recent(spark, tmp_path, built):
     assert alice["n_events"] == 8 and alice["truncated"] == 5
     # alice 8→3 (5), bob 4→3 (1), carol 2, dave 1
     assert result.manifest["counts"]["truncated"] == 6
+
+
+def test_gzip_shards_hold_the_same_samples(spark, tmp_path, built):
+    root, _, _ = built
+    cfg = make_config(shards={"compression": "gzip"})
+    first = build(spark, [root / "in"], tmp_path / "gz1", cfg).manifest
+    second = build(spark, [root / "in"], tmp_path / "gz2", cfg).manifest
+    names = [s["name"] for s in first["splits"]["train"]["shards"]]
+    assert names and all(n.endswith(".tar.gz") for n in names)
+    assert first["splits"] == second["splits"]  # same sha256: deterministic gzip too
+    for split in ("train", "valid", "test"):
+        plain = {s.user: s for s in read_split(root / "out1", split)}
+        packed = {s.user: s for s in read_split(tmp_path / "gz1", split)}
+        assert plain.keys() == packed.keys()
+        for user, sample in packed.items():
+            for name, array in {**sample.history, **sample.targets}.items():
+                expected = {**plain[user].history, **plain[user].targets}[name]
+                assert np.array_equal(array, expected), (split, user, name)
+
+
+def test_min_count_sends_rare_items_to_oov(spark, tmp_path, built):
+    root, _, _ = built
+    result = build(spark, [root / "in"], tmp_path / "out", make_config(vocab={"min_count": 2}))
+    items = {
+        r["raw_id"]: r["id"] for r in spark.read.parquet(str(tmp_path / "out/vocab/item")).collect()
+    }
+    assert items == {"i2": 2, "i1": 3, "i3": 4}
+    assert result.manifest["counts"]["oov"]["item"] == 6  # i4..i9 once each
+    alice = _lifelong(spark, tmp_path / "out")["alice"]
+    assert alice["item"] == [3, 2, 4, 1, 1, 1, 1, 1]

@@ -34,16 +34,26 @@ BAD_CSV = {
 def test_every_reason_is_tagged_and_no_good_row_is_lost(spark, tmp_path):
     path = write_text(tmp_path / "events.csv", [CSV_HEADER, *GOOD_CSV, *BAD_CSV.values()])
     cfg = make_config(input={"format": "csv"})
-    tagged = tag_reasons(read_raw_events(spark, [str(path)], cfg.input).df, cfg.input, cfg.behaviors)
+    tagged = tag_reasons(
+        read_raw_events(spark, [str(path)], cfg.input).df, cfg.input, cfg.behaviors
+    )
     rows = tagged.select("raw_user_id", "raw_item_id", "raw_ts", "reason").collect()
     reasons = sorted(r["reason"] for r in rows if r["reason"])
     assert reasons == sorted(REASONS)
-    by_line = {(r["raw_user_id"] or "").strip() + "|" + (r["raw_item_id"] or "") + "|" + (r["raw_ts"] or ""):
-               r["reason"] for r in rows}
+    by_line = {
+        (r["raw_user_id"] or "").strip()
+        + "|"
+        + (r["raw_item_id"] or "")
+        + "|"
+        + (r["raw_ts"] or ""): r["reason"]
+        for r in rows
+    }
     assert by_line["u3|i1|yesterday"] == "bad_ts"
     assert by_line["u3||100"] == "null_item_id"
-    good = {(r["user_id"], r["item_id"], r["category_id"], r["behavior"], r["ts"], r["value"])
-            for r in valid_events(tagged).collect()}
+    good = {
+        (r["user_id"], r["item_id"], r["category_id"], r["behavior"], r["ts"], r["value"])
+        for r in valid_events(tagged).collect()
+    }
     assert good == {
         ("u1", "i1", "c1", "view", 100, 1.5),
         ("u1", "i2", None, "click", 1704067200, None),
@@ -69,13 +79,18 @@ def test_bad_fraction_error_names_reasons_and_examples(spark, tmp_path):
 
 
 def test_jsonl_malformed_line_is_quarantined(spark, tmp_path):
-    path = write_text(tmp_path / "events.jsonl", [
-        '{"user_id": 1, "item_id": 10, "behavior": "click", "ts": 100}',
-        '{"user_id": 1, "item_id": 11, "behavior": "view", "ts": 50}',
-        '{"user_id": 1, "item_id": 12, "behavior": "view", "ts": 150',
-    ])
+    path = write_text(
+        tmp_path / "events.jsonl",
+        [
+            '{"user_id": 1, "item_id": 10, "behavior": "click", "ts": 100}',
+            '{"user_id": 1, "item_id": 11, "behavior": "view", "ts": 50}',
+            '{"user_id": 1, "item_id": 12, "behavior": "view", "ts": 150',
+        ],
+    )
     cfg = make_config(input={"format": "jsonl"})
-    tagged = tag_reasons(read_raw_events(spark, [str(path)], cfg.input).df, cfg.input, cfg.behaviors)
+    tagged = tag_reasons(
+        read_raw_events(spark, [str(path)], cfg.input).df, cfg.input, cfg.behaviors
+    )
     reasons = sorted((r["raw_item_id"] or "-", r["reason"] or "ok") for r in tagged.collect())
     assert reasons == [("-", "malformed_record"), ("10", "ok"), ("11", "ok")]
 
@@ -88,14 +103,23 @@ def test_missing_mapped_column_is_a_clear_error(spark, tmp_path):
 
 
 MOVIELENS = [  # user, item, rating, ts; user 1 has a ts tie at 300
-    (1, 10, 5, 100), (1, 11, 3, 200), (1, 12, 4, 300), (1, 13, 2, 300), (1, 14, 1, 400),
-    (2, 10, 4, 50), (2, 12, 5, 60),
+    (1, 10, 5, 100),
+    (1, 11, 3, 200),
+    (1, 12, 4, 300),
+    (1, 13, 2, 300),
+    (1, 14, 1, 400),
+    (2, 10, 4, 50),
+    (2, 12, 5, 60),
     (3, 11, 2, 10),
 ]
 LOO_CONFIG = {
     "behaviors": {"known": ["rating"]},
-    "targets": {"split": "leave_one_out", "positive_behaviors": ["rating"], "negatives": "none",
-                "negatives_per_positive": 0},
+    "targets": {
+        "split": "leave_one_out",
+        "positive_behaviors": ["rating"],
+        "negatives": "none",
+        "negatives_per_positive": 0,
+    },
 }
 
 
@@ -104,7 +128,11 @@ def _loo_targets(out: Path) -> dict[str, dict[str, list[tuple[int, int]]]]:
     for split in ("train", "valid", "test"):
         for sample in read_split(out, split):
             result.setdefault(split, {})[sample.user] = list(
-                zip(sample.targets["target_item"].tolist(), sample.targets["target_hist_len"].tolist())
+                zip(
+                    sample.targets["target_item"].tolist(),
+                    sample.targets["target_hist_len"].tolist(),
+                    strict=False,
+                )
             )
     return result
 
@@ -122,7 +150,9 @@ def test_movielens_formats_leave_one_out(spark, tmp_path, fmt):
     cfg = make_config(input={"format": fmt}, **LOO_CONFIG)
     result = build(spark, [path], tmp_path / "out", cfg)
     assert result.manifest["counts"]["events_valid"] == len(MOVIELENS)
-    items = {r["raw_id"]: r["id"] for r in spark.read.parquet(str(tmp_path / "out/vocab/item")).collect()}
+    items = {
+        r["raw_id"]: r["id"] for r in spark.read.parquet(str(tmp_path / "out/vocab/item")).collect()
+    }
     ids = {raw: items[raw] for raw in ("10", "11", "12", "13", "14")}
     targets = _loo_targets(tmp_path / "out")
     # user 1 order: 10, 11, 12, 13 (tie at 300 kept in input order), 14
@@ -138,21 +168,30 @@ def test_movielens_formats_leave_one_out(spark, tmp_path, fmt):
 
 
 def test_taobao_csv_with_behavior_mapping(spark, tmp_path):
-    path = write_text(tmp_path / "UserBehavior.csv", [
-        "1,100,7,pv,1511544070",
-        "1,101,7,cart,1511544080",
-        "1,102,8,buy,1511544090",
-        "1,103,8,sleep,1511544095",
-    ])
+    path = write_text(
+        tmp_path / "UserBehavior.csv",
+        [
+            "1,100,7,pv,1511544070",
+            "1,101,7,cart,1511544080",
+            "1,102,8,buy,1511544090",
+            "1,103,8,sleep,1511544095",
+        ],
+    )
     cfg = make_config(
         input={"format": "taobao", "ts_min": "2017-11-01", "ts_max": "2017-12-31"},
         behaviors={"known": ["view", "cart", "fav", "buy"], "mapping": {"pv": "view"}},
-        targets={"split": "leave_one_out", "positive_behaviors": ["cart", "buy"], "negatives": "none"},
+        targets={
+            "split": "leave_one_out",
+            "positive_behaviors": ["cart", "buy"],
+            "negatives": "none",
+        },
         validation={"max_bad_fraction": 0.3},
     )
     result = build(spark, [path], tmp_path / "out", cfg)
     assert result.manifest["counts"]["quarantined"]["unknown_behavior"] == 1
-    behaviors = {r["raw_id"] for r in spark.read.parquet(str(tmp_path / "out/vocab/behavior")).collect()}
+    behaviors = {
+        r["raw_id"] for r in spark.read.parquet(str(tmp_path / "out/vocab/behavior")).collect()
+    }
     assert behaviors == {"view", "cart", "buy"}
     test = read_split(tmp_path / "out", "test")
     assert [s.targets["target_hist_len"].tolist() for s in test] == [[2]]

@@ -1,0 +1,289 @@
+"""Pipeline benchmark: the Spark build vs a single-process pandas/pyarrow build, side by side.
+
+For each input size (synthetic events from `lifeseq synth`, seed fixed) it runs, each in a fresh
+process so memory is measured per size:
+
+* `lifeseq build` on embedded `local[2]` Spark: wall time, events/s, peak RSS of the Python
+  driver and of the driver JVM (in local mode the executors live inside that JVM; the Python
+  workers are counted separately), shard bytes and lifelong-table bytes per valid event;
+* `jobs.bench_pipeline_baseline` (pandas/pyarrow, one process): wall time and peak RSS.
+
+Prints a Markdown table and, with `--out FILE.json`, writes JSON keyed by input size.
+
+    python -m jobs.bench_pipeline [--sizes 1000000 4000000 16000000] [--out bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG = REPO_ROOT / "configs" / "pipeline" / "synthetic.yaml"
+
+
+class PeakRss:
+    """Polls a process tree and keeps the peak RSS (bytes) of the root, its JVM and the rest."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self._root = psutil.Process(pid)
+        self._interval = interval
+        self.peak = {"python_driver": 0, "jvm": 0, "python_workers": 0, "total": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        try:
+            procs = [self._root, *self._root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        now = {"python_driver": 0, "jvm": 0, "python_workers": 0}
+        for proc in procs:
+            try:
+                rss = proc.memory_info().rss
+                name = proc.name()
+            except psutil.NoSuchProcess:
+                continue
+            if proc.pid == self._root.pid:
+                now["python_driver"] += rss
+            elif name == "java":
+                now["jvm"] += rss
+            else:
+                now["python_workers"] += rss
+        now["total"] = sum(now.values())
+        for key, value in now.items():
+            self.peak[key] = max(self.peak[key], value)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(self._interval)
+
+    def stop(self) -> dict[str, int]:
+        """Stop polling; return the peaks."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _timed(command: list[str], log_path: Path) -> tuple[float, dict[str, int], str]:
+    """Run `command`, return (seconds, peak RSS by role, stdout); raise on failure."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    with open(log_path, "w") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO_ROOT
+        )
+        monitor = PeakRss(proc.pid)
+        stdout, _ = proc.communicate()
+        seconds = time.perf_counter() - start
+        peak = monitor.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}); see {log_path}")
+    return seconds, peak, stdout
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _synth(events: int, seed: int, directory: Path) -> Path:
+    marker = directory / "_synth.json"
+    if marker.exists():
+        return directory
+    if directory.exists():
+        shutil.rmtree(directory)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.synth",
+            "--out",
+            str(directory),
+            "--events",
+            str(events),
+            "--seed",
+            str(seed),
+        ],
+        check=True,
+        cwd=REPO_ROOT,
+    )
+    return directory
+
+
+def _config_with(compression: str, workdir: Path) -> Path:
+    """The synthetic config with `shards.compression` overridden, as a file in `workdir`."""
+    import yaml
+
+    data = yaml.safe_load(CONFIG.read_text())
+    data["shards"]["compression"] = compression
+    path = workdir / f"config-{compression}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def bench_size(
+    events: int, workdir: Path, seed: int, skip_baseline: bool, compression: str = "none"
+) -> dict:
+    """Run both builds on `events` synthetic events; return the measurements."""
+    inputs = _synth(events, seed, workdir / f"events-{events}")
+    out = workdir / f"spark-{events}"
+    config = _config_with(compression, workdir)
+    spark_s, spark_rss, _ = _timed(
+        [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "build",
+            "--config",
+            str(config),
+            "--input",
+            str(inputs),
+            "--output",
+            str(out),
+            "--overwrite",
+        ],
+        workdir / f"spark-{events}.log",
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    valid = manifest["counts"]["events_valid"]
+    shard_bytes = _dir_bytes(out / "shards")
+    lifelong_bytes = _dir_bytes(out / "lifelong")
+    row = {
+        "events_in": manifest["counts"]["events_in"],
+        "events_valid": valid,
+        "users": manifest["users"],
+        "shard_compression": compression,
+        "spark_s": round(spark_s, 2),
+        "spark_events_per_s": round(valid / spark_s),
+        "spark_stage_s": manifest["timings_s"],
+        "spark_peak_rss_mb": {k: round(v / 2**20) for k, v in spark_rss.items()},
+        "shard_bytes_per_event": round(shard_bytes / valid, 2),
+        "lifelong_bytes_per_event": round(lifelong_bytes / valid, 2),
+        "input_bytes_per_event": round(_dir_bytes(inputs) / manifest["counts"]["events_in"], 2),
+        "shard_to_lifelong_ratio": round(shard_bytes / lifelong_bytes, 2),
+        "targets": sum(s["targets"] for s in manifest["splits"].values()),
+    }
+    shutil.rmtree(out)
+    if not skip_baseline:
+        base_out = workdir / f"pandas-{events}"
+        shutil.rmtree(base_out, ignore_errors=True)
+        pandas_s, pandas_rss, stdout = _timed(
+            [
+                sys.executable,
+                "-m",
+                "jobs.bench_pipeline_baseline",
+                "--config",
+                str(CONFIG),
+                "--input",
+                str(inputs),
+                "--output",
+                str(base_out),
+            ],
+            workdir / f"pandas-{events}.log",
+        )
+        baseline = json.loads(stdout.strip().splitlines()[-1])
+        row.update(
+            {
+                "pandas_s": round(pandas_s, 2),
+                "pandas_events_per_s": round(baseline["events_valid"] / pandas_s),
+                "pandas_peak_rss_mb": round(pandas_rss["total"] / 2**20),
+                "pandas_same_targets": baseline["targets"] == row["targets"]
+                and baseline["events_valid"] == valid,
+                "spark_over_pandas": round(spark_s / pandas_s, 2),
+            }
+        )
+        shutil.rmtree(base_out)
+    return row
+
+
+def markdown(results: dict[str, dict]) -> str:
+    """The benchmark table in Markdown."""
+    head = (
+        "| events | Spark s | Spark ev/s | driver RSS MB (python / JVM) | shard B/ev | "
+        "lifelong B/ev | shard/lifelong | pandas s | pandas ev/s | pandas RSS MB | same targets |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for size, r in results.items():
+        rss = r["spark_peak_rss_mb"]
+        lines.append(
+            f"| {int(size):,} | {r['spark_s']:.1f} | {r['spark_events_per_s']:,} | "
+            f"{rss['python_driver']:,} / {rss['jvm']:,} | {r['shard_bytes_per_event']:.1f} | "
+            f"{r['lifelong_bytes_per_event']:.1f} | {r['shard_to_lifelong_ratio']:.2f} | "
+            f"{r.get('pandas_s', float('nan')):.1f} | {r.get('pandas_events_per_s', 0):,} | "
+            f"{r.get('pandas_peak_rss_mb', 0):,} | {r.get('pandas_same_targets', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (`python -m jobs.bench_pipeline`, `lifeseq bench pipeline`)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 4_000_000, 16_000_000])
+    parser.add_argument("--workdir", default="bench_out/pipeline", help="data and scratch outputs")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--skip-baseline", action="store_true", help="only run Spark")
+    parser.add_argument(
+        "--shard-compression",
+        choices=["none", "gzip"],
+        default="none",
+        help="override shards.compression of the synthetic config",
+    )
+    parser.add_argument("--out", default=None, help="write JSON results here")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    for size in args.sizes:
+        print(f"benchmarking {size:,} events ...", flush=True)
+        results[str(size)] = bench_size(
+            size, workdir, args.seed, args.skip_baseline, args.shard_compression
+        )
+        print(json.dumps(results[str(size)]), flush=True)
+    sizes = [str(s) for s in args.sizes]
+    summary = {}
+    if "4000000" in results and "16000000" in results:
+        summary["spark_16M_over_4M"] = round(
+            results["16000000"]["spark_s"] / results["4000000"]["spark_s"], 2
+        )
+    summary["max_driver_python_rss_mb"] = max(
+        r["spark_peak_rss_mb"]["python_driver"] for r in results.values()
+    )
+    summary["max_driver_jvm_rss_mb"] = max(r["spark_peak_rss_mb"]["jvm"] for r in results.values())
+    print(markdown(results))
+    print(json.dumps(summary))
+    if args.out:
+        git = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT
+        )
+        payload = {
+            **{s: results[s] for s in sizes},
+            "summary": summary,
+            "meta": {
+                "commit": git.stdout.strip(),
+                "cpu_count": os.cpu_count(),
+                "machine": platform.machine(),
+                "python": platform.python_version(),
+                "config": str(CONFIG.relative_to(REPO_ROOT)),
+                "seed": args.seed,
+            },
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
