@@ -38,7 +38,13 @@ class PeakRss:
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self._root = psutil.Process(pid)
         self._interval = interval
-        self.peak = {"python_driver": 0, "jvm": 0, "python_workers": 0, "total": 0}
+        self.peak = {
+            "python_driver": 0,
+            "jvm": 0,
+            "executor_jvms": 0,
+            "python_workers": 0,
+            "total": 0,
+        }
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -48,17 +54,20 @@ class PeakRss:
             procs = [self._root, *self._root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return
-        now = {"python_driver": 0, "jvm": 0, "python_workers": 0}
+        now = {"python_driver": 0, "jvm": 0, "executor_jvms": 0, "python_workers": 0}
         for proc in procs:
             try:
                 rss = proc.memory_info().rss
                 name = proc.name()
+                parent = proc.ppid()
             except psutil.NoSuchProcess:
                 continue
             if proc.pid == self._root.pid:
                 now["python_driver"] += rss
+            elif name == "java" and parent == self._root.pid:
+                now["jvm"] += rss  # the driver JVM (in local[N] mode it also runs the executors)
             elif name == "java":
-                now["jvm"] += rss
+                now["executor_jvms"] += rss  # local-cluster / standalone executors
             else:
                 now["python_workers"] += rss
         now["total"] = sum(now.values())
@@ -134,7 +143,12 @@ def _config_with(compression: str, workdir: Path) -> Path:
 
 
 def bench_size(
-    events: int, workdir: Path, seed: int, skip_baseline: bool, compression: str = "none"
+    events: int,
+    workdir: Path,
+    seed: int,
+    skip_baseline: bool,
+    compression: str = "none",
+    master: str = "local[2]",
 ) -> dict:
     """Run both builds on `events` synthetic events; return the measurements."""
     inputs = _synth(events, seed, workdir / f"events-{events}")
@@ -153,6 +167,8 @@ def bench_size(
             "--output",
             str(out),
             "--overwrite",
+            "--master",
+            master,
         ],
         workdir / f"spark-{events}.log",
     )
@@ -165,6 +181,7 @@ def bench_size(
         "events_valid": valid,
         "users": manifest["users"],
         "shard_compression": compression,
+        "master": master,
         "spark_s": round(spark_s, 2),
         "spark_events_per_s": round(valid / spark_s),
         "spark_stage_s": manifest["timings_s"],
@@ -248,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         print(f"benchmarking {size:,} events ...", flush=True)
         results[str(size)] = bench_size(
-            size, workdir, args.seed, args.skip_baseline, args.shard_compression
+            size, workdir, args.seed, args.skip_baseline, args.shard_compression, args.master
         )
         print(json.dumps(results[str(size)]), flush=True)
     sizes = [str(s) for s in args.sizes]

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -169,7 +168,11 @@ def run_build(
     t0 = time.perf_counter()
     valid = valid_events(tagged)
     files = [r["_file"] for r in valid.select("_file").distinct().collect()]
-    deduped = deduplicate(index_files(valid, files)).persist(StorageLevel.MEMORY_AND_DISK)
+    # Checkpoint the deduplicated events as Parquet: later stages read only the columns they
+    # need, and nothing has to stay cached in the (small, in local mode shared) heap.
+    events_dir = storage.join(output, "_tmp", "events")
+    deduplicate(index_files(valid, files)).write.mode("overwrite").parquet(events_dir)
+    deduped = spark.read.parquet(events_dir)
     events_valid = deduped.count()
     duplicates = (events_in - bad) - events_valid
     timings["dedupe"] = time.perf_counter() - t0
@@ -209,7 +212,8 @@ def run_build(
     build_lifelong(mapped, cfg.lifelong.max_history, with_value).write.mode("overwrite").parquet(
         lifelong_dir
     )
-    deduped.unpersist()
+    # A lifelong row holds up to max_history events per array: read few rows per columnar batch.
+    spark.conf.set("spark.sql.parquet.columnarReaderBatchSize", "64")
     lifelong = spark.read.parquet(lifelong_dir)
     user_row = lifelong.agg(
         F.count(F.lit(1)).alias("users"),
