@@ -257,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         default="none",
         help="override shards.compression of the synthetic config",
     )
+    parser.add_argument(
+        "--master",
+        default="local[2]",
+        help="Spark master; local-cluster[2,1,1024] runs the executors in JVMs of their own, "
+        "so that the driver JVM's memory is measured alone",
+    )
     parser.add_argument("--out", default=None, help="write JSON results here")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
