@@ -31,7 +31,9 @@ class Jagged:
 
     def __post_init__(self) -> None:
         if self.lengths.dim() != 1:
-            raise ValueError(f"Jagged.lengths: expected a 1-D tensor, got shape {tuple(self.lengths.shape)}")
+            raise ValueError(
+                f"Jagged.lengths: expected a 1-D tensor, got shape {tuple(self.lengths.shape)}"
+            )
         if self.lengths.device.type != "cpu":
             return  # checking the total would force a device sync on every construction
         total = int(self.lengths.sum()) if self.lengths.numel() else 0
@@ -71,11 +73,12 @@ class Jagged:
         length = self.max_length if max_length is None else max_length
         out = self.values.new_full((self.batch_size, length, *self.values.shape[1:]), padding_value)
         if self.values.shape[0]:
-            row = torch.repeat_interleave(torch.arange(self.batch_size, device=self.values.device),
-                                          self.lengths)
-            col = torch.arange(self.values.shape[0], device=self.values.device) - torch.repeat_interleave(
-                self.offsets[:-1], self.lengths
+            row = torch.repeat_interleave(
+                torch.arange(self.batch_size, device=self.values.device), self.lengths
             )
+            col = torch.arange(
+                self.values.shape[0], device=self.values.device
+            ) - torch.repeat_interleave(self.offsets[:-1], self.lengths)
             keep = col < length
             out[row[keep], col[keep]] = self.values[keep]
         return out

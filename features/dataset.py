@@ -1,0 +1,662 @@
+"""Iterable dataset over WebDataset shards: exactly-once sharding, equal batch counts, safe reads.
+
+Usage (one rank of a job; rank and world size from `torch.distributed` when not given):
+
+    ds = LifeseqDataset.from_manifest("OUT", "train", view="ctr", batch_size=64, num_workers=3)
+    loader = LifeseqDataLoader(ds)          # batch_size=None: the dataset yields whole batches
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)     # Lightning calls this itself
+        for batch in loader: ...            # CtrBatch / GenerativeBatch
+
+**Sharding.** The job has `world_size × max(1, num_workers)` slots. Each epoch the shards are
+ordered by a permutation seeded with `(seed, epoch)` and assigned to slots by
+longest-processing-time (largest shard first, ties in permutation order, to the slot with the
+fewest samples so far), so each slot's sample count is balanced and — since the assignment only
+looks at shard sizes — the same in every epoch. Every shard belongs to exactly one slot, so in
+one epoch every sample of the split is read exactly once across the job.
+
+**Equal steps.** From the manifest's per-shard sample counts, slot (r, w) makes
+`ceil(samples / batch_size)` real batches; rank r's count is the sum over its workers, and every
+rank yields `max` of those counts (`len(dataset)`): short ranks are topped up with padding
+batches (`CtrBatch.empty()`: no users, no targets, `weight = 0.0`), spread over their workers.
+Padding contributes nothing to the loss (scale by `batch.weight`) but keeps DDP collectives in
+step. A slot whose shards turn out shorter than the manifest says (corrupt shard) pads more; one
+that holds more samples than the manifest says drops the excess (counted, warned, an error in
+strict mode), so the batch count never changes at run time.
+
+**Shuffling.** With `shuffle=True`: the seeded per-epoch shard order above plus a bounded
+shuffle buffer of `shuffle_buffer` users per worker, seeded with `(seed, epoch, rank, worker)`.
+The same seed, epoch, world size and worker count give the same batches.
+
+**Bad data.** A shard that cannot be opened, is not a tar, is truncated or holds fewer samples
+than the manifest says is reported with `warnings.warn` and counted (`stats["corrupt_shards"]`,
+`stats["missing_samples"]`); samples read before the damage are kept. Tar members with absolute
+paths, `..` components or of a non-regular type are skipped (`stats["unsafe_members"]`); samples
+that fail to decode are skipped (`stats["bad_samples"]`). With `strict=True` each of these raises
+`ShardError` naming the shard. Counters are per process: `dataset.stats` accumulates what this
+process read; every batch also carries the increments since the producing worker's previous
+batch in `batch.loader_stats`, which the consumer sums (see `trainers.data`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+import tarfile
+import warnings
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data.dataloader import _InfiniteConstantSampler
+
+from features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
+from features.schema import check_members
+from pipeline import storage
+from pipeline.sample_codec import (
+    SCHEMA_VERSION,
+    SPLITS,
+    VALUE_MEMBER,
+    UserSample,
+    decode_members,
+)
+
+VIEWS = ("ctr", "generative")
+#: Counter names of `LifeseqDataset.stats`.
+STAT_KEYS = (
+    "shards",
+    "samples",
+    "targets",
+    "batches",
+    "padding_batches",
+    "corrupt_shards",
+    "missing_samples",
+    "dropped_samples",
+    "unsafe_members",
+    "bad_members",
+    "bad_samples",
+)
+#: Errors that mean "this shard is damaged" (tar/gzip format errors, truncation, I/O).
+_CORRUPT_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+#: WebDataset's key/suffix split: `dir/key.suffix.more` → (`dir/key`, `suffix.more`).
+_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+_READ_BUFFER = 1 << 20
+_PYARROW_SCHEMES = ("hdfs://", "viewfs://", "s3://", "s3a://", "gs://", "gcs://")
+
+Batch = CtrBatch | GenerativeBatch
+
+
+class ShardError(ValueError):
+    """A damaged shard or an unsafe/undecodable member, raised in strict mode."""
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard file.
+
+    Attributes:
+        url: local path or URL.
+        samples: samples (users) it holds, from the manifest.
+        bytes: file size from the manifest (0 when unknown).
+    """
+
+    url: str
+    samples: int
+    bytes: int = 0
+
+
+# --- reading tars safely ------------------------------------------------------------------------
+
+
+def unsafe_reason(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member must not be read, or None for a safe regular file."""
+    name = member.name
+    if name.startswith("/") or "\\" in name or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "'..' path component"
+    if not member.isreg():
+        return f"not a regular file (tar type {member.type!r})"
+    return None
+
+
+def iter_tar_samples(
+    fileobj: IO[bytes],
+    url: str,
+    on_unsafe: Callable[[str, str], None],
+    on_bad_member: Callable[[str, str], None],
+) -> Iterator[dict[str, Any]]:
+    """Stream a tar once, front to back, and group members into raw WebDataset samples.
+
+    Consecutive members sharing a key (the member path up to the first dot of its last
+    component) form one sample. Nothing is extracted to disk.
+
+    Args:
+        fileobj: binary stream of a `.tar` (or `.tar.gz`, detected) file.
+        url: shard name, stored in each sample as `__url__`.
+        on_unsafe: called with (member name, reason) for a rejected member; may raise.
+        on_bad_member: called with (member name, reason) for a member without a suffix or with a
+            duplicate suffix; may raise.
+
+    Yields:
+        dicts member suffix → bytes, plus `__key__` and `__url__`.
+
+    Raises:
+        tarfile.TarError, EOFError, OSError, zlib.error: the stream is damaged.
+    """
+    current: dict[str, Any] | None = None
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        for member in tar:
+            if member.isdir():
+                continue
+            reason = unsafe_reason(member)
+            if reason is not None:
+                on_unsafe(member.name, reason)
+                continue
+            match = _KEY_RE.match(member.name)
+            if match is None:
+                on_bad_member(member.name, "no '.suffix' in the member name")
+                continue
+            key, suffix = match.group(1), match.group(2)
+            handle = tar.extractfile(member)
+            assert handle is not None  # a regular file
+            data = handle.read()
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": url}
+            if suffix in current:
+                on_bad_member(member.name, f"duplicate member {suffix!r} in sample {key!r}")
+                continue
+            current[suffix] = data
+    if current is not None:
+        yield current
+
+
+def open_shard(url: str) -> IO[bytes]:
+    """Open a shard for one streaming read.
+
+    Local paths and `file://` use `open`; `hdfs://`, `s3://`, `s3a://`, `gs://` go through
+    `pyarrow.fs` (as `pipeline.storage`); anything else (`http(s)://`, `pipe:`) through
+    WebDataset's `gopen`.
+
+    Raises:
+        OSError: the shard cannot be opened (FileNotFoundError when it does not exist).
+    """
+    if url.startswith("file://"):
+        return open(url[len("file://") :], "rb", buffering=_READ_BUFFER)  # noqa: SIM115
+    if url.startswith(_PYARROW_SCHEMES):
+        fs, path = storage.resolve(url)
+        return fs.open_input_stream(path, compression=None)  # type: ignore[return-value]
+    if "://" in url or url.startswith("pipe:"):
+        from webdataset.gopen import gopen
+
+        return gopen(url, "rb")  # type: ignore[no-any-return]
+    return open(url, "rb", buffering=_READ_BUFFER)  # noqa: SIM115
+
+
+# --- manifest and planning ----------------------------------------------------------------------
+
+
+def shards_from_manifest(root: str, split: str, manifest: dict[str, Any]) -> list[ShardSpec]:
+    """Shards of `split` listed in a manifest, as `root/shards/{name}` URLs.
+
+    Raises:
+        ValueError: unknown split or a malformed `splits.{split}.shards` entry, naming it.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    info = manifest.get("splits", {}).get(split)
+    if not isinstance(info, dict) or not isinstance(info.get("shards"), list):
+        raise ValueError(f"manifest of {root}: splits.{split}.shards missing or not a list")
+    specs = []
+    for i, entry in enumerate(info["shards"]):
+        name, samples = entry.get("name"), entry.get("samples")
+        if not isinstance(name, str) or not isinstance(samples, int) or samples < 0:
+            raise ValueError(
+                f"manifest of {root}: splits.{split}.shards[{i}]: expected name (str) and "
+                f"samples (int >= 0), got {entry!r}"
+            )
+        specs.append(ShardSpec(storage.join(root, "shards", name), samples, entry.get("bytes", 0)))
+    return specs
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Which shards each (rank, worker) reads in one epoch and how many batches it yields.
+
+    Attributes:
+        shards: [rank][worker] → shard indices in read order.
+        samples: [rank][worker] → samples in those shards (manifest counts).
+        batches: [rank][worker] → batches the worker yields, padding included.
+        batches_per_rank: equal for every rank (the sum of a rank's `batches`).
+    """
+
+    shards: list[list[list[int]]]
+    samples: list[list[int]]
+    batches: list[list[int]]
+    batches_per_rank: int
+
+
+def plan_epoch(
+    samples: Sequence[int],
+    world_size: int,
+    workers_per_rank: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+) -> EpochPlan:
+    """Assign shards to (rank, worker) slots and fix every slot's batch count.
+
+    Args:
+        samples: samples per shard (manifest order).
+        world_size: ranks.
+        workers_per_rank: DataLoader workers per rank (1 for `num_workers=0`).
+        batch_size: users per batch.
+        seed: shuffle seed.
+        epoch: epoch number.
+        shuffle: permute the shard order with `(seed, epoch)`; else manifest order.
+
+    Returns:
+        The plan; slot loads and batch counts do not depend on `epoch` or `seed`.
+    """
+    n = len(samples)
+    slots = world_size * workers_per_rank
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+    else:
+        order = np.arange(n)
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n)
+    # Slot s serves rank s % world_size: the first (largest) shards go to different ranks.
+    heap = [(0, s) for s in range(slots)]
+    owned: list[list[int]] = [[] for _ in range(slots)]
+    for idx in sorted(range(n), key=lambda i: (-samples[i], position[i])):
+        load, slot = heapq.heappop(heap)
+        owned[slot].append(idx)
+        heapq.heappush(heap, (load + samples[idx], slot))
+    shards = [[[] for _ in range(workers_per_rank)] for _ in range(world_size)]
+    counts = [[0] * workers_per_rank for _ in range(world_size)]
+    for slot, ids in enumerate(owned):
+        rank, worker = slot % world_size, slot // world_size
+        shards[rank][worker] = sorted(ids, key=lambda i: position[i])
+        counts[rank][worker] = sum(samples[i] for i in ids)
+    real = [[math.ceil(c / batch_size) for c in row] for row in counts]
+    per_rank = max((sum(row) for row in real), default=0)
+    batches = []
+    for row in real:
+        quota = list(row)
+        for _ in range(per_rank - sum(row)):  # pad the least busy worker first
+            quota[min(range(workers_per_rank), key=lambda w: (quota[w], w))] += 1
+        batches.append(quota)
+    return EpochPlan(shards=shards, samples=counts, batches=batches, batches_per_rank=per_rank)
+
+
+# --- the dataset --------------------------------------------------------------------------------
+
+
+def _shuffled(
+    items: Iterator[UserSample], size: int, rng: np.random.Generator
+) -> Iterator[UserSample]:
+    """Bounded-buffer shuffle: hold `size` items, emit a random one per new item, then drain."""
+    buffer: list[UserSample] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = int(rng.integers(size))
+        yield buffer[j]
+        buffer[j] = item
+    for j in rng.permutation(len(buffer)):
+        yield buffer[j]
+
+
+def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank() if rank is None else rank
+            world_size = dist.get_world_size() if world_size is None else world_size
+        else:
+            rank = 0 if rank is None else rank
+            world_size = 1 if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} / world_size {world_size}: expected 0 <= rank < world_size")
+    return rank, world_size
+
+
+class LifeseqDataset(IterableDataset):
+    """Batches of one split, for one rank, split over `num_workers` DataLoader workers.
+
+    Args:
+        shards: the split's shards with manifest sample counts.
+        view: `ctr` (yields `CtrBatch`) or `generative` (yields `GenerativeBatch`).
+        batch_size: users per batch.
+        max_history: CTR history cap per user.
+        max_len: generative sequence cap per user.
+        shuffle: seeded per-epoch shard order and sample shuffle buffer (training); else
+            manifest order (evaluation).
+        shuffle_buffer: users held by each worker's shuffle buffer (<= 1: no buffer).
+        seed: shuffle seed.
+        strict: raise `ShardError` on damaged shards and bad members instead of skipping.
+        rank: this process's rank (default: torch.distributed, else 0).
+        world_size: ranks in the job (default: torch.distributed, else 1).
+        num_workers: DataLoader workers per rank this dataset is planned for (0 = in-process).
+        with_value: samples carry the optional `value` member (padding batches get it too).
+        split: expected `meta.json` split of every sample (None: not checked).
+
+    Raises:
+        ValueError: an argument out of range, naming it.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[ShardSpec],
+        *,
+        view: str = "ctr",
+        batch_size: int = 64,
+        max_history: int = 1024,
+        max_len: int = 200,
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        strict: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        num_workers: int = 0,
+        with_value: bool = False,
+        split: str | None = None,
+    ) -> None:
+        super().__init__()
+        if view not in VIEWS:
+            raise ValueError(f"view: expected one of {VIEWS}, got {view!r}")
+        for name, value in (
+            ("batch_size", batch_size),
+            ("max_history", max_history),
+            ("max_len", max_len),
+        ):
+            if value < 1:
+                raise ValueError(f"{name}: expected >= 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer: expected >= 0, got {shuffle_buffer}")
+        if seed < 0:
+            raise ValueError(f"seed: expected >= 0, got {seed}")
+        self.shards = list(shards)
+        self.view = view
+        self.batch_size = batch_size
+        self.max_history = max_history
+        self.max_len = max_len
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.strict = strict
+        self.rank, self.world_size = _resolve_rank(rank, world_size)
+        self.num_workers = num_workers
+        self.with_value = with_value
+        self.split = split
+        self.epoch = 0
+        self.stats: Counter[str] = Counter(dict.fromkeys(STAT_KEYS, 0))
+        self._delta: Counter[str] = Counter()
+        self._plan: tuple[int, EpochPlan] | None = None
+
+    @classmethod
+    def from_manifest(cls, root: str, split: str, **kwargs: Any) -> LifeseqDataset:
+        """Dataset over `root/shards/{split}` as listed in `root/manifest.json`.
+
+        Args:
+            root: pipeline output directory (local path or URI).
+            split: `train`, `valid` or `test`.
+            **kwargs: the constructor's keyword arguments (not `shards`, `with_value`, `split`).
+
+        Raises:
+            FileNotFoundError: no manifest.
+            ValueError: a manifest whose `schema_version` or `members` differ from
+                `pipeline.sample_codec`, naming the field.
+        """
+        source = storage.join(root, "manifest.json")
+        manifest = storage.read_json(source)
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"{source}: schema_version {manifest.get('schema_version')!r} differs from "
+                f"sample_codec.SCHEMA_VERSION {SCHEMA_VERSION}"
+            )
+        members = check_members(manifest.get("members"), source)
+        return cls(
+            shards_from_manifest(root, split, manifest),
+            with_value=VALUE_MEMBER in members,
+            split=split,
+            **kwargs,
+        )
+
+    # -- planning --
+
+    @property
+    def workers_per_rank(self) -> int:
+        """Slots per rank: `max(1, num_workers)`."""
+        return max(1, self.num_workers)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch that seeds shard order and shuffle buffers."""
+        self.epoch = int(epoch)
+
+    def plan(self) -> EpochPlan:
+        """The current epoch's shard assignment and batch counts (cached per epoch)."""
+        if self._plan is None or self._plan[0] != self.epoch:
+            plan = plan_epoch(
+                [s.samples for s in self.shards],
+                self.world_size,
+                self.workers_per_rank,
+                self.batch_size,
+                self.seed,
+                self.epoch,
+                self.shuffle,
+            )
+            self._plan = (self.epoch, plan)
+        return self._plan[1]
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (equal on every rank)."""
+        return self.plan().batches_per_rank
+
+    # -- iteration --
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if workers != self.workers_per_rank:
+            raise ValueError(
+                f"LifeseqDataset was planned for num_workers={self.num_workers} but runs in "
+                f"{workers} DataLoader worker(s); pass the DataLoader's num_workers to the "
+                "dataset, or samples would be read more than once or not at all"
+            )
+        return self.iter_worker(worker)
+
+    def iter_worker(self, worker: int) -> Iterator[Batch]:
+        """Batches of DataLoader worker `worker` of this rank (what `__iter__` runs in a worker;
+        tests call it directly to simulate ranks × workers in one process).
+
+        Raises:
+            ValueError: `worker` out of range.
+            ShardError: (strict) a damaged shard or bad member, naming the shard.
+        """
+        if not 0 <= worker < self.workers_per_rank:
+            raise ValueError(
+                f"worker: expected 0 <= worker < {self.workers_per_rank}, got {worker}"
+            )
+        plan = self.plan()
+        shard_ids = plan.shards[self.rank][worker]
+        quota = plan.batches[self.rank][worker]
+        stream: Iterator[UserSample] = self._iter_samples(shard_ids)
+        if self.shuffle and self.shuffle_buffer > 1:
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+            stream = _shuffled(stream, self.shuffle_buffer, rng)
+        produced = 0
+        pending: list[UserSample] = []
+        for sample in stream:
+            if produced >= quota:
+                self._overflow(shard_ids)
+                continue
+            pending.append(sample)
+            if len(pending) == self.batch_size:
+                yield self._emit(self._collate(pending))
+                produced += 1
+                pending = []
+        if pending:
+            if produced < quota:
+                yield self._emit(self._collate(pending))
+                produced += 1
+            else:
+                for _ in pending:
+                    self._overflow(shard_ids)
+        while produced < quota:
+            self._count("padding_batches")
+            yield self._emit(self._padding())
+            produced += 1
+
+    def _collate(self, samples: list[UserSample]) -> Batch:
+        self._count("samples", len(samples))
+        self._count("targets", sum(s.num_targets for s in samples))
+        if self.view == "ctr":
+            return collate_ctr(samples, self.max_history)
+        return collate_generative(samples, self.max_len)
+
+    def _padding(self) -> Batch:
+        if self.view == "ctr":
+            return CtrBatch.empty(self.with_value)
+        return GenerativeBatch.empty(self.with_value)
+
+    def _emit(self, batch: Batch) -> Batch:
+        self._count("batches")
+        batch.loader_stats = {k: v for k, v in self._delta.items() if v}
+        self._delta = Counter()
+        return batch
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats[key] += n
+        self._delta[key] += n
+
+    def _problem(self, key: str, message: str) -> None:
+        self._count(key)
+        if self.strict:
+            raise ShardError(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _overflow(self, shard_ids: list[int]) -> None:
+        urls = [self.shards[i].url for i in shard_ids]
+        self._count("dropped_samples")
+        message = (
+            f"shards {urls} hold more samples than the manifest lists; extra samples are dropped "
+            "to keep every rank's batch count equal"
+        )
+        if self.strict:
+            raise ShardError(message)
+        if self.stats["dropped_samples"] == 1:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def _iter_samples(self, shard_ids: list[int]) -> Iterator[UserSample]:
+        for idx in shard_ids:
+            spec = self.shards[idx]
+            self._count("shards")
+            read = 0
+
+            def on_unsafe(name: str, reason: str, url: str = spec.url) -> None:
+                self._problem(
+                    "unsafe_members", f"shard {url}: rejected tar member {name!r}: {reason}"
+                )
+
+            def on_bad_member(name: str, reason: str, url: str = spec.url) -> None:
+                self._problem("bad_members", f"shard {url}: skipped tar member {name!r}: {reason}")
+
+            try:
+                handle = open_shard(spec.url)
+            except OSError as exc:
+                self._corrupt(spec, f"cannot be opened ({exc})", read)
+                continue
+            try:
+                with handle:
+                    for raw in iter_tar_samples(handle, spec.url, on_unsafe, on_bad_member):
+                        read += 1
+                        sample = self._decode(spec, raw)
+                        if sample is not None:
+                            yield sample
+            except _CORRUPT_ERRORS as exc:
+                self._corrupt(spec, f"is damaged ({type(exc).__name__}: {exc})", read)
+                continue
+            if read != spec.samples:
+                self._corrupt(spec, "is truncated or differs from the manifest", read)
+
+    def _decode(self, spec: ShardSpec, raw: dict[str, Any]) -> UserSample | None:
+        try:
+            sample = decode_members(raw)
+            if self.split is not None and sample.split != self.split:
+                raise ValueError(f"split {sample.split!r}, expected {self.split!r}")
+        except (ValueError, KeyError) as exc:
+            self._problem(
+                "bad_samples", f"shard {spec.url}: skipped sample {raw.get('__key__')!r}: {exc}"
+            )
+            return None
+        return sample
+
+    def _corrupt(self, spec: ShardSpec, what: str, read: int) -> None:
+        missing = max(spec.samples - read, 0)
+        self._count("missing_samples", missing)
+        self._problem(
+            "corrupt_shards",
+            f"shard {spec.url} {what}: read {read} of {spec.samples} samples listed in the "
+            f"manifest; {missing} skipped",
+        )
+
+
+class _EpochSampler(_InfiniteConstantSampler):
+    """The DataLoader's (infinite, constant) sampler for an iterable dataset, with `set_epoch`
+    forwarded to the dataset — Lightning calls `dataloader.sampler.set_epoch(epoch)` each epoch."""
+
+    def __init__(self, dataset: LifeseqDataset) -> None:
+        super().__init__()
+        self._dataset = dataset
+
+    def set_epoch(self, epoch: int) -> None:
+        self._dataset.set_epoch(epoch)
+
+
+class LifeseqDataLoader(DataLoader):
+    """A DataLoader for `LifeseqDataset`: `batch_size=None` (the dataset batches), the
+    dataset's `num_workers`, and `sampler.set_epoch` reaching the dataset.
+
+    Workers are not persistent, so each epoch's workers start from the epoch set before
+    `iter()`.
+
+    Args:
+        dataset: the dataset.
+        pin_memory: pin batches (they implement `pin_memory()`).
+        **kwargs: other DataLoader arguments (`prefetch_factor`, `timeout`,
+            `multiprocessing_context`, ...).
+
+    Raises:
+        ValueError: `batch_size`, `num_workers`, `sampler` or `persistent_workers` given.
+    """
+
+    def __init__(self, dataset: LifeseqDataset, pin_memory: bool = False, **kwargs: Any) -> None:
+        fixed = sorted({"batch_size", "num_workers", "sampler", "persistent_workers"} & set(kwargs))
+        if fixed:
+            raise ValueError(f"LifeseqDataLoader: {fixed} are fixed by the dataset")
+        super().__init__(
+            dataset,
+            batch_size=None,
+            num_workers=dataset.num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=False,
+            **kwargs,
+        )
+        object.__setattr__(self, "sampler", _EpochSampler(dataset))

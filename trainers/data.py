@@ -1,0 +1,165 @@
+"""`LifeseqDataModule`: the pipeline's shards as Lightning train/val/test dataloaders.
+
+    lifeseq train fit --config configs/smoke.yaml --data.root OUT --data.batch_size 64
+
+`setup()` (every rank) reads `OUT/manifest.json`, builds the `FeatureSchema` that models read
+in `configure_model()` (`trainer.datamodule.schema`), and plans the shards for this rank
+(`trainer.global_rank` / `trainer.world_size`): train/valid/test are the manifest's splits.
+Every rank yields the same number of batches; padding batches have `weight == 0.0` (see
+`features.dataset`). Loader counters (corrupt shards, missing samples, ...) arrive with each
+batch and are summed in `data_stats` (this rank only) for the trainer to log.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import lightning as L
+
+from features.batch import CtrBatch, GenerativeBatch
+from features.dataset import VIEWS, LifeseqDataLoader, LifeseqDataset
+from features.schema import FeatureConfig, FeatureSchema
+
+
+class LifeseqDataModule(L.LightningDataModule):
+    """Train/val/test dataloaders over a pipeline output directory.
+
+    Args:
+        root: pipeline output directory `OUT` (local path or URI); `OUT/manifest.json` is read
+            in `setup()`.
+        view: `ctr` (`CtrBatch`) or `generative` (`GenerativeBatch`).
+        batch_size: users per batch (each with all its targets).
+        num_workers: DataLoader worker processes per rank (0 = in the training process).
+        max_history: CTR view: most recent history events kept per user (1..100000).
+        max_len: generative view: most recent events kept per user sequence; also the size of
+            the `position` table.
+        shuffle_buffer: users in each worker's shuffle buffer (training only).
+        seed: seed of the shard order and shuffle buffers (with the epoch).
+        strict: raise on a damaged shard or bad tar member instead of skipping and counting it.
+        embedding_dim: width of the schema's embedding tables.
+        time_gap_buckets: log2 time-gap buckets (`features.schema.bucketize_time_gap`).
+        eval_batch_size: users per validation/test batch (default: `batch_size`).
+        pin_memory: pin batches in page-locked memory (GPU training).
+
+    Raises:
+        ValueError: an argument out of range, naming it.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        view: str = "ctr",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        max_history: int = 1024,
+        max_len: int = 200,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        strict: bool = False,
+        embedding_dim: int = 64,
+        time_gap_buckets: int = 32,
+        eval_batch_size: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if view not in VIEWS:
+            raise ValueError(f"data.view: expected one of {VIEWS}, got {view!r}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name}: expected >= 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers: expected >= 0, got {num_workers}")
+        if shuffle_buffer < 0:
+            raise ValueError(f"data.shuffle_buffer: expected >= 0, got {shuffle_buffer}")
+        if seed < 0:
+            raise ValueError(f"data.seed: expected >= 0, got {seed}")
+        self.root = root
+        self.view = view
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.strict = strict
+        self.pin_memory = pin_memory
+        # Validates embedding_dim, time_gap_buckets, max_history, max_len (naming the field).
+        self.feature_config = FeatureConfig(
+            embedding_dim=embedding_dim,
+            time_gap_buckets=time_gap_buckets,
+            max_history=max_history,
+            max_len=max_len,
+        )
+        self.save_hyperparameters()
+        self.data_stats: Counter[str] = Counter()
+        self._schema: FeatureSchema | None = None
+
+    @property
+    def schema(self) -> FeatureSchema:
+        """The feature schema of `root` (available after `setup()`).
+
+        Raises:
+            RuntimeError: `setup()` has not run yet.
+        """
+        if self._schema is None:
+            raise RuntimeError("LifeseqDataModule.schema: call setup() first (Lightning does)")
+        return self._schema
+
+    def prepare_data(self) -> None:
+        """Nothing to do: the shards already exist, and no state may be set here (rank 0 only)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the manifest and build the schema (every rank).
+
+        Raises:
+            FileNotFoundError: `root/manifest.json` does not exist.
+            ValueError: its `schema_version`, `members` or `vocab` do not match the loader.
+        """
+        self._schema = FeatureSchema.from_manifest(self.root, self.feature_config)
+
+    def _rank(self) -> tuple[int | None, int | None]:
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        return None, None  # the dataset asks torch.distributed, else assumes one process
+
+    def dataset(self, split: str) -> LifeseqDataset:
+        """The dataset of `split` (`train` shuffles; `valid`/`test` read in manifest order)."""
+        rank, world_size = self._rank()
+        train = split == "train"
+        return LifeseqDataset.from_manifest(
+            self.root,
+            split,
+            view=self.view,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            max_history=self.feature_config.max_history,
+            max_len=self.feature_config.max_len,
+            shuffle=train,
+            shuffle_buffer=self.shuffle_buffer if train else 0,
+            seed=self.seed,
+            strict=self.strict,
+            rank=rank,
+            world_size=world_size,
+            num_workers=self.num_workers,
+        )
+
+    def _loader(self, split: str) -> LifeseqDataLoader:
+        return LifeseqDataLoader(self.dataset(split), pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> LifeseqDataLoader:
+        """Shuffled training batches; `sampler.set_epoch` (called by Lightning) reseeds them."""
+        return self._loader("train")
+
+    def val_dataloader(self) -> LifeseqDataLoader:
+        """Validation batches of the `valid` split, in manifest order."""
+        return self._loader("valid")
+
+    def test_dataloader(self) -> LifeseqDataLoader:
+        """Test batches of the `test` split, in manifest order."""
+        return self._loader("test")
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Sum the loader counters each batch carries into `data_stats`."""
+        if isinstance(batch, CtrBatch | GenerativeBatch):
+            self.data_stats.update(batch.loader_stats)
+        return batch
