@@ -376,7 +376,9 @@ class TorchRecEmbeddingCollection(_EmbeddingCollectionBase):
             return {}
         first = next(iter(features.values()))
         device, lengths_dtype = first.values.device, first.lengths.dtype
-        stride = max(j.batch_size for j in features.values())
+        # At least one row: KeyedJaggedTensor fails on stride 0, which a padding batch
+        # (no users, no targets) would give; the extra empty row produces no embeddings.
+        stride = max(1, max(j.batch_size for j in features.values()))
         out: dict[str, Jagged] = {}
         for key, names in self._group_features.items():
             # Every collection runs on every call, even with no feature present: once sharded,

@@ -1,0 +1,200 @@
+"""Tests of `models.smoke`: prefix pooling, per-target values against a brute-force loop,
+backend equivalence, padding batches, and that the model learns a planted signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from features.batch import CtrBatch, collate_ctr
+from features.jagged import Jagged
+from features.schema import FeatureConfig, FeatureSchema, expected_members
+from models.embeddings import torchrec_available
+from models.smoke import SmokeConfig, SmokeCtrModel, prefix_mean
+from pipeline.sample_codec import SCHEMA_VERSION, UserSample
+
+pytestmark = pytest.mark.unit
+
+
+def _sample(user: int, rng: np.random.Generator, n: int, n_targets: int = 3) -> UserSample:
+    """History of `n` events of one dominant category; targets of that category are positive."""
+    favourite = 2 + user % 4
+    category = np.where(rng.random(n) < 0.8, favourite, rng.integers(2, 6, n)).astype(np.int64)
+    item = (category * 10 + rng.integers(0, 10, n)).astype(np.int64)
+    t_cat = rng.integers(2, 6, n_targets).astype(np.int64)
+    return UserSample(
+        user=f"u{user}",
+        split="train",
+        history={
+            "item": item,
+            "category": category,
+            "behavior": np.full(n, 2, dtype=np.int64),
+            "ts": np.arange(n, dtype=np.int64),
+        },
+        targets={
+            "target_item": (t_cat * 10 + rng.integers(0, 10, n_targets)).astype(np.int64),
+            "target_category": t_cat,
+            "target_ts": np.full(n_targets, n, dtype=np.int64),
+            "target_label": (t_cat == favourite).astype(np.float32),
+            "target_hist_len": rng.integers(0, n + 1, n_targets).astype(np.int64),
+        },
+    )
+
+
+def _batch(seed: int = 0, users: int = 4, max_history: int = 6) -> CtrBatch:
+    rng = np.random.default_rng(seed)
+    samples = [_sample(u, rng, int(rng.integers(1, 9))) for u in range(users)]
+    return collate_ctr(samples, max_history=max_history)
+
+
+def _config(backend: str = "torch", hidden: tuple[int, ...] = (8,)) -> SmokeConfig:
+    return SmokeConfig(
+        item_rows=60, category_rows=6, embedding_dim=4, hidden=hidden, backend=backend, seed=3
+    )
+
+
+def test_prefix_mean_matches_a_loop() -> None:
+    values = torch.randn(7, 3)
+    events = Jagged(values, torch.tensor([3, 0, 4]))
+    target_user = torch.tensor([0, 0, 1, 2, 2, 2])
+    hist_len = torch.tensor([3, 1, 0, 0, 2, 4])
+
+    got = prefix_mean(events, target_user, hist_len)
+
+    offsets = [0, 3, 3]
+    for j, (u, n) in enumerate(zip(target_user.tolist(), hist_len.tolist(), strict=True)):
+        rows = values[offsets[u] : offsets[u] + n]
+        expected = rows.mean(0) if n else torch.zeros(3)
+        torch.testing.assert_close(got[j], expected)
+
+
+def test_logits_equal_a_per_target_loop() -> None:
+    batch = _batch()
+    model = SmokeCtrModel(_config())
+    item = model.embeddings.collections["d4"].embeddings["item"].weight.detach()
+    cat = model.embeddings.collections["d4"].embeddings["category"].weight.detach()
+
+    with torch.no_grad():
+        logits = model(batch)
+
+    assert logits.shape == (batch.num_targets,)
+    offsets = batch.history["item"].offsets
+    for j in range(batch.num_targets):
+        u, n = int(batch.target_user[j]), int(batch.target_hist_len[j])
+        ids = slice(int(offsets[u]), int(offsets[u]) + n)
+        hist_items, hist_cats = (
+            batch.history["item"].values[ids],
+            batch.history["category"].values[ids],
+        )
+        events = item[hist_items] * (hist_items != 0)[:, None] + cat[hist_cats]
+        pooled = events.mean(0) if n else torch.zeros(4)
+        target = item[batch.target_item[j]] + cat[batch.target_category[j]]
+        with torch.no_grad():
+            expected = model.mlp(torch.cat([pooled, target, pooled * target]))[0]
+        torch.testing.assert_close(logits[j], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_history_is_embedded_once_per_user() -> None:
+    batch = _batch()
+    model = SmokeCtrModel(_config())
+    seen: list[dict[str, int]] = []
+    model.embeddings.register_forward_hook(
+        lambda _m, args, _out: seen.append({k: v.values.shape[0] for k, v in args[0].items()})
+    )
+
+    model(batch)
+
+    assert seen == [
+        {
+            "history_item": batch.history["item"].values.shape[0],  # N events, not sum of prefixes
+            "history_category": batch.history["item"].values.shape[0],
+            "target_item": batch.num_targets,
+            "target_category": batch.num_targets,
+        }
+    ]
+
+
+@pytest.mark.skipif(not torchrec_available(), reason="torchrec not importable")
+def test_torchrec_and_torch_backends_give_the_same_logits() -> None:
+    batch = _batch(seed=5)
+    torch_model = SmokeCtrModel(_config("torch"))
+    rec_model = SmokeCtrModel(_config("torchrec"))
+
+    with torch.no_grad():
+        torch.testing.assert_close(rec_model(batch), torch_model(batch), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(rec_model(CtrBatch.empty()), torch_model(CtrBatch.empty()))
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        pytest.param(
+            "torchrec",
+            marks=pytest.mark.skipif(not torchrec_available(), reason="torchrec not importable"),
+        ),
+    ],
+)
+def test_padding_batch_gives_zero_loss_and_zero_gradients(backend: str) -> None:
+    model = SmokeCtrModel(_config(backend))
+    batch = CtrBatch.empty()
+
+    logits = model(batch)
+    loss = model.loss(logits, batch)
+    loss.backward()
+
+    assert logits.shape == (0,)
+    assert loss.item() == 0.0
+    for name, param in model.mlp.named_parameters():
+        assert param.grad is not None and float(param.grad.abs().sum()) == 0.0, name
+
+
+def test_loss_is_weighted_mean_bce() -> None:
+    batch = _batch()
+    logits = torch.linspace(-2, 2, batch.num_targets)
+
+    loss = SmokeCtrModel.loss(logits, batch)
+
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.label)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_model_learns_the_planted_category_signal() -> None:
+    """Positives are targets of the user's favourite category (1 in 4): a base-rate predictor
+    scores BCE 0.56; reading the pooled history must do much better on held-out users."""
+    torch.manual_seed(0)
+    model = SmokeCtrModel(_config("torch", hidden=(16,)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    batches = [_batch(seed=s, users=32) for s in range(40)]
+    held_out = _batch(seed=1000, users=256)
+
+    with torch.no_grad():
+        before = model.loss(model(held_out), held_out).item()
+    for _ in range(4):
+        for batch in batches:
+            optimizer.zero_grad()
+            model.loss(model(batch), batch).backward()
+            optimizer.step()
+    with torch.no_grad():
+        after = model.loss(model(held_out), held_out).item()
+
+    assert before == pytest.approx(np.log(2), abs=0.05)  # untrained: p ≈ 0.5
+    assert after < 0.4, (before, after)  # measured 0.30
+
+
+def test_config_from_schema_and_errors() -> None:
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "vocab": {"item": 60, "category": 6, "behavior": 5},
+        "members": expected_members(with_value=False),
+    }
+    schema = FeatureSchema.from_manifest_dict(manifest, FeatureConfig(embedding_dim=8))
+
+    cfg = SmokeConfig.from_schema(schema, hidden=[4], backend="torch")
+
+    assert (cfg.item_rows, cfg.category_rows, cfg.embedding_dim, cfg.hidden) == (60, 6, 8, (4,))
+    with pytest.raises(ValueError, match="SmokeConfig.backend"):
+        SmokeConfig(item_rows=3, category_rows=3, backend="jax")
+    with pytest.raises(ValueError, match="SmokeConfig.hidden"):
+        SmokeConfig(item_rows=3, category_rows=3, hidden=(0,))
