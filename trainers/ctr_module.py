@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -133,7 +133,7 @@ class CtrModule(L.LightningModule):
 
     def __init__(
         self,
-        hidden: list[int] = field(default_factory=lambda: [32]),  # type: ignore[assignment]
+        hidden: tuple[int, ...] = (32,),
         embedding: EmbeddingConfig | None = None,
         sharding: ShardingConfig | None = None,
         optimizer: DenseOptimizerConfig | None = None,
@@ -141,8 +141,6 @@ class CtrModule(L.LightningModule):
         schema: FeatureSchema | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(hidden, list | tuple):
-            hidden = [32]
         self.save_hyperparameters(ignore=["schema"])
         self.hidden = tuple(hidden)
         self.embedding = embedding or EmbeddingConfig()
@@ -244,8 +242,9 @@ class CtrModule(L.LightningModule):
         auc_metric = self.val_auc if stage == "val" else self.test_auc
         # compute() syncs over ranks (sum of weighted losses, all predictions), so the logged
         # values are exact global ones on every rank.
-        self.log(f"{stage}/loss", loss_metric.compute(), prog_bar=stage == "val")
-        self.log(f"{stage}/auc", auc_metric.compute(), prog_bar=stage == "val")
+        # (equal on every rank; sync_dist only averages identical values)
+        self.log(f"{stage}/loss", loss_metric.compute(), prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/auc", auc_metric.compute(), prog_bar=stage == "val", sync_dist=True)
         loss_metric.reset()
         auc_metric.reset()
 

@@ -99,7 +99,7 @@ class TorchRecStrategy(DDPStrategy):
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
         if trainer.state.fn == TrainerFn.FITTING:
-            from lightning.pytorch.core.optimizer import _optimizers_to_device
+            from lightning.fabric.utilities.optimizer import _optimizers_to_device
 
             _optimizers_to_device(self.optimizers, self.root_device)
 
@@ -182,7 +182,9 @@ class TorchRecStrategy(DDPStrategy):
                 optimizer_states.append(state)
                 _, flat = ckpt.split_tensors(state, f"/optimizer_states/{index}")
                 targets.update(flat)
-        missing_model = sorted(k for k in targets if k.startswith("/state_dict/") and k not in saved)
+        missing_model = sorted(
+            k for k in targets if k.startswith("/state_dict/") and k not in saved
+        )
         if missing_model:
             raise ValueError(
                 f"{checkpoint_path}: model tensors missing from the checkpoint: {missing_model[:5]}"
@@ -201,6 +203,23 @@ class TorchRecStrategy(DDPStrategy):
         checkpoint["state_dict"] = model_state
         if not fitting:
             checkpoint.pop("optimizer_states", None)
+            return checkpoint
+        # The JSON tree is rank 0's. A TorchRec KeyedOptimizer's state differs per rank (it
+        # lists only the tables this rank holds), so each rank loads its own live state dict
+        # (tensors now loaded in place) with the saved hyper-parameters of each param group.
+        saved_states = checkpoint.get("optimizer_states", [])
+        for index, optimizer in enumerate(self.optimizers):
+            if not hasattr(_unwrap_optimizer(optimizer), "init_state"):
+                continue
+            live = optimizer_states[index]
+            saved_groups = (
+                saved_states[index].get("param_groups", []) if index < len(saved_states) else []
+            )
+            for live_group, saved_group in zip(
+                live.get("param_groups", []), saved_groups, strict=False
+            ):
+                live_group.update({k: v for k, v in saved_group.items() if k != "params"})
+            saved_states[index] = live
         return checkpoint
 
     def load_model_state_dict(self, checkpoint: dict[str, Any], strict: bool = True) -> None:

@@ -97,9 +97,27 @@ def test_jsonl_malformed_line_is_quarantined(spark, tmp_path):
 
 def test_missing_mapped_column_is_a_clear_error(spark, tmp_path):
     path = write_text(tmp_path / "events.csv", ["uid,iid,ts", "1,2,3"])
-    cfg = make_config(input={"format": "csv", "columns": {"user_id": "uid", "item_id": "iid"}})
-    with pytest.raises(ValueError, match=r"source column\(s\) \{'category_id': 'category_id'"):
+    cfg = make_config(
+        input={"format": "csv", "columns": {"user_id": "uid", "item_id": "iid", "value": "dwell"}}
+    )
+    with pytest.raises(ValueError, match=r"source column\(s\) \{'value': 'dwell'\} not found"):
         read_raw_events(spark, [str(path)], cfg.input)
+
+
+def test_optional_default_columns_may_be_absent(spark, tmp_path):
+    path = write_text(tmp_path / "events.csv", ["uid,iid,ts", "1,2,3"])
+    cfg = make_config(
+        input={
+            "format": "csv",
+            "columns": {"user_id": "uid", "item_id": "iid"},
+            "default_behavior": "view",
+        }
+    )
+    raw = read_raw_events(spark, [str(path)], cfg.input)
+    assert raw.columns["category_id"] is None and raw.columns["value"] is None
+    assert raw.columns["behavior"] is None
+    row = raw.df.first()
+    assert (row["raw_user_id"], row["raw_item_id"], row["raw_ts"]) == ("1", "2", "3")
 
 
 MOVIELENS = [  # user, item, rating, ts; user 1 has a ts tie at 300

@@ -1,0 +1,253 @@
+"""`jobs/train.py` under torchrun on CPU (gloo): fit, resume, checkpoints across world sizes,
+two-node launch, and 1-rank vs 2-rank loss curves.
+
+Data: `write_out_dir` shards (80 train users in 8 uneven shards; a user's positive target has
+category 2, the negative category 3, so the smoke model can learn). Runs (module fixtures,
+~8 s each on 2 cores):
+
+* `full`:   2 ranks (`--nproc-per-node 2`), 60 steps, per-rank batch 4.
+* `split`:  the same job as two 1-process "nodes" (`--nnodes 2`, c10d rendezvous) for 50 steps,
+            then `fit --ckpt_path last` (2 ranks) to step 60.
+* `cross`:  1 rank resumes `split`'s step-60 checkpoint (2 → 1) to step 70; its checkpoint is
+            validated at world size 1 and 2 (1 → 2), and `split`'s at 1 and 2 (2 → 1).
+* `single`: 1 rank, batch 8 (the same global batch), 60 steps: the semantics reference.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.embeddings import torchrec_available
+from tests.unit.test_dataset import write_out_dir
+
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(not torchrec_available(), reason="torchrec not importable"),
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SIZES = {"train": [12, 9, 14, 7, 10, 8, 11, 9], "valid": [10, 6], "test": [8]}
+STEPS_PER_EPOCH = 10  # 80 users / (2 ranks x 4) or / (1 rank x 8)
+TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _train_args(subcommand: str, out: Path, run: Path, *extra: str) -> list[str]:
+    return [
+        str(REPO_ROOT / "jobs" / "train.py"),
+        subcommand,
+        "--config",
+        str(REPO_ROOT / "configs" / "smoke.yaml"),
+        "--data.root",
+        str(out),
+        "--trainer.default_root_dir",
+        str(run),
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+
+
+def _check(proc: subprocess.CompletedProcess, what: str) -> None:
+    if proc.returncode != 0:
+        pytest.fail(f"{what} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}")
+
+
+def torchrun(nproc: int, args: list[str], what: str) -> float:
+    """Run `torchrun --nproc-per-node nproc` with `args`; returns seconds taken."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", *args,
+    ]  # fmt: skip
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    _check(proc, what)
+    return time.monotonic() - start
+
+
+def two_nodes(args: list[str], what: str) -> float:
+    """The same job as two torchrun launches of one process each (`--nnodes 2`)."""
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", *args,
+    ]  # fmt: skip
+    start = time.monotonic()
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+        _check(subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr), what)
+    return time.monotonic() - start
+
+
+def metrics(run: Path, version: int = -1) -> list[dict[str, str]]:
+    """Rows of the CSV logger's `metrics.csv` of one version (default: the newest)."""
+    versions = sorted((run / "logs" / "csv").glob("version_*"), key=lambda p: int(p.name[8:]))
+    with (versions[version] / "metrics.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def train_losses(run: Path, version: int = -1) -> dict[int, float]:
+    """{global step (1-based): rank-0 train/loss}."""
+    rows = metrics(run, version)
+    return {int(r["step"]) + 1: float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+def logged(run: Path, key: str, version: int = -1) -> float:
+    (value,) = [float(r[key]) for r in metrics(run, version) if r.get(key)]
+    return value
+
+
+def ckpt_step(path: Path) -> int:
+    return json.loads((path / "checkpoint.json").read_text())["tree"]["global_step"]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train") / "out"
+    write_out_dir(root, SIZES)
+    return root
+
+
+@pytest.fixture(scope="module")
+def full(out: Path) -> tuple[Path, float]:
+    run = out.parent / "full"
+    seconds = torchrun(
+        2, _train_args("fit", out, run, "--trainer.max_steps", "60", "--data.batch_size", "4"),
+        "2-rank fit",
+    )  # fmt: skip
+    return run, seconds
+
+
+@pytest.fixture(scope="module")
+def split(out: Path) -> tuple[Path, dict[int, float], float]:
+    run = out.parent / "split"
+    args = _train_args("fit", out, run, "--data.batch_size", "4")
+    seconds = two_nodes([*args, "--trainer.max_steps", "50"], "2-node fit")
+    first = train_losses(run)
+    seconds += torchrun(
+        2, [*args, "--trainer.max_steps", "60", "--ckpt_path", "last"], "2-rank resume"
+    )
+    return run, {**first, **train_losses(run)}, seconds
+
+
+@pytest.fixture(scope="module")
+def cross(out: Path, split: tuple) -> Path:
+    run = out.parent / "cross"
+    shutil.copytree(split[0] / "checkpoints", run / "checkpoints")
+    args = _train_args("fit", out, run, "--data.batch_size", "8")
+    torchrun(1, [*args, "--trainer.max_steps", "70", "--ckpt_path", "last"], "1-rank resume")
+    return run
+
+
+@pytest.fixture(scope="module")
+def single(out: Path) -> Path:
+    run = out.parent / "single"
+    args = _train_args("fit", out, run, "--trainer.max_steps", "60", "--data.batch_size", "8")
+    torchrun(1, args, "1-rank fit")
+    return run
+
+
+def _validate(out: Path, run: Path, nproc: int, ckpt: Path | None) -> float:
+    extra = ["--ckpt_path", str(ckpt)] if ckpt is not None else []
+    torchrun(nproc, _train_args("validate", out, run, *extra), f"{nproc}-rank validate")
+    return logged(run, "val/loss")
+
+
+def test_two_rank_fit_writes_logs_curves_config_and_sharded_checkpoint(full) -> None:
+    run, seconds = full
+
+    last = run / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in last.iterdir()) == [
+        ".metadata.json", "__0_0.distcp", "__1_0.distcp", "checkpoint.json",
+    ]  # fmt: skip
+    assert ckpt_step(last) == 60
+    tree = json.loads((last / "checkpoint.json").read_text())["tree"]
+    saved = json.loads((last / ".metadata.json").read_text())["state_dict_metadata"]
+    assert "/state_dict/model.embeddings.collections.d16.embeddings.item.weight" in saved
+    assert any(k.endswith("item.momentum1") for k in saved)  # fused row-wise Adagrad state
+    assert any(k.endswith("mlp.0.weight/exp_avg") for k in saved)  # dense Adam state
+    assert tree["epoch"] == 6 and "loops" in tree
+    csv_dir = run / "logs" / "csv" / "version_0"
+    assert (csv_dir / "training_curves.png").stat().st_size > 10_000
+    assert (csv_dir / "config.yaml").is_file()
+    assert list((run / "logs" / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
+    losses = train_losses(run)
+    assert sorted(losses) == list(range(1, 61))
+    assert np.mean([losses[s] for s in range(51, 61)]) < np.mean([losses[s] for s in range(1, 11)]) - 0.05
+    rows = metrics(run)
+    assert any(r.get("train/samples_per_s") for r in rows)
+    aucs = [float(r["val/auc"]) for r in rows if r.get("val/auc")]
+    assert len(aucs) == 6 and aucs[-1] > 0.9  # category 2 = positive: learnable
+    assert seconds < 45
+
+
+def test_two_node_launch_equals_two_process_launch(full, split) -> None:
+    full_losses = train_losses(full[0])
+    _, losses, _ = split
+
+    for step in range(1, 51):
+        assert losses[step] == pytest.approx(full_losses[step], rel=1e-5, abs=1e-6), step
+
+
+def test_resume_from_last_continues_exactly(full, split) -> None:
+    """50 steps, stop, `fit --ckpt_path last` to 60 == 60 uninterrupted steps (the checkpoint
+    is at an epoch boundary, where the seeded data order also lines up)."""
+    run, losses, seconds = split
+    full_losses = train_losses(full[0])
+
+    resumed = train_losses(run)
+    assert sorted(resumed) == list(range(51, 61))
+    for step in range(51, 61):
+        assert losses[step] == pytest.approx(full_losses[step], rel=1e-4, abs=1e-6), step
+    assert ckpt_step(run / "checkpoints" / "last.ckpt") == 60
+    assert seconds < 50
+
+
+def test_two_rank_checkpoint_resumes_and_validates_at_one_rank(out, split, cross) -> None:
+    losses = train_losses(cross)
+    assert sorted(losses) == list(range(61, 71))
+    assert max(losses.values()) < split[1][1] - 0.05  # continues from trained weights
+    assert ckpt_step(cross / "checkpoints" / "last.ckpt") == 70
+
+    ckpt = split[0] / "checkpoints" / "last.ckpt"  # written by 2 ranks
+    one = _validate(out, out.parent / "val_2to1", 1, ckpt)
+    two = _validate(out, out.parent / "val_2to2", 2, ckpt)
+    assert one == pytest.approx(two, rel=1e-5)
+
+
+def test_one_rank_checkpoint_validates_at_two_ranks(out, cross) -> None:
+    ckpt = cross / "checkpoints" / "last.ckpt"  # written by 1 rank
+    one = _validate(out, out.parent / "val_1to1", 1, ckpt)
+    two = _validate(out, out.parent / "val_1to2", 2, ckpt)
+    untrained = _validate(out, out.parent / "val_init", 2, None)
+    assert two == pytest.approx(one, rel=1e-5)
+    assert untrained > one + 0.05
