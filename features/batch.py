@@ -7,11 +7,12 @@ for all its targets — never a (T, L, d) copy.
 
 Two views:
 
-* `CtrBatch` (`collate_ctr`): the row of a user is the most recent `max_history` events of the
-  largest target prefix, `history[start:end]` with `end = max(target_hist_len)` and
-  `start = max(0, end - max_history)`. Target j sees `row[:target_hist_len[j]]`, where
-  `target_hist_len` is the stored prefix length minus `start`, clamped at 0. A target whose whole
-  prefix is older than the row keeps its label with an empty history (length 0).
+* `CtrBatch` (`collate_ctr`): each target sees the most recent `max_history` events of its own
+  prefix. The row of a user is `history[start:end]` with `end = max(target_hist_len)` and
+  `start = max(0, min(target_hist_len) - max_history)`, so it covers every target's window and
+  is still stored once per user (at most the user's stored history: O(events), not
+  O(targets × history)). Target j sees `row[target_hist_start[j]:target_hist_len[j]]`, both
+  relative to the row: `min(max_history, prefix length)` events.
 * `GenerativeBatch` (`collate_generative`): the row is the user's stored sequence (all history
   events of the sample: everything before the split's last target), capped at the most recent
   `max_len` events, with timestamps. Targets are the split's targets with the same prefix
@@ -97,7 +98,8 @@ class _Packed:
     row_start: np.ndarray  # (B,) index of each row's first event in the stored history
     targets: dict[str, np.ndarray]  # (T,) each
     target_user: np.ndarray  # (T,)
-    target_hist_len: np.ndarray  # (T,), adjusted to the row
+    target_hist_len: np.ndarray  # (T,), end of each target's window in its row
+    target_hist_start: np.ndarray  # (T,), start of each target's window in its row
 
 
 def _pack(samples: Sequence[UserSample], cap: int, end_at_last_target: bool) -> _Packed:
@@ -121,11 +123,13 @@ def _pack(samples: Sequence[UserSample], cap: int, end_at_last_target: bool) -> 
                 f"sample of user {s.user!r}: target_hist_len {int(hist_len.max())} exceeds the "
                 f"stored history length {stored}"
             )
-        if end_at_last_target:
+        if end_at_last_target:  # CTR: every target keeps its own most recent `cap` events
             end = int(hist_len.max()) if hist_len.size else 0
-        else:
+            start = max(0, (int(hist_len.min()) if hist_len.size else 0) - cap)
+        else:  # generative: one causal row of the most recent `cap` events
             end = stored
-        starts.append(max(0, end - cap))
+            start = max(0, end - cap)
+        starts.append(start)
         ends.append(end)
         counts.append(int(hist_len.shape[0]))
     row_start = np.asarray(starts, dtype=np.int64)
@@ -150,8 +154,10 @@ def _pack(samples: Sequence[UserSample], cap: int, end_at_last_target: bool) -> 
         if samples
         else np.zeros(0, dtype=np.int64)
     )
-    target_hist_len = np.maximum(raw_len - row_start[target_user], 0)
-    return _Packed(rows, row_start, targets, target_user, target_hist_len)
+    first = row_start[target_user]
+    target_hist_len = np.maximum(raw_len - first, 0)
+    target_hist_start = np.minimum(np.maximum(raw_len - cap, first) - first, target_hist_len)
+    return _Packed(rows, row_start, targets, target_user, target_hist_len, target_hist_start)
 
 
 class _TensorBatch:
@@ -184,9 +190,11 @@ class CtrBatch(_TensorBatch):
         target_category: shape (T,) int64.
         target_ts: shape (T,) int64, request time of each target (epoch seconds).
         label: shape (T,) float32, 1 positive, 0 negative.
-        target_hist_len: shape (T,) int64, the target's history is
-            `history[k].values[offsets[u] : offsets[u] + target_hist_len[j]]` with
-            `u = target_user[j]`; in [0, history lengths[u]].
+        target_hist_len: shape (T,) int64, end of the target's history window in its row:
+            the history is `history[k].values[offsets[u] + target_hist_start[j] : offsets[u] +
+            target_hist_len[j]]` with `u = target_user[j]`; in [0, history lengths[u]].
+        target_hist_start: shape (T,) int64, start of that window (the most recent
+            `max_history` events of the target's prefix).
         target_user: shape (T,) int64, row index in [0, B) of each target's user.
         history_start: shape (B,) int64, events of the stored history dropped before each row
             (by the `max_history` cap).
@@ -202,6 +210,7 @@ class CtrBatch(_TensorBatch):
     target_ts: torch.Tensor
     label: torch.Tensor
     target_hist_len: torch.Tensor
+    target_hist_start: torch.Tensor
     target_user: torch.Tensor
     history_start: torch.Tensor
     weight: float = 1.0
@@ -230,6 +239,7 @@ class CtrBatch(_TensorBatch):
             target_ts=zeros.clone(),
             label=torch.zeros(0, dtype=torch.float32),
             target_hist_len=zeros.clone(),
+            target_hist_start=zeros.clone(),
             target_user=zeros.clone(),
             history_start=zeros.clone(),
             weight=0.0,
@@ -242,7 +252,7 @@ def collate_ctr(samples: Sequence[UserSample], max_history: int) -> CtrBatch:
 
     Args:
         samples: the batch's users; an empty list gives a padding batch.
-        max_history: most recent events kept per user row (of the largest target prefix).
+        max_history: most recent events of its prefix each target sees.
 
     Raises:
         ValueError: `max_history` < 1, a target prefix longer than the stored history, or
@@ -261,6 +271,7 @@ def collate_ctr(samples: Sequence[UserSample], max_history: int) -> CtrBatch:
         target_ts=torch.from_numpy(t["target_ts"]),
         label=torch.from_numpy(t["target_label"]),
         target_hist_len=torch.from_numpy(packed.target_hist_len),
+        target_hist_start=torch.from_numpy(packed.target_hist_start),
         target_user=torch.from_numpy(packed.target_user),
         history_start=torch.from_numpy(packed.row_start),
         weight=1.0,

@@ -133,6 +133,8 @@ def run_build(
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    if vocab_from and storage.resolve(vocab_from)[1] == storage.resolve(output)[1]:
+        raise ValueError(f"--vocab-from {vocab_from} is the output directory itself; copy it first")
     prepare_output(output, overwrite)
 
     # 1. read + validate

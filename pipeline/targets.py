@@ -253,8 +253,6 @@ def _targets_for(
         grid_item[:, 0] = t_item
         grid_item[pos_rows, 1:] = negs
         keep = grid_item.reshape(-1) >= 0
-        if t_item.size and np.any(t_item < 0):
-            raise AssertionError("item ids must be non-negative")
         rep = np.repeat(np.arange(chosen.size), width)[keep]
         flat_item = grid_item.reshape(-1)[keep]
         is_first = np.tile(np.arange(width) == 0, chosen.size)[keep]

@@ -199,10 +199,11 @@ class TorchRecStrategy(DDPStrategy):
                 continue
             targets[key] = ckpt.empty_like_saved(md)
         ckpt.load_tensors(checkpoint_path, targets)
+        if not fitting:
+            tree = {k: v for k, v in tree.items() if k != "optimizer_states"}
         checkpoint = ckpt.join_tensors(tree, targets)
         checkpoint["state_dict"] = model_state
         if not fitting:
-            checkpoint.pop("optimizer_states", None)
             return checkpoint
         # The JSON tree is rank 0's. A TorchRec KeyedOptimizer's state differs per rank (it
         # lists only the tables this rank holds), so each rank loads its own live state dict

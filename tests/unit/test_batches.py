@@ -72,22 +72,24 @@ def test_ctr_history_is_stored_once_per_user() -> None:
     assert all(j.values.dtype == torch.int64 for j in batch.history.values())
 
 
-def test_ctr_cap_keeps_most_recent_events_of_the_largest_prefix() -> None:
+def test_ctr_cap_keeps_the_most_recent_events_of_each_targets_prefix() -> None:
     a = sample("u1", 10, [3, 7, 10])
     b = sample("u2", 5, [5, 5])
 
     batch = collate_ctr([a, b], max_history=4)
 
-    assert rows(batch.history["item"]) == [[106, 107, 108, 109], [201, 202, 203, 204]]
-    assert batch.history_start.tolist() == [6, 1]
-    # prefix 3 lies before the row (0 events), prefix 7 keeps event 6, prefix 10 keeps 6..9
-    assert batch.target_hist_len.tolist() == [0, 1, 4, 4, 4]
+    # rows cover every target's window: u1 from event 0 (prefix 3), u2 from event 1
+    assert rows(batch.history["item"]) == [list(range(100, 110)), [201, 202, 203, 204]]
+    assert batch.history_start.tolist() == [0, 1]
+    assert batch.target_hist_start.tolist() == [0, 3, 6, 0, 0]
+    assert batch.target_hist_len.tolist() == [3, 7, 10, 4, 4]
     offsets = batch.history["item"].offsets
     for j in range(batch.num_targets):
-        u, n = int(batch.target_user[j]), int(batch.target_hist_len[j])
-        seen = batch.history["item"].values[offsets[u] : offsets[u] + n].tolist()
+        u = int(batch.target_user[j])
+        lo, hi = int(batch.target_hist_start[j]), int(batch.target_hist_len[j])
+        seen = batch.history["item"].values[offsets[u] + lo : offsets[u] + hi].tolist()
         prefix = [a, b][u].history["item"][: [a, b][u].targets["target_hist_len"][j - 3 * u]]
-        assert seen == prefix[len(prefix) - n :].tolist()  # the most recent n of its prefix
+        assert seen == prefix[-4:].tolist()  # the most recent min(4, len) events of its prefix
 
 
 def test_ctr_row_ends_at_the_largest_target_prefix() -> None:
@@ -95,9 +97,10 @@ def test_ctr_row_ends_at_the_largest_target_prefix() -> None:
 
     batch = collate_ctr([s], max_history=3)
 
-    assert rows(batch.history["item"]) == [[303, 304, 305]]
-    assert batch.target_hist_len.tolist() == [1, 3]
-    assert batch.history_start.tolist() == [3]
+    assert rows(batch.history["item"]) == [[301, 302, 303, 304, 305]]
+    assert batch.history_start.tolist() == [1]
+    assert batch.target_hist_len.tolist() == [3, 5]
+    assert batch.target_hist_start.tolist() == [0, 2]
 
 
 def test_ctr_value_member_and_mismatch() -> None:

@@ -50,7 +50,8 @@ def test_setup_builds_schema_and_all_loaders(out_dir) -> None:
     train_batches = list(train)
     assert all(isinstance(b, CtrBatch) for b in train_batches)
     assert sorted(u for b in train_batches for u in b.users) == users_of(manifest, "train")
-    assert max(int(b.history["item"].lengths.max()) for b in train_batches) == 3
+    windows = [b.target_hist_len - b.target_hist_start for b in train_batches]
+    assert max(int(w.max()) for w in windows) == 3  # each target sees at most max_history
     assert users(dm.val_dataloader()) == users_of(manifest, "valid")  # manifest order
     assert users(dm.test_dataloader()) == users_of(manifest, "test")
 
@@ -194,10 +195,11 @@ def test_datamodule_on_spark_built_shards(spark, tmp_path: Path) -> None:
     for b in real:
         offsets = b.history["ts"].offsets
         lengths = b.history["ts"].lengths
-        assert int(lengths.max()) <= 50
+        assert int((b.target_hist_len - b.target_hist_start).max()) <= 50
         assert bool((b.target_hist_len <= lengths[b.target_user]).all())
         for j in range(b.num_targets):  # no event of a target's history after its request time
-            u, n = int(b.target_user[j]), int(b.target_hist_len[j])
-            prefix = b.history["ts"].values[offsets[u] : offsets[u] + n]
+            u, lo = int(b.target_user[j]), int(b.target_hist_start[j])
+            n = int(b.target_hist_len[j])
+            prefix = b.history["ts"].values[offsets[u] + lo : offsets[u] + n]
             assert bool((prefix <= b.target_ts[j]).all())
     assert dm.data_stats == Counter()  # nothing went through on_before_batch_transfer
