@@ -41,7 +41,7 @@ def _demo(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `lifeseq <command> ...` to the job modules."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("synth", "build", "demo", "bench")
+    commands = ("synth", "build", "train", "demo", "bench")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__)
         if argv and argv[0] not in ("-h", "--help"):
@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import build_lifelong
 
         return build_lifelong.main(rest)
+    if command == "train":
+        from jobs import train
+
+        return train.main(rest)
     if command == "demo":
         logging.basicConfig(level=logging.WARNING)
         return _demo(rest)

@@ -99,22 +99,30 @@ class SmokeConfig:
         ]
 
 
-def prefix_mean(events: Jagged, target_user: torch.Tensor, hist_len: torch.Tensor) -> torch.Tensor:
-    """Mean of each target's history prefix, from one shared row per user.
+def prefix_mean(
+    events: Jagged,
+    target_user: torch.Tensor,
+    hist_len: torch.Tensor,
+    hist_start: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean of each target's history window, from one shared row per user.
 
     Args:
         events: Jagged with B rows, values (N, D) float.
         target_user: (T,) int64 row of each target.
-        hist_len: (T,) int64 prefix length of each target, in [0, lengths[target_user]].
+        hist_len: (T,) int64 end of each target's window, in [0, lengths[target_user]].
+        hist_start: (T,) int64 start of each window (the `max_history` cap); None: 0.
 
     Returns:
-        (T, D): mean of `row[:hist_len[j]]`, zeros where `hist_len[j] == 0`.
+        (T, D): mean of `row[hist_start[j]:hist_len[j]]`, zeros for an empty window.
     """
     values = events.values  # (N, D)
     csum = torch.cat([values.new_zeros(1, values.shape[1]), values.cumsum(0)])  # (N + 1, D)
-    start = events.offsets[:-1][target_user]  # (T,)
-    total = csum[start + hist_len] - csum[start]  # (T, D)
-    return total / hist_len.clamp(min=1).unsqueeze(1).to(values.dtype)  # (T, D)
+    row = events.offsets[:-1][target_user]  # (T,)
+    lo = row if hist_start is None else row + hist_start  # (T,)
+    total = csum[row + hist_len] - csum[lo]  # (T, D)
+    count = (row + hist_len - lo).clamp(min=1).unsqueeze(1).to(values.dtype)  # (T, 1)
+    return total / count  # (T, D)
 
 
 class SmokeCtrModel(nn.Module):
@@ -166,7 +174,9 @@ class SmokeCtrModel(nn.Module):
             out["history_item"].values + out["history_category"].values,  # (N, D)
             history["item"].lengths,
         )
-        pooled = prefix_mean(events, batch.target_user, batch.target_hist_len)  # (T, D)
+        pooled = prefix_mean(  # (T, D)
+            events, batch.target_user, batch.target_hist_len, batch.target_hist_start
+        )
         target = out["target_item"].values + out["target_category"].values  # (T, D)
         features = torch.cat([pooled, target, pooled * target], dim=1)  # (T, 3D)
         return self.mlp(features).squeeze(1)  # (T,)

@@ -1,12 +1,12 @@
 """Training callbacks: non-finite guard, samples/s in the progress bar, training-curve PNG.
 
-    trainer:
-      callbacks:
-        - class_path: trainers.callbacks.LastCheckpoint
-          init_args: {save_last: true, every_n_train_steps: 25}
-        - class_path: trainers.callbacks.NonFiniteGuard
-        - class_path: trainers.callbacks.Throughput
-        - class_path: trainers.callbacks.TrainingCurves
+trainer:
+  callbacks:
+    - class_path: trainers.callbacks.LastCheckpoint
+      init_args: {save_last: true, every_n_train_steps: 25}
+    - class_path: trainers.callbacks.NonFiniteGuard
+    - class_path: trainers.callbacks.Throughput
+    - class_path: trainers.callbacks.TrainingCurves
 """
 
 from __future__ import annotations

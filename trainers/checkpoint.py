@@ -285,7 +285,9 @@ def read_checkpoint_tree(path: str | os.PathLike) -> tuple[Any, dict[str, Tensor
         )
     metadata = JsonFileSystemReader(str(path)).read_metadata()
     tensors = {
-        k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)
+        k: v
+        for k, v in metadata.state_dict_metadata.items()
+        if isinstance(v, TensorStorageMetadata)
     }
     return data["tree"], tensors
 

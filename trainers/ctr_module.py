@@ -225,7 +225,9 @@ class CtrModule(L.LightningModule):
         auc_metric = self.val_auc if stage == "val" else self.test_auc
         if targets:
             loss_metric.update(loss.detach() / batch.weight, weight=targets)
-            auc_metric.update(torch.sigmoid(logits.detach().float()), batch.label.long())
+        # Always update, also with a padding batch's empty tensors: a rank whose AUC state
+        # stayed an empty list would gather tensors of another dtype (a collective mismatch).
+        auc_metric.update(torch.sigmoid(logits.detach().float()), batch.label.long())
         return loss
 
     def training_step(self, batch: CtrBatch, batch_idx: int) -> torch.Tensor:

@@ -207,7 +207,8 @@ class TorchRecStrategy(DDPStrategy):
             return checkpoint
         # The JSON tree is rank 0's. A TorchRec KeyedOptimizer's state differs per rank (it
         # lists only the tables this rank holds), so each rank loads its own live state dict
-        # (tensors now loaded in place) with the saved hyper-parameters of each param group.
+        # (tensors now loaded in place), taking each param group's saved hyper-parameters from
+        # the saved group with the same parameters (groups rank 0 lacks keep their config).
         saved_states = checkpoint.get("optimizer_states", [])
         for index, optimizer in enumerate(self.optimizers):
             if not hasattr(_unwrap_optimizer(optimizer), "init_state"):
@@ -216,10 +217,12 @@ class TorchRecStrategy(DDPStrategy):
             saved_groups = (
                 saved_states[index].get("param_groups", []) if index < len(saved_states) else []
             )
-            for live_group, saved_group in zip(
-                live.get("param_groups", []), saved_groups, strict=False
-            ):
-                live_group.update({k: v for k, v in saved_group.items() if k != "params"})
+            for live_group in live.get("param_groups", []):
+                names = set(live_group.get("params", []))
+                for saved_group in saved_groups:
+                    if names & set(saved_group.get("params", [])):
+                        live_group.update({k: v for k, v in saved_group.items() if k != "params"})
+                        break
             saved_states[index] = live
         return checkpoint
 

@@ -69,6 +69,24 @@ def test_prefix_mean_matches_a_loop() -> None:
         torch.testing.assert_close(got[j], expected)
 
 
+def test_prefix_mean_over_capped_windows() -> None:
+    values = torch.randn(7, 3)
+    events = Jagged(values, torch.tensor([3, 0, 4]))
+    target_user = torch.tensor([0, 0, 2, 2])
+    hist_len = torch.tensor([3, 1, 2, 4])
+    hist_start = torch.tensor([1, 0, 2, 1])
+
+    got = prefix_mean(events, target_user, hist_len, hist_start)
+
+    offsets = [0, 3, 3]
+    for j, (u, lo, hi) in enumerate(
+        zip(target_user.tolist(), hist_start.tolist(), hist_len.tolist(), strict=True)
+    ):
+        rows = values[offsets[u] + lo : offsets[u] + hi]
+        expected = rows.mean(0) if hi > lo else torch.zeros(3)
+        torch.testing.assert_close(got[j], expected)
+
+
 def test_logits_equal_a_per_target_loop() -> None:
     batch = _batch()
     model = SmokeCtrModel(_config())
@@ -82,7 +100,9 @@ def test_logits_equal_a_per_target_loop() -> None:
     offsets = batch.history["item"].offsets
     for j in range(batch.num_targets):
         u, n = int(batch.target_user[j]), int(batch.target_hist_len[j])
-        ids = slice(int(offsets[u]), int(offsets[u]) + n)
+        lo = int(batch.target_hist_start[j])  # the max_history window of this target
+        ids = slice(int(offsets[u]) + lo, int(offsets[u]) + n)
+        n -= lo
         hist_items, hist_cats = (
             batch.history["item"].values[ids],
             batch.history["category"].values[ids],

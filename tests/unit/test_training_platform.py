@@ -1,0 +1,216 @@
+"""Single-process tests of the training platform pieces: pickle-free checkpoint format,
+non-finite guard, closure-once combined optimizer, dense-only clipping, batch moves."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from features.batch import CtrBatch
+from features.schema import FeatureConfig, FeatureSchema, expected_members
+from models.embeddings import torchrec_available
+from pipeline.sample_codec import SCHEMA_VERSION
+from tests.unit.test_smoke_model import _batch
+from trainers import checkpoint as ckpt
+from trainers.callbacks import NonFiniteError, NonFiniteGuard, plot_training_curves
+from trainers.ctr_module import CtrModule, DenseOptimizerConfig, EmbeddingConfig
+from trainers.strategy import TorchRecStrategy, find_dmp
+
+pytestmark = pytest.mark.unit
+
+
+@dataclass
+class _Cfg:
+    lr: float
+    betas: tuple[float, float]
+
+
+def _schema() -> FeatureSchema:
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "vocab": {"item": 60, "category": 6, "behavior": 5},
+        "members": expected_members(with_value=False),
+    }
+    return FeatureSchema.from_manifest_dict(manifest, FeatureConfig(embedding_dim=4))
+
+
+def test_split_and_join_tensors_round_trip_keeps_key_types() -> None:
+    state = {
+        "epoch": 3,
+        "optimizer_states": [{"state": {0: {"step": torch.tensor(2.0)}}, "param_groups": [
+            {"lr": 0.1, "params": [0]}]}],
+        "state_dict": {"w": torch.arange(6.0).reshape(2, 3)},
+        "hparams": {"cfg": _Cfg(0.1, (0.9, 0.99))},
+    }  # fmt: skip
+
+    tree, tensors = ckpt.split_tensors(state)
+    back = ckpt.join_tensors(json.loads(json.dumps(tree)), tensors)
+
+    assert set(tensors) == {"/optimizer_states/0/state/0/step", "/state_dict/w"}
+    assert (
+        back["optimizer_states"][0]["state"][0]["step"]
+        is tensors["/optimizer_states/0/state/0/step"]
+    )
+    assert back["optimizer_states"][0]["param_groups"] == [{"lr": 0.1, "params": [0]}]
+    assert back["hparams"] == {"cfg": {"lr": 0.1, "betas": [0.9, 0.99]}}
+    assert back["epoch"] == 3
+
+
+def test_checkpoint_directory_has_json_metadata_and_loads_without_pickle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weight = torch.randn(5, 3)
+    state = {"global_step": 7, "state_dict": {"w": weight, "b": torch.tensor([1, 2])}}
+    path = tmp_path / "step=7.ckpt"
+
+    ckpt.save_checkpoint(state, path)
+
+    names = sorted(p.name for p in path.iterdir())
+    assert names == [".metadata.json", "__0_0.distcp", "checkpoint.json"]
+    index = json.loads((path / ".metadata.json").read_text())
+    assert index["state_dict_metadata"]["/state_dict/w"]["size"] == [5, 3]
+    assert index["state_dict_metadata"]["/state_dict/b"]["dtype"] == "int64"
+
+    def no_pickle(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pickle used while reading a checkpoint")
+
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    monkeypatch.setattr(pickle, "Unpickler", no_pickle)
+    tree, saved = ckpt.read_checkpoint_tree(path)
+    targets = {key: ckpt.empty_like_saved(md) for key, md in saved.items()}
+    ckpt.load_tensors(path, targets)
+    loaded = ckpt.join_tensors(tree, targets)
+
+    assert loaded["global_step"] == 7
+    torch.testing.assert_close(loaded["state_dict"]["w"], weight, rtol=0, atol=0)
+    assert loaded["state_dict"]["b"].tolist() == [1, 2]
+
+
+def test_reading_a_non_checkpoint_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a lifeseq sharded checkpoint"):
+        ckpt.read_checkpoint_tree(tmp_path)
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = nn.Linear(2, 1)
+        self.last_loss: torch.Tensor | None = None
+
+
+def _guard_call(loss: float, grad: float) -> None:
+    module = _Tiny()
+    module.last_loss = torch.tensor(loss)
+    module.dense.weight.grad = torch.full_like(module.dense.weight, grad)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    trainer = SimpleNamespace(global_step=7, current_epoch=1, global_rank=0)
+    NonFiniteGuard().on_before_optimizer_step(trainer, module, optimizer)  # type: ignore[arg-type]
+
+
+def test_non_finite_guard_names_step_loss_and_parameter() -> None:
+    _guard_call(0.5, 1.0)  # finite: no error
+
+    with pytest.raises(NonFiniteError, match=r"global step 7 .*loss = nan"):
+        _guard_call(float("nan"), 1.0)
+    with pytest.raises(
+        NonFiniteError, match=r"global step 7 .*gradient of dense.weight \(param group 0\)"
+    ):
+        _guard_call(0.5, float("inf"))
+
+
+@pytest.mark.skipif(not torchrec_available(), reason="torchrec not importable")
+def test_combined_optimizer_runs_the_closure_once_and_steps_dense() -> None:
+    from torchrec.optim.keyed import KeyedOptimizerWrapper
+
+    from trainers.ctr_module import combined_optimizer
+
+    embedding = nn.Parameter(torch.ones(3))
+    embedding._in_backward_optimizers = []  # what shard_model's fused params carry
+    dense = nn.Parameter(torch.ones(2))
+    fake_dmp = SimpleNamespace(
+        fused_optimizer=KeyedOptimizerWrapper(
+            {"emb": embedding}, lambda p: torch.optim.SGD(p, lr=1.0)
+        ),
+        named_parameters=lambda: [("emb", embedding), ("dense", dense)],
+    )
+    optimizer = combined_optimizer(fake_dmp, DenseOptimizerConfig(name="sgd", lr=0.5))
+    calls = []
+
+    def closure() -> torch.Tensor:
+        calls.append(1)
+        dense.grad = torch.ones(2)
+        return torch.tensor(1.0)
+
+    optimizer.step(closure)
+
+    assert calls == [1]
+    assert dense.tolist() == [0.5, 0.5]
+    assert embedding.tolist() == [1.0, 1.0, 1.0]  # fused part: stepped in backward, not here
+
+
+def test_ctr_module_torch_backend_clips_dense_gradients_only() -> None:
+    module = CtrModule(
+        hidden=(4,), embedding=EmbeddingConfig("torch"), optimizer=DenseOptimizerConfig(),
+        schema=_schema(),
+    )  # fmt: skip
+    module.configure_model()
+    batch = _batch()
+    for param in module.parameters():
+        param.grad = torch.full_like(param, 10.0)
+
+    module.configure_gradient_clipping(torch.optim.SGD(module.parameters(), lr=0.1), 1.0, "norm")
+
+    total = torch.sqrt(sum((p.grad**2).sum() for p in module.dense_parameters()))
+    assert float(total) == pytest.approx(1.0, rel=1e-5)
+    assert module(batch).shape == (batch.num_targets,)
+    assert find_dmp(module) is None
+
+
+def test_ctr_module_errors_name_the_key() -> None:
+    with pytest.raises(ValueError, match="model.embedding.backend"):
+        EmbeddingConfig("jax")
+    with pytest.raises(ValueError, match="model.optimizer.name"):
+        DenseOptimizerConfig(name="lamb")
+    with pytest.raises(ValueError, match="no feature schema"):
+        CtrModule(embedding=EmbeddingConfig("torch")).configure_model()
+
+
+def test_strategy_moves_batches_with_their_to() -> None:
+    strategy = TorchRecStrategy()
+    batch = _batch()
+    seen = []
+    original = CtrBatch.to
+
+    def spy(self: CtrBatch, device: torch.device | str, non_blocking: bool = False) -> CtrBatch:
+        seen.append((str(device), non_blocking))
+        return original(self, device, non_blocking)
+
+    CtrBatch.to = spy  # type: ignore[method-assign]
+    try:
+        moved = strategy.batch_to_device(batch, torch.device("cpu"))
+    finally:
+        CtrBatch.to = original  # type: ignore[method-assign]
+
+    assert seen == [("cpu", False)]
+    assert isinstance(moved, CtrBatch) and moved.num_targets == batch.num_targets
+
+
+def test_training_curves_png(tmp_path: Path) -> None:
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text(
+        "epoch,step,train/loss,train/samples_per_s,val/auc,val/loss\n"
+        "0,0,0.7,100,,\n0,1,0.6,110,,\n0,1,,,0.8,0.65\n1,2,0.5,120,,\n1,3,0.4,120,,\n"
+        "1,3,,,0.9,0.45\n"
+    )
+
+    out = plot_training_curves(csv_path, tmp_path / "curves.png")
+
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5_000
