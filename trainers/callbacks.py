@@ -137,6 +137,70 @@ class Throughput(L.Callback):
             pl_module.log("train/samples_per_s", rate, prog_bar=True, on_step=True, batch_size=1)
 
 
+class DataWait(L.Callback):
+    """Measure the share of training time spent waiting for data; log `train/data_wait_fraction`.
+
+    Wait = from the end of one training step (`on_train_batch_end`) to the start of the next
+    (`on_train_batch_start`): fetching the next batch from the DataLoader and moving it to the
+    device. Step = from `on_train_batch_start` to `on_train_batch_end` (forward, backward,
+    optimizer). The fraction is wait / (wait + step), over all steps after the first `skip`
+    (start-up: worker spawn, first shard open). Rank 0's view; summary in `self.summary()`.
+
+    Args:
+        skip: initial steps left out of the measurement.
+    """
+
+    def __init__(self, skip: int = 2) -> None:
+        if skip < 0:
+            raise ValueError(f"DataWait.skip: expected >= 0, got {skip}")
+        self.skip = skip
+        self.wait_s = 0.0
+        self.step_s = 0.0
+        self.steps = 0
+        self._seen = 0
+        self._last_end: float | None = None
+        self._start: float | None = None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._start = time.perf_counter()
+        if self._last_end is not None and self._seen > self.skip:
+            self.wait_s += self._start - self._last_end
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._last_end = time.perf_counter()
+        self._seen += 1
+        if self._start is not None and self._seen > self.skip + 1:
+            self.step_s += self._last_end - self._start
+            self.steps += 1
+            pl_module.log("train/data_wait_fraction", self.fraction(), on_step=True, batch_size=1)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_end = None  # the gap across an epoch boundary includes validation
+
+    def fraction(self) -> float:
+        """wait / (wait + step) so far (0.0 before any measured step)."""
+        total = self.wait_s + self.step_s
+        return self.wait_s / total if total > 0 else 0.0
+
+    def summary(self) -> dict[str, float]:
+        """Measured steps, seconds waiting, seconds stepping and the fraction."""
+        return {
+            "steps": self.steps,
+            "wait_s": round(self.wait_s, 4),
+            "step_s": round(self.step_s, 4),
+            "fraction": round(self.fraction(), 4),
+        }
+
+
 def _read_metrics(path: Path) -> dict[str, list[tuple[float, float]]]:
     series: dict[str, list[tuple[float, float]]] = {}
     with path.open(newline="") as handle:

@@ -214,3 +214,26 @@ def test_training_curves_png(tmp_path: Path) -> None:
     out = plot_training_curves(csv_path, tmp_path / "curves.png")
 
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5_000
+
+
+def test_data_wait_fraction_counts_the_gap_between_steps() -> None:
+    from types import SimpleNamespace
+
+    from trainers import callbacks
+
+    clock = iter([0.0, 1.0, 1.5, 2.5, 3.0, 4.0, 5.0, 6.0])  # start/end pairs of 4 steps
+    original = callbacks.time.perf_counter
+    callbacks.time.perf_counter = lambda: next(clock)  # type: ignore[assignment]
+    logged: list[float] = []
+    module = SimpleNamespace(log=lambda name, value, **_: logged.append(value))
+    try:
+        wait = callbacks.DataWait(skip=1)
+        for step in range(4):
+            wait.on_train_batch_start(None, module, None, step)  # type: ignore[arg-type]
+            wait.on_train_batch_end(None, module, None, None, step)  # type: ignore[arg-type]
+    finally:
+        callbacks.time.perf_counter = original  # type: ignore[assignment]
+    # steps: [0,1] [1.5,2.5] [3,4] [5,6]; skip=1 drops the first step and the gap after it
+    # measured: gaps 2.5→3 (0.5) and 4→5 (1.0); steps [3,4] and [5,6] (2.0)
+    assert wait.summary() == {"steps": 2, "wait_s": 1.5, "step_s": 2.0, "fraction": 0.4286}
+    assert logged[-1] == pytest.approx(1.5 / 3.5)
