@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "train":
         from jobs import train
 
-        return train.main(rest)
+        sys.argv = [f"{sys.argv[0]} train", *rest]  # LightningCLI reads sys.argv itself
+        return train.main(None)
     if command == "demo":
         logging.basicConfig(level=logging.WARNING)
         return _demo(rest)
