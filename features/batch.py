@@ -202,6 +202,8 @@ class CtrBatch(_TensorBatch):
         users: raw user ids, length B (stays on the host).
         loader_stats: loader counters (`features.dataset.STAT_KEYS`) incremented since the
             producing worker's previous batch; summed by the consumer (stays on the host).
+        loader_worker: DataLoader worker that produced the batch (-1: not from a loader); the
+            loader uses it to restore the epoch's batch order on a mid-epoch resume.
     """
 
     history: dict[str, Jagged]
@@ -216,6 +218,7 @@ class CtrBatch(_TensorBatch):
     weight: float = 1.0
     users: list[str] = field(default_factory=list)
     loader_stats: dict[str, int] = field(default_factory=dict)
+    loader_worker: int = -1
 
     @property
     def num_users(self) -> int:
@@ -301,6 +304,8 @@ class GenerativeBatch(_TensorBatch):
         users: raw user ids, length B (stays on the host).
         loader_stats: loader counters (`features.dataset.STAT_KEYS`) incremented since the
             producing worker's previous batch; summed by the consumer (stays on the host).
+        loader_worker: DataLoader worker that produced the batch (-1: not from a loader); the
+            loader uses it to restore the epoch's batch order on a mid-epoch resume.
     """
 
     sequence: dict[str, Jagged]
@@ -314,6 +319,7 @@ class GenerativeBatch(_TensorBatch):
     weight: float = 1.0
     users: list[str] = field(default_factory=list)
     loader_stats: dict[str, int] = field(default_factory=dict)
+    loader_worker: int = -1
 
     @property
     def num_users(self) -> int:

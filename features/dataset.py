@@ -203,6 +203,20 @@ def plan_epoch(
     return EpochPlan(shards=shards, samples=counts, batches=batches, batches_per_rank=per_rank)
 
 
+def batch_order(worker_batches: Sequence[int]) -> list[int]:
+    """The worker of each batch in the order a `DataLoader` delivers one rank's batches.
+
+    `DataLoader` (in order) takes batches from its workers round-robin and drops a worker from
+    the rotation once it is exhausted; with `worker_batches[w]` batches from worker `w` the
+    delivery order is round r = 0, 1, ...: every worker with more than r batches, by id.
+
+    >>> batch_order([2, 3, 1])
+    [0, 1, 2, 0, 1, 1]
+    """
+    rounds = max(worker_batches, default=0)
+    return [w for r in range(rounds) for w, n in enumerate(worker_batches) if n > r]
+
+
 # --- the dataset --------------------------------------------------------------------------------
 
 
@@ -311,6 +325,8 @@ class LifeseqDataset(IterableDataset):
         self.stats: Counter[str] = Counter(dict.fromkeys(STAT_KEYS, 0))
         self._delta: Counter[str] = Counter()
         self._plan: tuple[int, EpochPlan] | None = None
+        self._resume_epoch: int | None = None
+        self._resume_skip: list[int] = []
 
     @classmethod
     def from_manifest(cls, root: str, split: str, **kwargs: Any) -> LifeseqDataset:
@@ -397,6 +413,18 @@ class LifeseqDataset(IterableDataset):
                 f"worker: expected 0 <= worker < {self.workers_per_rank}, got {worker}"
             )
         plan = self.plan()
+        skip = self._resume_skip[worker] if self._resume_epoch == self.epoch else 0
+        for index, group in enumerate(self._worker_groups(plan, worker)):
+            if index < skip:
+                continue  # consumed before the checkpoint this run resumed from
+            batch = self._padding() if group is None else self._collate(group)
+            if group is None:
+                self._count("padding_batches")
+            yield self._emit(batch, worker)
+
+    def _worker_groups(self, plan: EpochPlan, worker: int) -> Iterator[list[UserSample] | None]:
+        """The samples of each of the worker's batches in order (None: a padding batch);
+        exactly `plan.batches[rank][worker]` of them."""
         shard_ids = plan.shards[self.rank][worker]
         quota = plan.batches[self.rank][worker]
         stream: Iterator[UserSample] = self._iter_samples(shard_ids)
@@ -411,20 +439,38 @@ class LifeseqDataset(IterableDataset):
                 continue
             pending.append(sample)
             if len(pending) == self.batch_size:
-                yield self._emit(self._collate(pending))
+                yield pending
                 produced += 1
                 pending = []
         if pending:
             if produced < quota:
-                yield self._emit(self._collate(pending))
+                yield pending
                 produced += 1
             else:
                 for _ in pending:
                     self._overflow(shard_ids)
         while produced < quota:
-            self._count("padding_batches")
-            yield self._emit(self._padding())
+            yield None
             produced += 1
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Make this rank's iteration of `epoch` start after its first `batches` batches (in
+        the order `LifeseqDataLoader` yields them); other epochs are not affected.
+
+        Each worker skips its share of those batches: it still reads (and shuffles) their
+        samples, which fixes the shuffle state, but does not collate them.
+
+        Raises:
+            ValueError: `batches` outside [0, len(self)] for that epoch.
+        """
+        self.set_epoch(epoch)
+        order = batch_order(self.plan().batches[self.rank])
+        if not 0 <= batches <= len(order):
+            raise ValueError(f"resume_at: batches {batches} outside [0, {len(order)}]")
+        skip = [0] * self.workers_per_rank
+        for worker in order[:batches]:
+            skip[worker] += 1
+        self._resume_epoch, self._resume_skip = epoch, skip
 
     def _collate(self, samples: list[UserSample]) -> Batch:
         self._count("samples", len(samples))
@@ -438,8 +484,9 @@ class LifeseqDataset(IterableDataset):
             return CtrBatch.empty(self.with_value)
         return GenerativeBatch.empty(self.with_value)
 
-    def _emit(self, batch: Batch) -> Batch:
+    def _emit(self, batch: Batch, worker: int) -> Batch:
         self._count("batches")
+        batch.loader_worker = worker
         batch.loader_stats = {k: v for k, v in self._delta.items() if v}
         self._delta = Counter()
         return batch
@@ -534,10 +581,23 @@ class _EpochSampler(_InfiniteConstantSampler):
 
 class LifeseqDataLoader(DataLoader):
     """A DataLoader for `LifeseqDataset`: `batch_size=None` (the dataset batches), the
-    dataset's `num_workers`, and `sampler.set_epoch` reaching the dataset.
+    dataset's `num_workers`, `sampler.set_epoch` reaching the dataset, and a resumable position.
 
     Workers are not persistent, so each epoch's workers start from the epoch set before
     `iter()`.
+
+    **Resuming mid-epoch.** `state_dict()` records the epoch and how many batches of it this
+    loader has yielded; Lightning stores it in every checkpoint (stateful-dataloader support of
+    its fit loop; nothing is pre-fetched because the loader has a length) and calls
+    `load_state_dict()` before iterating again after `fit(ckpt_path=...)`. The next iteration of
+    that epoch then yields exactly the batches an uninterrupted run would have yielded after
+    that point, in the same order: workers skip their share without collating
+    (`LifeseqDataset.resume_at`), and this loader re-establishes the round-robin delivery order
+    (`batch_order`) from each batch's `loader_worker`, holding at most `num_workers - 1`
+    batches. The position is exact when world size, `num_workers`, `batch_size`, `seed` and the
+    shards are those of the checkpoint; otherwise the same number of batches is skipped in the
+    new layout (the epoch keeps the length the restored loop expects) with a warning that some
+    samples of this epoch may be seen twice or not at all.
 
     Args:
         dataset: the dataset.
@@ -553,6 +613,9 @@ class LifeseqDataLoader(DataLoader):
         fixed = sorted({"batch_size", "num_workers", "sampler", "persistent_workers"} & set(kwargs))
         if fixed:
             raise ValueError(f"LifeseqDataLoader: {fixed} are fixed by the dataset")
+        # A private generator: creating an iterator draws worker base seeds from it, not from
+        # the global RNG, whose stream (dropout, ...) must not depend on when epochs start.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(dataset.seed))
         super().__init__(
             dataset,
             batch_size=None,
@@ -562,3 +625,77 @@ class LifeseqDataLoader(DataLoader):
             **kwargs,
         )
         object.__setattr__(self, "sampler", _EpochSampler(dataset))
+        object.__setattr__(self, "_position", (dataset.epoch, 0))
+        object.__setattr__(self, "_resume", None)
+
+    def _layout(self) -> dict[str, Any]:
+        ds: LifeseqDataset = self.dataset  # type: ignore[assignment]
+        return {
+            "world_size": ds.world_size,
+            "num_workers": ds.num_workers,
+            "batch_size": ds.batch_size,
+            "seed": ds.seed,
+            "shuffle": ds.shuffle,
+            "shard_samples": [s.samples for s in ds.shards],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready position: `{"epoch", "batches"}` (batches of that epoch yielded so far)
+        plus the layout (world size, workers, batch size, seed, shard sizes) they refer to."""
+        epoch, batches = self._position
+        return {"epoch": epoch, "batches": batches, **self._layout()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state_dict()`'s position at the next iteration of its epoch.
+
+        Raises:
+            ValueError: `state` lacks `epoch` or `batches`.
+        """
+        if not isinstance(state.get("epoch"), int) or not isinstance(state.get("batches"), int):
+            raise ValueError(
+                f"LifeseqDataLoader.load_state_dict: expected integer 'epoch' and 'batches', "
+                f"got {state!r}"
+            )
+        changed = sorted(k for k, v in self._layout().items() if k in state and state[k] != v)
+        if changed:
+            warnings.warn(
+                f"resuming the data position of epoch {state['epoch']} (batch {state['batches']}) "
+                f"with a different {', '.join(changed)} than the checkpoint: the same number of "
+                "batches is skipped in the new layout, so some samples of this epoch may be "
+                "seen twice or not at all",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        object.__setattr__(self, "_resume", (state["epoch"], state["batches"]))
+
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        """Batches of the dataset's current epoch.
+
+        Lazy: nothing (workers included) starts until the first `next()`, so the epoch that
+        `sampler.set_epoch` sets after `iter()` still applies — Lightning creates the training
+        iterator before it sets the epoch when it resumes from a checkpoint.
+        """
+        ds: LifeseqDataset = self.dataset  # type: ignore[assignment]
+        epoch, start = ds.epoch, 0
+        order = batch_order(ds.plan().batches[ds.rank])
+        if self._resume is not None and self._resume[0] == epoch:
+            start = min(self._resume[1], len(order))
+        object.__setattr__(self, "_resume", None)
+        ds.resume_at(epoch, start)
+        object.__setattr__(self, "_position", (epoch, start))
+        yield from self._ordered(super().__iter__(), order, start)
+
+    def _ordered(self, source: Iterator[Batch], order: list[int], start: int) -> Iterator[Batch]:
+        held: dict[int, list[Batch]] = {}
+        epoch = self._position[0]
+        for position, worker in enumerate(order[start:], start=start + 1):
+            while not held.get(worker):
+                batch = next(source)
+                held.setdefault(batch.loader_worker, []).append(batch)
+            object.__setattr__(self, "_position", (epoch, position))
+            yield held[worker].pop(0)
+        for extra in source:
+            raise RuntimeError(
+                f"LifeseqDataLoader: worker {extra.loader_worker} yielded more batches than "
+                "planned (a bug: please report it)"
+            )

@@ -36,6 +36,7 @@ from features.batch import CtrBatch
 from features.schema import FeatureSchema
 from models.embeddings import BACKENDS
 from models.smoke import SmokeConfig, SmokeCtrModel
+from trainers import run_state
 from trainers.sharding import ShardingConfig, shard_model
 
 logger = logging.getLogger(__name__)
@@ -255,6 +256,26 @@ class CtrModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
+
+    # --- checkpoint extras ------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Stamp the feature-schema hash and every rank's RNG states (`trainers.run_state`)."""
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        run_state.stamp(
+            checkpoint,
+            self._resolve_schema().hash(),
+            lambda t: self.all_gather(t.to(self.device)),
+            world_size,
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another feature schema; restore this rank's RNG states."""
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer else None
+        run_state.restore(
+            checkpoint, self._resolve_schema().hash(), rank, str(path or "checkpoint")
+        )
 
     # --- optimizers -----------------------------------------------------------------------
 

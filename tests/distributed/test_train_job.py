@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -200,6 +201,74 @@ def single(out: Path) -> Path:
     return run
 
 
+KILL_CONFIG = """
+trainer:
+  callbacks:
+    - class_path: trainers.callbacks.LastCheckpoint
+      init_args: {save_last: true, every_n_train_steps: 25, save_top_k: 1}
+    - class_path: trainers.callbacks.NonFiniteGuard
+    - class_path: tests.distributed.kill_at_step.SigkillAtStep
+      init_args: {step: 28}
+"""
+
+
+@pytest.fixture(scope="module")
+def killed(out: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """2-rank fit (as `full`) SIGKILLed at step 28, after the step-25 checkpoint (epoch 2,
+    batch 5 of 10), then `fit --ckpt_path last` to step 60."""
+    run = out.parent / "killed"
+    run.mkdir()
+    (run / "kill.yaml").write_text(KILL_CONFIG)
+    args = _train_args("fit", out, run, "--trainer.max_steps", "60", "--data.batch_size", "4")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
+        *args, "--config", str(run / "kill.yaml"),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    torchrun(2, [*args, "--ckpt_path", "last"], "resume after kill -9")
+    return run, proc
+
+
+def test_kill_minus_9_mid_epoch_then_resume_matches_an_uninterrupted_run(full, killed) -> None:
+    run, proc = killed
+    full_losses = train_losses(full[0])
+
+    assert proc.returncode == -9  # torchrun itself died of SIGKILL, no clean shutdown
+    first = train_losses(run, 0)
+    assert max(first) >= 26  # it trained past the checkpoint before dying
+    resumed = train_losses(run)
+    assert sorted(resumed) == list(range(26, 61))  # from the mid-epoch step-25 checkpoint
+    for step in range(26, 61):
+        assert resumed[step] == pytest.approx(full_losses[step], rel=1e-4, abs=1e-6), step
+    tree = json.loads((run / "checkpoints" / "last.ckpt" / "checkpoint.json").read_text())
+    assert tree["tree"]["global_step"] == 60
+
+
+def test_non_finite_loss_stops_every_rank_naming_the_step(out: Path) -> None:
+    """An absurd learning rate drives the weights to inf within a few steps: the guard stops
+    both ranks with a message naming the step and what broke (no hang, no silent NaN run)."""
+    run = out.parent / "nan"
+    args = _train_args(
+        "fit", out, run, "--trainer.max_steps", "30", "--data.batch_size", "4",
+        "--model.init_args.optimizer.lr", "1e30", "--trainer.gradient_clip_val", "0",
+    )  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", *args,
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+
+    assert proc.returncode != 0
+    assert "NonFiniteError: non-finite values at global step" in proc.stderr
+    assert re.search(r"rank 0: (loss = (nan|inf)|gradient of model\.)", proc.stderr)
+    assert "rank 1:" in proc.stderr  # both ranks stopped with the message
+
+
 def _validate(out: Path, run: Path, nproc: int, ckpt: Path | None) -> float:
     extra = ["--ckpt_path", str(ckpt)] if ckpt is not None else []
     torchrun(nproc, _train_args("validate", out, run, *extra), f"{nproc}-rank validate")
@@ -220,6 +289,8 @@ def test_two_rank_fit_writes_logs_curves_config_and_sharded_checkpoint(full) -> 
     assert any(k.endswith("item.momentum1") for k in saved)  # fused row-wise Adagrad state
     assert any(k.endswith("mlp.0.weight/exp_avg") for k in saved)  # dense Adam state
     assert tree["epoch"] == 6 and "loops" in tree
+    assert len(tree["lifeseq"]["schema_hash"]) == 64  # refused against other data
+    assert saved["/lifeseq/rng/cpu"]["size"] == [2, 5056]  # every rank's RNG state
     csv_dir = run / "logs" / "csv" / "version_0"
     assert (csv_dir / "training_curves.png").stat().st_size > 10_000
     assert (csv_dir / "config.yaml").is_file()

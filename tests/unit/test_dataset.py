@@ -24,6 +24,7 @@ from features.dataset import (
     LifeseqDataset,
     ShardError,
     ShardSpec,
+    batch_order,
     plan_epoch,
 )
 from features.schema import expected_members
@@ -295,6 +296,91 @@ def test_generative_view_yields_generative_batches(out_dir) -> None:
     assert all(isinstance(b, GenerativeBatch) for bs in batches.values() for b in bs)
     assert sorted(u for b in real for u in b.users) == users_of(manifest)
     assert max(int(b.sequence["item"].lengths.max()) for b in real) == 4
+
+
+# --- resuming mid-epoch ---------------------------------------------------------------------------
+
+
+def test_batch_order_is_round_robin_over_workers_with_batches_left() -> None:
+    assert batch_order([2, 3, 1]) == [0, 1, 2, 0, 1, 1]
+    assert batch_order([0, 2]) == [1, 1]
+    assert batch_order([]) == []
+
+
+def _loader(root: Path, num_workers: int, rank: int = 0) -> LifeseqDataLoader:
+    ds = LifeseqDataset.from_manifest(
+        str(root), "train", rank=rank, world_size=2, num_workers=num_workers, batch_size=2,
+        shuffle_buffer=4, seed=3,
+    )  # fmt: skip
+    return LifeseqDataLoader(ds)
+
+
+def _fingerprint(batch: CtrBatch) -> tuple:
+    return (tuple(batch.users), batch.weight, tuple(batch.target_item.tolist()))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2, 3])
+def test_resumed_loader_yields_exactly_the_rest_of_the_epoch(out_dir, num_workers: int) -> None:
+    root, _ = out_dir
+    for rank in range(2):
+        reference = _loader(root, num_workers, rank)
+        reference.sampler.set_epoch(2)
+        full = [_fingerprint(b) for b in reference]
+        assert len(full) == len(reference.dataset)
+        for consumed in (1, len(full) // 2, len(full) - 1, len(full)):
+            interrupted = _loader(root, num_workers, rank)
+            interrupted.sampler.set_epoch(2)
+            iterator = iter(interrupted)
+            head = [_fingerprint(next(iterator)) for _ in range(consumed)]
+            state = json.loads(json.dumps(interrupted.state_dict()))  # as stored in checkpoints
+            assert head == full[:consumed]
+            assert (state["epoch"], state["batches"]) == (2, consumed)
+
+            resumed = _loader(root, num_workers, rank)
+            resumed.load_state_dict(state)
+            resumed.sampler.set_epoch(2)
+            assert [_fingerprint(b) for b in resumed] == full[consumed:]
+            resumed.sampler.set_epoch(3)  # the next epoch starts from its beginning
+            assert len(list(resumed)) == len(full)
+
+
+def test_epoch_set_after_iter_still_applies(out_dir) -> None:
+    """Lightning creates the training iterator before it sets the epoch on resume."""
+    root, _ = out_dir
+    reference = _loader(root, 2)
+    reference.sampler.set_epoch(4)
+    expected = [_fingerprint(b) for b in reference]
+    loader = _loader(root, 2)
+
+    iterator = iter(loader)
+    loader.sampler.set_epoch(4)
+
+    assert [_fingerprint(b) for b in iterator] == expected
+
+
+def test_resume_position_applies_only_to_its_epoch(out_dir) -> None:
+    root, _ = out_dir
+    loader = _loader(root, 0)
+    loader.load_state_dict({"epoch": 1, "batches": 3})
+    loader.sampler.set_epoch(2)
+
+    assert len(list(loader)) == len(loader.dataset)
+
+
+def test_resume_in_another_layout_warns_and_keeps_the_epoch_length(out_dir) -> None:
+    root, _ = out_dir
+    state = {**_loader(root, 2).state_dict(), "batches": 2}
+    loader = _loader(root, 0)
+
+    with pytest.warns(RuntimeWarning, match="different num_workers"):
+        loader.load_state_dict(state)
+    assert len(list(loader)) == len(loader.dataset) - 2
+
+
+def test_load_state_dict_rejects_a_malformed_state(out_dir) -> None:
+    root, _ = out_dir
+    with pytest.raises(ValueError, match="'epoch' and 'batches'"):
+        _loader(root, 0).load_state_dict({"epoch": "0"})
 
 
 # --- bad data ------------------------------------------------------------------------------------
