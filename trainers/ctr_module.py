@@ -35,8 +35,10 @@ from torch import nn
 from features.batch import CtrBatch
 from features.schema import FeatureSchema
 from models.embeddings import BACKENDS
+from models.lifelong_ctr import CtrOutput
 from models.smoke import SmokeConfig, SmokeCtrModel
 from trainers import run_state
+from trainers.metrics import GroupedAUC, LogLoss
 from trainers.sharding import ShardingConfig, shard_model
 
 logger = logging.getLogger(__name__)
@@ -120,6 +122,53 @@ def combined_optimizer(dmp: nn.Module, dense: DenseOptimizerConfig) -> torch.opt
     return _ClosureOnceCombinedOptimizer(optimizers)
 
 
+class EvalMetrics(nn.Module):
+    """Validation/test metrics of CTR models, exact over all ranks.
+
+    * `loss`: the training objective (main BCE plus any auxiliary loss), mean over targets;
+    * `logloss`: binary cross-entropy of the main logits, mean over targets (`LogLoss`);
+    * `auc`: global AUC over all targets (`torchmetrics` `BinaryAUROC`);
+    * `gauc`: user-grouped AUC weighted by the user's number of targets (`GroupedAUC`); users
+      whose targets all have one label are skipped — `gauc_users` / `gauc_skipped_users` count
+      them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss = torchmetrics.MeanMetric()
+        self.logloss = LogLoss(validate_args=False)
+        self.auc = torchmetrics.classification.BinaryAUROC()
+        self.gauc = GroupedAUC(validate_args=False)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, batch: CtrBatch) -> None:
+        """Add one batch: its scalar loss (mean over its targets), (T,) logits, labels."""
+        targets = batch.num_targets
+        if targets:
+            self.loss.update(loss / batch.weight, weight=targets)
+        self.logloss.update(logits.float(), batch.label)
+        # Always update, also with a padding batch's empty tensors: a rank whose AUC state
+        # stayed an empty list would gather tensors of another dtype (a collective mismatch).
+        self.auc.update(torch.sigmoid(logits.float()), batch.label.long())
+        self.gauc.update(logits.float(), batch.label, batch.target_user)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """{name: value} synced over ranks."""
+        details = self.gauc.compute_details()
+        return {
+            "loss": self.loss.compute(),
+            "logloss": self.logloss.compute(),
+            "auc": self.auc.compute(),
+            "gauc": details["gauc"],
+            "gauc_users": details["groups"].float(),
+            "gauc_skipped_users": details["skipped_groups"].float(),
+        }
+
+    def reset(self) -> None:
+        """Clear all states (after logging an epoch)."""
+        for metric in (self.loss, self.logloss, self.auc, self.gauc):
+            metric.reset()
+
+
 class CtrModule(L.LightningModule):
     """Trains a CTR model (default: `models.smoke.SmokeCtrModel`) on `CtrBatch`es.
 
@@ -151,10 +200,8 @@ class CtrModule(L.LightningModule):
         self._schema = schema
         self.model: nn.Module | None = None
         self._loss_fn: Callable[[torch.Tensor, CtrBatch], torch.Tensor] | None = None
-        self.val_loss = torchmetrics.MeanMetric()
-        self.val_auc = torchmetrics.classification.BinaryAUROC()
-        self.test_loss = torchmetrics.MeanMetric()
-        self.test_auc = torchmetrics.classification.BinaryAUROC()
+        self.val_metrics = EvalMetrics()
+        self.test_metrics = EvalMetrics()
         self.last_loss: torch.Tensor | None = None
 
     # --- model ----------------------------------------------------------------------------
@@ -162,7 +209,8 @@ class CtrModule(L.LightningModule):
     def build_model(self, schema: FeatureSchema) -> nn.Module:
         """The unsharded model; override to train another model on the same platform.
 
-        The returned module maps a `CtrBatch` to (T,) logits and has `loss(logits, batch)`.
+        The returned module maps a `CtrBatch` to (T,) logits or a `CtrOutput`, and has
+        `loss(output, batch)`.
         """
         config = SmokeConfig.from_schema(
             schema, hidden=self.hidden, backend=self.embedding.backend, seed=self.seed
@@ -197,8 +245,8 @@ class CtrModule(L.LightningModule):
             model = shard_model(model, self.sharding, device, dist.group.WORLD)
         self.model = model
 
-    def forward(self, batch: CtrBatch) -> torch.Tensor:
-        """(T,) logits of the batch's targets."""
+    def forward(self, batch: CtrBatch) -> torch.Tensor | CtrOutput:
+        """(T,) logits of the batch's targets (or a `CtrOutput` holding them)."""
         assert self.model is not None, "configure_model() has not run"
         return self.model(batch)
 
@@ -214,21 +262,16 @@ class CtrModule(L.LightningModule):
     # --- steps ----------------------------------------------------------------------------
 
     def _shared_step(self, batch: CtrBatch, stage: str) -> torch.Tensor:
-        logits = self(batch)  # (T,)
+        output = self(batch)
+        logits = output.logits if isinstance(output, CtrOutput) else output  # (T,)
         assert self._loss_fn is not None
-        loss = self._loss_fn(logits, batch)
+        loss = self._loss_fn(output, batch)
         if stage == "train":
             self.last_loss = loss.detach()
             self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=1)
             return loss
-        targets = batch.num_targets
-        loss_metric = self.val_loss if stage == "val" else self.test_loss
-        auc_metric = self.val_auc if stage == "val" else self.test_auc
-        if targets:
-            loss_metric.update(loss.detach() / batch.weight, weight=targets)
-        # Always update, also with a padding batch's empty tensors: a rank whose AUC state
-        # stayed an empty list would gather tensors of another dtype (a collective mismatch).
-        auc_metric.update(torch.sigmoid(logits.detach().float()), batch.label.long())
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(loss.detach(), logits.detach(), batch)
         return loss
 
     def training_step(self, batch: CtrBatch, batch_idx: int) -> torch.Tensor:
@@ -241,15 +284,12 @@ class CtrModule(L.LightningModule):
         return self._shared_step(batch, "test")
 
     def _log_eval(self, stage: str) -> None:
-        loss_metric = self.val_loss if stage == "val" else self.test_loss
-        auc_metric = self.val_auc if stage == "val" else self.test_auc
-        # compute() syncs over ranks (sum of weighted losses, all predictions), so the logged
-        # values are exact global ones on every rank.
-        # (equal on every rank; sync_dist only averages identical values)
-        self.log(f"{stage}/loss", loss_metric.compute(), prog_bar=stage == "val", sync_dist=True)
-        self.log(f"{stage}/auc", auc_metric.compute(), prog_bar=stage == "val", sync_dist=True)
-        loss_metric.reset()
-        auc_metric.reset()
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        # compute() syncs over ranks, so the values are exact global ones on every rank
+        # (sync_dist then only averages identical values).
+        for name, value in metrics.compute().items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("auc", "gauc"), sync_dist=True)
+        metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")

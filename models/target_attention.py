@@ -1,0 +1,218 @@
+"""Target attention units: TWIN-style multi-head target attention (the ESU) and DIN attention.
+
+Behavior features are split as in TWIN (Chang et al., KDD'23):
+
+* item-inherent `x_i` (item and category embeddings): depend only on the item, so their key
+  projection `W_k x_i` can be computed once per item and cached (`keys`);
+* user-item cross features `c_ij` (behavior type, log2 time gap between behavior i and target
+  j's request time): enter the attention logits only as a per-head scalar bias
+  `beta_h(c_ij) = c_ij · w_h`, which is cheap and varies per behavior (and per target), so it
+  can reorder the behaviors.
+
+Multi-head target attention over behaviors i of target j, head h (dh = head_dim):
+
+    logit_jih = (W_q t_j)_h · (W_k x_i)_h / sqrt(dh) + beta_h(c_ij)
+    out_j     = W_o concat_h  sum_i softmax_i(logit_jih) (W_v [x_i, c_ij])_h
+
+The values project the full per-pair features `[x_i, c_ij]`, as the ESU of TWIN does. The same
+logits rank behaviors in TWIN's consistency-preserving GSU (`models.search.TwinSearch`), which
+therefore needs only the cached keys and the bias, never the value projection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.windows import NEG_INF, OnlineSoftmaxPool, TargetWindows, scan_chunks
+
+
+@dataclass(frozen=True)
+class PairFeatures:
+    """Cross features of (target, behavior) pairs, shaped like the pairs.
+
+    Attributes:
+        behavior: (..., D) behavior-type embedding of each behavior.
+        gap: (..., D) time-gap-bucket embedding of each (target, behavior) pair.
+    """
+
+    behavior: torch.Tensor
+    gap: torch.Tensor
+
+    def cat(self) -> torch.Tensor:
+        """(..., 2D) concatenated cross features `c_ij`."""
+        return torch.cat([self.behavior, self.gap], dim=-1)
+
+
+#: `(rows (n,), index (n, C)) -> PairFeatures` of targets `rows` and flat events `index`.
+PairFeatureFn = Callable[[torch.Tensor, torch.Tensor], PairFeatures]
+
+
+class MultiHeadTargetAttention(nn.Module):
+    """TWIN-style multi-head target attention (see the module docstring).
+
+    Args:
+        target_dim: width of the target vector t_j.
+        inherent_dim: width of the item-inherent behavior features x_i.
+        cross_dim: width of the cross features c_ij.
+        heads: attention heads H.
+        head_dim: width per head dh.
+        out_dim: output width (W_o).
+    """
+
+    def __init__(
+        self,
+        target_dim: int,
+        inherent_dim: int,
+        cross_dim: int,
+        heads: int = 4,
+        head_dim: int = 16,
+        out_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        for name, value in (("heads", heads), ("head_dim", head_dim), ("out_dim", out_dim)):
+            if value < 1:
+                raise ValueError(f"MultiHeadTargetAttention.{name}: expected >= 1, got {value}")
+        self.heads, self.head_dim, self.out_dim = heads, head_dim, out_dim
+        width = heads * head_dim
+        self.query_proj = nn.Linear(target_dim, width, bias=False)
+        self.key_proj = nn.Linear(inherent_dim, width, bias=False)
+        self.bias_proj = nn.Linear(cross_dim, heads)
+        self.value_proj = nn.Linear(inherent_dim + cross_dim, width)
+        self.out_proj = nn.Linear(width, out_dim)
+
+    def query(self, target: torch.Tensor) -> torch.Tensor:
+        """(T, H, dh) queries scaled by 1/sqrt(dh), from (T, target_dim) targets."""
+        q = self.query_proj(target).view(-1, self.heads, self.head_dim)
+        return q / math.sqrt(self.head_dim)
+
+    def keys(self, inherent: torch.Tensor) -> torch.Tensor:
+        """(M, H, dh) keys of (M, inherent_dim) item-inherent features: the per-item cache."""
+        return self.key_proj(inherent).view(-1, self.heads, self.head_dim)
+
+    def cross_bias(self, cross: PairFeatures) -> torch.Tensor:
+        """(..., H) per-head bias of the pairs' cross features."""
+        return self.bias_proj(cross.cat())
+
+    def logits(self, query: torch.Tensor, keys: torch.Tensor, cross: PairFeatures) -> torch.Tensor:
+        """(n, C, H) attention logits.
+
+        Args:
+            query: (n, H, dh) from `query`.
+            keys: (n, C, H, dh) gathered from `keys`.
+            cross: pair features shaped (n, C, ...).
+        """
+        return torch.einsum("nhd,nchd->nch", query, keys) + self.cross_bias(cross)
+
+    def values(self, inherent: torch.Tensor, cross: PairFeatures) -> torch.Tensor:
+        """(n, C, H, dh) values of the pairs' full features `[x_i, c_ij]`."""
+        features = torch.cat([inherent, cross.cat()], dim=-1)
+        return self.value_proj(features).view(*features.shape[:-1], self.heads, self.head_dim)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        inherent: torch.Tensor,
+        cross: PairFeatures,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention over a fixed set of behaviors per target (the ESU over the top-K).
+
+        Args:
+            query: (T, H, dh).
+            keys: (T, K, H, dh) keys of the selected behaviors.
+            inherent: (T, K, inherent_dim) their item-inherent features.
+            cross: their cross features shaped (T, K, ...).
+            valid: (T, K) bool; a target with no valid behavior gets a zero attention output
+                (before `out_proj`).
+
+        Returns:
+            (T, out_dim).
+        """
+        logits = self.logits(query, keys, cross).masked_fill(~valid.unsqueeze(-1), NEG_INF)
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all-masked rows → 0
+        pooled = torch.einsum("tkh,tkhd->thd", weights, self.values(inherent, cross))
+        return self.out_proj(pooled.reshape(pooled.shape[0], self.heads * self.head_dim))
+
+    def attend_windows(
+        self,
+        query: torch.Tensor,
+        event_keys: torch.Tensor,
+        event_inherent: torch.Tensor,
+        pair_features: PairFeatureFn,
+        windows: TargetWindows,
+        chunk: int,
+    ) -> torch.Tensor:
+        """Exact attention over every behavior of each target's window ("full attention"),
+        chunk by chunk with an online softmax: O(T × chunk) memory, never O(T × L).
+
+        Args:
+            query: (T, H, dh).
+            event_keys: (N, H, dh) keys of every event of the batch.
+            event_inherent: (N, inherent_dim).
+            pair_features: maps (rows (n,), index (n, C)) to the pairs' cross features.
+            windows: the targets' windows.
+            chunk: behaviors per target per step.
+
+        Returns:
+            (T, out_dim); equal (up to float rounding) to `attend` over the whole window.
+        """
+        t, h, d = query.shape
+        pool = OnlineSoftmaxPool(t, (h,), d, query)
+        for step in scan_chunks(windows, chunk):
+            rows, index = step.rows, step.index
+            cross = pair_features(rows, index)
+            logits = self.logits(query[rows], event_keys[index], cross)  # (n, C, H)
+            logits = logits.masked_fill(~step.valid.unsqueeze(-1), NEG_INF)
+            pool.add(rows, logits, self.values(event_inherent[index], cross))
+        pooled = pool.result()  # (T, H, dh)
+        return self.out_proj(pooled.reshape(t, h * d))
+
+
+class DinAttention(nn.Module):
+    """DIN's local activation unit (Zhou et al., KDD'18): an MLP scores each behavior against
+    the target from `[q, k, q - k, q * k, side]`; the output is the score-weighted *sum* of the
+    behaviors' features (no softmax, so the magnitude reflects how much of the history is
+    relevant).
+
+    Args:
+        key_dim: width of q and k (target and behavior item features).
+        side_dim: width of extra per-pair features fed to the unit and pooled (cross features).
+        hidden: hidden widths of the activation MLP.
+    """
+
+    def __init__(self, key_dim: int, side_dim: int, hidden: tuple[int, ...] = (64, 32)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 4 * key_dim + side_dim
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.PReLU(size)]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.unit = nn.Sequential(*layers)
+        self.out_dim = key_dim + side_dim
+
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, side: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Pool each target's behaviors.
+
+        Args:
+            query: (T, key_dim) target features.
+            keys: (T, n, key_dim) behavior item features.
+            side: (T, n, side_dim) per-pair side features.
+            valid: (T, n) bool.
+
+        Returns:
+            (T, key_dim + side_dim): sum of score × [k, side] over valid behaviors.
+        """
+        q = query.unsqueeze(1).expand_as(keys)
+        pairs = torch.cat([q, keys, q - keys, q * keys, side], dim=-1)  # (T, n, F)
+        scores = self.unit(pairs.reshape(-1, pairs.shape[-1])).view(*pairs.shape[:2], 1)
+        scores = scores * valid.unsqueeze(-1)
+        return (scores * torch.cat([keys, side], dim=-1)).sum(dim=1)

@@ -1,0 +1,232 @@
+"""Per-target history windows over a batch's flat event array, and chunked scans over them.
+
+A `CtrBatch` stores each user's history once (Jagged, N events in all); target j reads the
+events `[lo[j], hi[j])` of that flat array (its user's row offset plus `target_hist_start` /
+`target_hist_len`: the most recent `max_history` events strictly before the target). Every
+lifelong unit (search, full attention, short-term attention) works on these windows without
+copying a history per target:
+
+* `TargetWindows.from_batch(batch)` — (T,) `lo`, `hi` in flat coordinates.
+* `scan_chunks(windows, chunk)` — walks all windows in steps of `chunk` events; each step yields
+  the targets whose window is still that long (a prefix of the targets sorted by window
+  length, so short windows cost nothing once exhausted), their (n, C) flat event indices and a
+  validity mask. Memory per step is O(n × C), never O(T × L).
+* `chunked_topk(score_fn, windows, k, chunk)` — top-K events per target by a score computed
+  chunk by chunk, merged with `torch.topk`; O(T × (K + C)) memory.
+* `recent(windows, n)` — the (T, n) indices of each window's most recent n events.
+* `OnlineSoftmaxPool` — softmax-weighted sums accumulated chunk by chunk (running max, as in
+  flash attention), so attention over a whole window never holds more than one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from features.batch import CtrBatch
+
+#: Score of an invalid (out-of-window) position; never selected while valid ones remain.
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class TargetWindows:
+    """Flat event ranges of the targets of a batch.
+
+    Attributes:
+        lo: (T,) int64 first flat event index of each target's window.
+        hi: (T,) int64 end (exclusive); `hi - lo` is the window length (0 allowed).
+        num_events: N, length of the flat event arrays the indices point into.
+    """
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    num_events: int
+
+    @staticmethod
+    def from_batch(batch: CtrBatch) -> TargetWindows:
+        """Windows of `batch`'s targets: row offset + `[target_hist_start, target_hist_len)`."""
+        item = batch.history["item"]
+        row = item.offsets[:-1][batch.target_user]  # (T,)
+        return TargetWindows(
+            lo=row + batch.target_hist_start,
+            hi=row + batch.target_hist_len,
+            num_events=int(item.values.shape[0]),
+        )
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(T,) window lengths."""
+        return self.hi - self.lo
+
+    @property
+    def num_targets(self) -> int:
+        """T."""
+        return int(self.lo.shape[0])
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One step of `scan_chunks`.
+
+    Attributes:
+        rows: (n,) int64 target indices (into 0..T-1) still active at this step.
+        index: (n, C) int64 flat event indices, clamped into range where invalid.
+        valid: (n, C) bool, the position lies inside the target's window.
+        position: (n, C) int64 position of the event inside its window (0 = oldest).
+    """
+
+    rows: torch.Tensor
+    index: torch.Tensor
+    valid: torch.Tensor
+    position: torch.Tensor
+
+
+def scan_chunks(windows: TargetWindows, chunk: int) -> Iterator[Chunk]:
+    """Walk every target's window oldest to newest, `chunk` events per step.
+
+    Targets are visited longest-window first, so step s only holds the targets whose window is
+    longer than `s * chunk`. There is always at least one step (with no rows when every window
+    is empty).
+
+    Raises:
+        ValueError: `chunk < 1`.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk: expected >= 1, got {chunk}")
+    lengths = windows.lengths
+    order = torch.argsort(lengths, descending=True, stable=True)
+    sorted_lengths = lengths[order]
+    longest = int(sorted_lengths[0]) if lengths.numel() else 0
+    steps = torch.arange(chunk, device=lengths.device)
+    last = max(windows.num_events - 1, 0)
+    # At least one step, possibly with no rows: every parameter of a scoring function then
+    # takes part in the graph even for a padding batch (DDP's static graph needs that).
+    for start in range(0, max(longest, 1), chunk):
+        active = int((sorted_lengths > start).sum())
+        rows = order[:active]
+        position = start + steps.unsqueeze(0).expand(active, chunk)  # (n, C)
+        valid = position < lengths[rows].unsqueeze(1)
+        index = (windows.lo[rows].unsqueeze(1) + position).clamp(max=last)
+        yield Chunk(rows=rows, index=index, valid=valid, position=position)
+
+
+def chunked_topk(
+    score_fn: Callable[[Chunk], torch.Tensor],
+    windows: TargetWindows,
+    k: int,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-`k` events of each target's window by `score_fn`, computed chunk by chunk.
+
+    Args:
+        score_fn: maps a `Chunk` to (n, C) float scores (invalid positions are masked here).
+        windows: the targets' windows.
+        k: events to keep per target.
+        chunk: events per target per step.
+
+    Returns:
+        (index, score): (T, k) int64 flat event indices (-1 where the window has fewer than k
+        events) and (T, k) float scores (-inf there), best first. Ties keep an arbitrary one of
+        the tied events unless `score_fn` breaks them.
+    """
+    t = windows.num_targets
+    device = windows.lo.device
+    best_index = torch.full((t, k), -1, dtype=torch.int64, device=device)
+    best_score: torch.Tensor | None = None
+    for step in scan_chunks(windows, chunk):
+        scores = score_fn(step).masked_fill(~step.valid, NEG_INF)  # (n, C)
+        if best_score is None:
+            best_score = torch.full((t, k), NEG_INF, dtype=scores.dtype, device=device)
+        rows = step.rows
+        merged_score = torch.cat([best_score[rows], scores], dim=1)  # (n, k + C)
+        merged_index = torch.cat([best_index[rows], step.index], dim=1)
+        top_score, top_pos = torch.topk(merged_score, k, dim=1)
+        best_score[rows] = top_score
+        best_index[rows] = torch.gather(merged_index, 1, top_pos)
+    if best_score is None:
+        best_score = torch.full((t, k), NEG_INF, device=device)
+    best_index = best_index.masked_fill(torch.isneginf(best_score), -1)
+    return best_index, best_score
+
+
+def recent(windows: TargetWindows, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The most recent `n` events of every window, oldest first.
+
+    Returns:
+        (index, valid): (T, n) int64 flat indices (clamped where invalid) and (T, n) bool.
+    """
+    steps = torch.arange(n, device=windows.lo.device)
+    start = windows.hi - n  # (T,)
+    index = start.unsqueeze(1) + steps  # (T, n)
+    valid = index >= windows.lo.unsqueeze(1)
+    last = max(windows.num_events - 1, 0)
+    return index.clamp(min=0, max=last), valid
+
+
+def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`values[index]` for flat per-event values and (…) indices, with -1 mapped to row 0.
+
+    Args:
+        values: (N, ...) per-event tensor.
+        index: int64 indices of any shape; -1 marks an empty slot (its row is arbitrary and
+            must be masked by the caller).
+
+    Returns:
+        (*index.shape, ...) gathered values.
+    """
+    if values.shape[0] == 0:
+        # No rows to index (a padding batch): zeros that stay connected to `values`' graph, so
+        # every parameter takes part in backward (DDP's static graph requires it).
+        return values.new_zeros((*index.shape, *values.shape[1:])) + 0 * values.sum()
+    return values[index.clamp(min=0)]
+
+
+class OnlineSoftmaxPool:
+    """Per-target `sum_i softmax_i(logit_i) value_i` accumulated over chunks of i.
+
+    Keeps a running max, denominator and numerator per target (and per group, e.g. head), so
+    the result equals one softmax over all chunks. A target that never receives a finite logit
+    pools to zeros.
+
+    Args:
+        targets: T.
+        groups: shape G of the independent softmaxes per target (e.g. `(heads,)`, or `()`).
+        width: d, width of the values.
+        like: a tensor whose dtype and device the state takes.
+    """
+
+    def __init__(
+        self, targets: int, groups: tuple[int, ...], width: int, like: torch.Tensor
+    ) -> None:
+        self.max = like.new_full((targets, *groups), NEG_INF)
+        self.denominator = like.new_zeros(targets, *groups)
+        self.numerator = like.new_zeros(targets, *groups, width)
+
+    def add(self, rows: torch.Tensor, logits: torch.Tensor, values: torch.Tensor) -> None:
+        """Add a chunk.
+
+        Args:
+            rows: (n,) target indices (distinct).
+            logits: (n, C, *G), -inf for positions to ignore.
+            values: (n, C, *G, d).
+        """
+        new_max = torch.maximum(self.max[rows], logits.amax(dim=1))  # (n, *G)
+        safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)
+        scale = torch.exp(self.max[rows] - safe_max)  # (n, *G); exp(-inf) = 0
+        weights = torch.exp(logits - safe_max.unsqueeze(1))  # (n, C, *G)
+        self.denominator = self.denominator.index_put(
+            (rows,), self.denominator[rows] * scale + weights.sum(dim=1)
+        )
+        self.numerator = self.numerator.index_put(
+            (rows,),
+            self.numerator[rows] * scale.unsqueeze(-1)
+            + (weights.unsqueeze(-1) * values).sum(dim=1),
+        )
+        self.max = self.max.index_put((rows,), new_max)
+
+    def result(self) -> torch.Tensor:
+        """(T, *G, d) pooled values."""
+        return self.numerator / self.denominator.clamp(min=1e-30).unsqueeze(-1)

@@ -1,0 +1,106 @@
+"""The lifelong CTR configs (`configs/ctr/*.yaml`) through `jobs/train.py` (LightningCLI):
+every config fits and validates in one process (TorchRec backend), and TWIN and SIM soft (extra
+GSU tables) train under `torchrun` with 2 ranks, learn, and test at 1 rank.
+
+Data: `write_out_dir` shards with 120-event histories (a user's positive target has category 2,
+the negative category 3, so a few dozen steps separate them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.embeddings import torchrec_available
+from tests.distributed.test_train_job import REPO_ROOT, logged, metrics, torchrun, train_losses
+from tests.unit.test_dataset import write_out_dir
+
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(not torchrec_available(), reason="torchrec not importable"),
+]
+
+CONFIGS = ("din", "sim_hard", "sim_soft", "eta", "twin", "full")
+SIZES = {"train": [12, 9, 14, 7, 10, 8, 11, 9], "valid": [10, 6], "test": [8]}
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ctr") / "out"
+    write_out_dir(root, SIZES, history_len=120)
+    return root
+
+
+def _args(subcommand: str, config: str, out: Path, run: Path, *extra: str) -> list[str]:
+    return [
+        str(REPO_ROOT / "jobs" / "train.py"), subcommand,
+        "--config", str(REPO_ROOT / "configs" / "ctr" / f"{config}.yaml"),
+        "--data.root", str(out), "--trainer.default_root_dir", str(run),
+        "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+        "--data.num_workers", "0", "--data.max_history", "64",
+        "--model.init_args.arch.short_term_len", "16", "--model.init_args.arch.top_k", "8",
+        "--model.init_args.arch.chunk", "32", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_ctr_config_fits_and_validates_in_one_process(out: Path, config: str) -> None:
+    run = out.parent / f"one_{config}"
+    torchrun(
+        1,
+        _args(
+            "fit",
+            config,
+            out,
+            run,
+            "--trainer.max_steps",
+            "6",
+            "--trainer.val_check_interval",
+            "6",
+            "--data.batch_size",
+            "8",
+        ),  # fmt: skip
+        f"{config} fit",
+    )
+
+    assert sorted(train_losses(run)) == list(range(1, 7))
+    rows = metrics(run)
+    gauc = [float(r["val/gauc"]) for r in rows if r.get("val/gauc")]
+    users = [float(r["val/gauc_users"]) for r in rows if r.get("val/gauc_users")]
+    assert len(gauc) == 1 and 0.0 <= gauc[0] <= 1.0
+    assert users == [16.0]  # every valid user has one positive and one negative target
+    assert (run / "checkpoints" / "last.ckpt" / "checkpoint.json").is_file()
+
+
+@pytest.mark.parametrize("config", ["twin", "sim_soft"])
+def test_two_rank_torchrun_training_learns_and_tests_at_one_rank(out: Path, config: str) -> None:
+    run = out.parent / f"two_{config}"
+    torchrun(
+        2,
+        _args(
+            "fit",
+            config,
+            out,
+            run,
+            "--trainer.max_steps",
+            "40",
+            "--trainer.val_check_interval",
+            "10",
+            "--data.batch_size",
+            "4",
+        ),  # fmt: skip
+        f"{config} 2-rank fit",
+    )
+    losses = train_losses(run)
+    assert len(losses) == 40
+    assert np.mean([losses[s] for s in range(31, 41)]) < np.mean([losses[s] for s in range(1, 11)])
+    aucs = [float(r["val/auc"]) for r in metrics(run) if r.get("val/auc")]
+    assert len(aucs) == 4 and aucs[-1] > 0.9
+
+    ckpt = run / "checkpoints" / "last.ckpt"
+    torchrun(1, _args("test", config, out, run, "--ckpt_path", str(ckpt)), f"{config} test")
+    assert logged(run, "test/auc") > 0.9
+    assert logged(run, "test/gauc") > 0.9
+    assert logged(run, "test/logloss") < 0.6
