@@ -301,11 +301,7 @@ class LifelongCtrModel(nn.Module):
         query = attention.query(inputs.target_inherent)  # (T, H, dh)
         event_keys = attention.keys(inputs.event_inherent)  # (N, H, dh): the item cache
         if self.config.arch.long_term == "full":
-            out = attention.attend_windows(
-                query, event_keys, inputs.event_inherent, inputs.pair_features, inputs.windows,
-                self.config.arch.chunk,
-            )  # fmt: skip
-            return out, None
+            return attention.attend_windows(query, event_keys, inputs, self.config.arch.chunk), None
         found = self.retrieve(inputs, lookups, event_keys, query)
         index = found.index
         cross = inputs.pair_features(inputs.all_rows(), index)

@@ -9,7 +9,8 @@
 * the targets' `windows` (`models.windows.TargetWindows`);
 * `pair_features(rows, index)`: cross features of (target, event) pairs — the behavior
   embedding and the embedding of the log2 time-gap bucket between the event and the target's
-  request time, computed only for the pairs asked for.
+  request time, computed only for the pairs asked for (`chunk_pair_features` for a
+  `scan_chunks` step).
 """
 
 from __future__ import annotations
@@ -20,8 +21,24 @@ import torch
 from torch import nn
 
 from features.schema import bucketize_time_gap
-from models.target_attention import PairFeatures
-from models.windows import TargetWindows, gather_rows
+from models.windows import Chunk, TargetWindows, gather_rows
+
+
+@dataclass(frozen=True)
+class PairFeatures:
+    """Cross features of (target, behavior) pairs, shaped like the pairs.
+
+    Attributes:
+        behavior: (..., D) behavior-type embedding of each behavior.
+        gap: (..., D) time-gap-bucket embedding of each (target, behavior) pair.
+    """
+
+    behavior: torch.Tensor
+    gap: torch.Tensor
+
+    def cat(self) -> torch.Tensor:
+        """(..., 2D) concatenated cross features `c_ij`."""
+        return torch.cat([self.behavior, self.gap], dim=-1)
 
 
 @dataclass
@@ -57,6 +74,16 @@ class LifelongInputs:
             behavior=gather_rows(self.event_behavior, index),
             gap=self.gap_embedding(self.gap_bucket(rows, index)),
         )
+
+    def chunk_gap_bucket(self, step: Chunk) -> torch.Tensor:
+        """(n, C) time-gap buckets of a `scan_chunks` step's rows and event slice."""
+        gap = self.target_ts[step.rows].unsqueeze(1) - self.event_ts[step.events].unsqueeze(0)
+        return bucketize_time_gap(gap, self.gap_embedding.num_embeddings)
+
+    def chunk_pair_features(self, step: Chunk, bucket: torch.Tensor) -> PairFeatures:
+        """Cross features of a step's pairs, shaped (n, C, D), from its `chunk_gap_bucket`."""
+        behavior = self.event_behavior[step.events].expand(step.rows.shape[0], -1, -1)
+        return PairFeatures(behavior=behavior, gap=self.gap_embedding(bucket))
 
     def all_rows(self) -> torch.Tensor:
         """(T,) every target's row index."""

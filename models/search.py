@@ -33,7 +33,6 @@ from models.windows import (
     Chunk,
     OnlineSoftmaxPool,
     chunked_topk,
-    gather_rows,
     scan_chunks,
 )
 
@@ -89,7 +88,8 @@ class SimHardSearch(_TopKSearch):
         """Top-K same-category events of each target's window, newest first."""
 
         def score(step: Chunk) -> torch.Tensor:
-            same = inputs.event_category[step.index] == inputs.target_category[step.rows, None]
+            categories = inputs.event_category[step.events].unsqueeze(0)  # (1, C)
+            same = categories == inputs.target_category[step.rows].unsqueeze(1)  # (n, C)
             return step.position.to(torch.float32).masked_fill(~same, NEG_INF)
 
         return self._top(score, inputs)
@@ -131,17 +131,16 @@ class SimSoftSearch(_TopKSearch):
         targets = self.target_proj(gsu_targets)  # (T, P)
         pool = OnlineSoftmaxPool(targets.shape[0], (), targets.shape[1], targets)
         for step in scan_chunks(inputs.windows, self.chunk):
-            keys = gather_rows(events, step.index)  # (n, C, P)
-            logits = torch.einsum("np,ncp->nc", targets[step.rows], keys)
-            pool.add(step.rows, logits.masked_fill(~step.valid, NEG_INF), keys)
+            keys = events[step.events]  # (C, P): a view
+            logits = targets[step.rows] @ keys.T  # (n, C)
+            pool.add_shared(step.rows, logits.masked_fill(~step.valid, NEG_INF), keys)
         pooled = pool.result()  # (T, P); 0 for an empty window
         aux_logits = self.aux_mlp(torch.cat([pooled, targets], dim=1)).squeeze(1)
 
         detached_events, detached_targets = events.detach(), targets.detach()
 
         def score(step: Chunk) -> torch.Tensor:
-            keys = gather_rows(detached_events, step.index)
-            return torch.einsum("np,ncp->nc", detached_targets[step.rows], keys)
+            return detached_targets[step.rows] @ detached_events[step.events].T
 
         index, scores = chunked_topk(score, inputs.windows, self.k, self.chunk)
         return SearchResult(index, scores, aux_logits)
@@ -180,9 +179,8 @@ class EtaSearch(_TopKSearch):
             return torch.where(projected >= 0, 1.0, -1.0)
 
     def hamming(self, target_codes: torch.Tensor, event_codes: torch.Tensor) -> torch.Tensor:
-        """(n, C) Hamming distances of (n, m) target and (n, C, m) event signatures."""
-        dot = torch.einsum("nm,ncm->nc", target_codes, event_codes)
-        return (self.bits - dot) / 2
+        """(n, C) Hamming distances of (n, m) target and (C, m) event signatures."""
+        return (self.bits - target_codes @ event_codes.T) / 2
 
     def forward(self, inputs: LifelongInputs) -> SearchResult:
         """Top-K by Hamming distance (smallest first), ties to the most recent event."""
@@ -192,7 +190,7 @@ class EtaSearch(_TopKSearch):
         spread = float(max(int(lengths.max()) if lengths.numel() else 0, 1) + 1)
 
         def score(step: Chunk) -> torch.Tensor:
-            distance = self.hamming(targets[step.rows], gather_rows(events, step.index))
+            distance = self.hamming(targets[step.rows], events[step.events])
             return -distance * spread + step.position.to(distance.dtype)
 
         return self._top(score, inputs)
@@ -228,12 +226,18 @@ class TwinSearch(_TopKSearch):
                 cache at serving time).
             query: (T, H, dh) `attention.query` of the targets.
         """
-        keys, queries = event_keys.detach(), query.detach()
+        with torch.no_grad():
+            keys, queries = event_keys.detach(), query.detach()
+            behavior_bias, gap_bias = attention.split_bias(
+                inputs.event_behavior.detach(), inputs.gap_embedding.weight.detach()
+            )
 
         def score(step: Chunk) -> torch.Tensor:
             with torch.no_grad():
-                cross = inputs.pair_features(step.rows, step.index)
-                logits = attention.logits(queries[step.rows], keys[step.index], cross)
+                bucket = inputs.chunk_gap_bucket(step)
+                logits = attention.slice_logits(
+                    step, queries, keys, behavior_bias, gap_bias, bucket
+                )
                 return logits.mean(dim=-1)
 
         return self._top(score, inputs)

@@ -22,34 +22,12 @@ therefore needs only the cached keys and the bias, never the value projection.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from models.windows import NEG_INF, OnlineSoftmaxPool, TargetWindows, scan_chunks
-
-
-@dataclass(frozen=True)
-class PairFeatures:
-    """Cross features of (target, behavior) pairs, shaped like the pairs.
-
-    Attributes:
-        behavior: (..., D) behavior-type embedding of each behavior.
-        gap: (..., D) time-gap-bucket embedding of each (target, behavior) pair.
-    """
-
-    behavior: torch.Tensor
-    gap: torch.Tensor
-
-    def cat(self) -> torch.Tensor:
-        """(..., 2D) concatenated cross features `c_ij`."""
-        return torch.cat([self.behavior, self.gap], dim=-1)
-
-
-#: `(rows (n,), index (n, C)) -> PairFeatures` of targets `rows` and flat events `index`.
-PairFeatureFn = Callable[[torch.Tensor, torch.Tensor], PairFeatures]
+from models.lifelong_inputs import LifelongInputs, PairFeatures
+from models.windows import NEG_INF, Chunk, OnlineSoftmaxPool, scan_chunks
 
 
 class MultiHeadTargetAttention(nn.Module):
@@ -113,6 +91,47 @@ class MultiHeadTargetAttention(nn.Module):
         features = torch.cat([inherent, cross.cat()], dim=-1)
         return self.value_proj(features).view(*features.shape[:-1], self.heads, self.head_dim)
 
+    def split_bias(
+        self, behavior: torch.Tensor, gap_table: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross bias split by feature: `beta(c_ij) = behavior_bias[i] + gap_bias[bucket_ij]`
+        (the same linear map as `cross_bias`, evaluated per event and per bucket instead of per
+        pair).
+
+        Args:
+            behavior: (N, D) behavior embeddings of the events.
+            gap_table: (G, D) every time-gap bucket's embedding.
+
+        Returns:
+            (N, H) per-event and (G, H) per-bucket bias (the latter includes the constant).
+        """
+        width = behavior.shape[-1]
+        weight = self.bias_proj.weight  # (H, 2D): [behavior | gap]
+        return behavior @ weight[:, :width].T, gap_table @ weight[:, width:].T + self.bias_proj.bias
+
+    def slice_logits(
+        self,
+        step: Chunk,
+        query: torch.Tensor,
+        event_keys: torch.Tensor,
+        behavior_bias: torch.Tensor,
+        gap_bias: torch.Tensor,
+        gap_bucket: torch.Tensor,
+    ) -> torch.Tensor:
+        """(n, C, H) logits of a `scan_chunks` step: the step's rows against its event slice,
+        one matrix product per head (no per-target copy of the keys).
+
+        Args:
+            step: the chunk.
+            query: (T, H, dh) every target's query.
+            event_keys: (N, H, dh) every event's key (the item cache).
+            behavior_bias: (N, H), gap_bias: (G, H) from `split_bias`.
+            gap_bucket: (n, C) time-gap bucket of each (row, event) pair.
+        """
+        keys = event_keys[step.events]  # (C, H, dh): a view
+        logits = torch.einsum("nhd,chd->nch", query[step.rows], keys)
+        return logits + behavior_bias[step.events] + gap_bias[gap_bucket]
+
     def attend(
         self,
         query: torch.Tensor,
@@ -143,33 +162,37 @@ class MultiHeadTargetAttention(nn.Module):
         self,
         query: torch.Tensor,
         event_keys: torch.Tensor,
-        event_inherent: torch.Tensor,
-        pair_features: PairFeatureFn,
-        windows: TargetWindows,
+        inputs: LifelongInputs,
         chunk: int,
     ) -> torch.Tensor:
         """Exact attention over every behavior of each target's window ("full attention"),
-        chunk by chunk with an online softmax: O(T × chunk) memory, never O(T × L).
+        slice by slice with an online softmax: O(T × chunk) memory, never O(T × L).
+
+        Logits as in `attend` (bias split per feature); values project every (target, behavior)
+        pair's full features, exactly as the ESU does for its top-K: this per-pair work over the
+        whole window is the cost that a GSU avoids.
 
         Args:
             query: (T, H, dh).
             event_keys: (N, H, dh) keys of every event of the batch.
-            event_inherent: (N, inherent_dim).
-            pair_features: maps (rows (n,), index (n, C)) to the pairs' cross features.
-            windows: the targets' windows.
-            chunk: behaviors per target per step.
+            inputs: the batch inputs (events, windows, cross features).
+            chunk: events per slice.
 
         Returns:
             (T, out_dim); equal (up to float rounding) to `attend` over the whole window.
         """
         t, h, d = query.shape
+        behavior_bias, gap_bias = self.split_bias(
+            inputs.event_behavior, inputs.gap_embedding.weight
+        )
         pool = OnlineSoftmaxPool(t, (h,), d, query)
-        for step in scan_chunks(windows, chunk):
-            rows, index = step.rows, step.index
-            cross = pair_features(rows, index)
-            logits = self.logits(query[rows], event_keys[index], cross)  # (n, C, H)
+        for step in scan_chunks(inputs.windows, chunk):
+            bucket = inputs.chunk_gap_bucket(step)  # (n, C)
+            logits = self.slice_logits(step, query, event_keys, behavior_bias, gap_bias, bucket)
             logits = logits.masked_fill(~step.valid.unsqueeze(-1), NEG_INF)
-            pool.add(rows, logits, self.values(event_inherent[index], cross))
+            cross = inputs.chunk_pair_features(step, bucket)
+            inherent = inputs.event_inherent[step.events].expand(step.rows.shape[0], -1, -1)
+            pool.add(step.rows, logits, self.values(inherent, cross))
         pooled = pool.result()  # (T, H, dh)
         return self.out_proj(pooled.reshape(t, h * d))
 

@@ -7,10 +7,9 @@ lifelong unit (search, full attention, short-term attention) works on these wind
 copying a history per target:
 
 * `TargetWindows.from_batch(batch)` — (T,) `lo`, `hi` in flat coordinates.
-* `scan_chunks(windows, chunk)` — walks all windows in steps of `chunk` events; each step yields
-  the targets whose window is still that long (a prefix of the targets sorted by window
-  length, so short windows cost nothing once exhausted), their (n, C) flat event indices and a
-  validity mask. Memory per step is O(n × C), never O(T × L).
+* `scan_chunks(windows, chunk)` — walks the flat event array in slices of `chunk` events; each
+  step yields the slice (score it as a view, no copy), the targets whose windows overlap it and
+  a validity mask. Memory per step is O(n × C), never O(T × L).
 * `chunked_topk(score_fn, windows, k, chunk)` — top-K events per target by a score computed
   chunk by chunk, merged with `torch.topk`; O(T × (K + C)) memory.
 * `recent(windows, n)` — the (T, n) indices of each window's most recent n events.
@@ -69,48 +68,56 @@ class TargetWindows:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One step of `scan_chunks`.
+    """One step of `scan_chunks`: a contiguous slice of the flat event array and the targets
+    whose windows overlap it.
 
     Attributes:
-        rows: (n,) int64 target indices (into 0..T-1) still active at this step.
-        index: (n, C) int64 flat event indices, clamped into range where invalid.
-        valid: (n, C) bool, the position lies inside the target's window.
-        position: (n, C) int64 position of the event inside its window (0 = oldest).
+        rows: (n,) int64 target indices (into 0..T-1) whose window overlaps the slice.
+        events: the slice `[start, stop)` of the flat event arrays (C = stop - start events);
+            index per-event tensors with it (`values[chunk.events]`, a view: no copy).
+        index: (n, C) int64 flat event index of each slot (the slice, broadcast to the rows).
+        valid: (n, C) bool, the event lies inside the row's window.
+        position: (n, C) int64 position of the event inside the row's window (0 = oldest).
     """
 
     rows: torch.Tensor
+    events: slice
     index: torch.Tensor
     valid: torch.Tensor
     position: torch.Tensor
 
 
 def scan_chunks(windows: TargetWindows, chunk: int) -> Iterator[Chunk]:
-    """Walk every target's window oldest to newest, `chunk` events per step.
+    """Walk the flat event array in slices of `chunk` events; each step holds the targets whose
+    window overlaps the slice.
 
-    Targets are visited longest-window first, so step s only holds the targets whose window is
-    longer than `s * chunk`. There is always at least one step (with no rows when every window
-    is empty).
+    A user's history is one contiguous row of the flat array and every window lies inside its
+    user's row, so a slice overlaps the windows of one or two users only, and all targets of a
+    user score a slice against the same events (a matrix product, no per-target copy). Total
+    work is about sum(window lengths) + T × chunk. There is always at least one step (with no
+    rows when the batch has no events or targets).
 
     Raises:
         ValueError: `chunk < 1`.
     """
     if chunk < 1:
         raise ValueError(f"chunk: expected >= 1, got {chunk}")
-    lengths = windows.lengths
-    order = torch.argsort(lengths, descending=True, stable=True)
-    sorted_lengths = lengths[order]
-    longest = int(sorted_lengths[0]) if lengths.numel() else 0
-    steps = torch.arange(chunk, device=lengths.device)
-    last = max(windows.num_events - 1, 0)
-    # At least one step, possibly with no rows: every parameter of a scoring function then
-    # takes part in the graph even for a padding batch (DDP's static graph needs that).
-    for start in range(0, max(longest, 1), chunk):
-        active = int((sorted_lengths > start).sum())
-        rows = order[:active]
-        position = start + steps.unsqueeze(0).expand(active, chunk)  # (n, C)
-        valid = position < lengths[rows].unsqueeze(1)
-        index = (windows.lo[rows].unsqueeze(1) + position).clamp(max=last)
-        yield Chunk(rows=rows, index=index, valid=valid, position=position)
+    lo, hi = windows.lo, windows.hi
+    nonempty = hi > lo
+    device = lo.device
+    total = windows.num_events
+    starts = range(0, total, chunk) if total else range(0, 1)
+    for start in starts:
+        stop = min(start + chunk, total)
+        overlaps = nonempty & (lo < stop) & (hi > start)
+        rows = torch.nonzero(overlaps).flatten()
+        absolute = torch.arange(start, stop, device=device)  # (C,)
+        index = absolute.unsqueeze(0).expand(rows.shape[0], -1)  # (n, C)
+        row_lo = lo[rows].unsqueeze(1)
+        valid = (index >= row_lo) & (index < hi[rows].unsqueeze(1))
+        yield Chunk(
+            rows=rows, events=slice(start, stop), index=index, valid=valid, position=index - row_lo
+        )
 
 
 def chunked_topk(
@@ -184,6 +191,13 @@ def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values[index.clamp(min=0)]
 
 
+def _chunk_max(logits: torch.Tensor) -> torch.Tensor:
+    """Max over dim 1 (the chunk's events); -inf for an empty chunk."""
+    if logits.shape[1] == 0:
+        return logits.new_full((logits.shape[0], *logits.shape[2:]), NEG_INF)
+    return logits.amax(dim=1)
+
+
 class OnlineSoftmaxPool:
     """Per-target `sum_i softmax_i(logit_i) value_i` accumulated over chunks of i.
 
@@ -213,17 +227,35 @@ class OnlineSoftmaxPool:
             logits: (n, C, *G), -inf for positions to ignore.
             values: (n, C, *G, d).
         """
-        new_max = torch.maximum(self.max[rows], logits.amax(dim=1))  # (n, *G)
+        new_max = torch.maximum(self.max[rows], _chunk_max(logits))  # (n, *G)
         safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)
         scale = torch.exp(self.max[rows] - safe_max)  # (n, *G); exp(-inf) = 0
         weights = torch.exp(logits - safe_max.unsqueeze(1))  # (n, C, *G)
+        weighted = (weights.unsqueeze(-1) * values).sum(dim=1)  # (n, *G, d)
+        self._merge(rows, new_max, scale, weights.sum(dim=1), weighted)
+
+    def add_shared(self, rows: torch.Tensor, logits: torch.Tensor, values: torch.Tensor) -> None:
+        """`add` for values shared by every row of the chunk: logits (n, C), values (C, d)
+        (one matrix product, no (n, C, d) broadcast)."""
+        new_max = torch.maximum(self.max[rows], _chunk_max(logits))  # (n,)
+        safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)
+        scale = torch.exp(self.max[rows] - safe_max)
+        weights = torch.exp(logits - safe_max.unsqueeze(1))  # (n, C)
+        self._merge(rows, new_max, scale, weights.sum(dim=1), weights @ values)
+
+    def _merge(
+        self,
+        rows: torch.Tensor,
+        new_max: torch.Tensor,
+        scale: torch.Tensor,
+        weight_sum: torch.Tensor,
+        weighted: torch.Tensor,
+    ) -> None:
         self.denominator = self.denominator.index_put(
-            (rows,), self.denominator[rows] * scale + weights.sum(dim=1)
+            (rows,), self.denominator[rows] * scale + weight_sum
         )
         self.numerator = self.numerator.index_put(
-            (rows,),
-            self.numerator[rows] * scale.unsqueeze(-1)
-            + (weights.unsqueeze(-1) * values).sum(dim=1),
+            (rows,), self.numerator[rows] * scale.unsqueeze(-1) + weighted
         )
         self.max = self.max.index_put((rows,), new_max)
 
