@@ -4,6 +4,7 @@ lifeseq synth --out DIR --users N --seed S       synthetic lifelong events (Parq
 lifeseq build --config C --input IN --output OUT  Spark build: quarantine, vocab, lifelong, shards
 lifeseq demo [--workdir DIR]                      synth → build on a small synthetic set
 lifeseq bench pipeline [...]                      pipeline benchmark (Spark vs single-process)
+lifeseq bench ctr [...]                           lifelong CTR models: quality, speed, latency
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import bench_pipeline
 
         return bench_pipeline.main(rest[1:])
-    print("error: usage: lifeseq bench pipeline [...]", file=sys.stderr)
+    if rest[:1] == ["ctr"]:
+        from jobs import bench_ctr
+
+        return bench_ctr.main(rest[1:])
+    print("error: usage: lifeseq bench pipeline|ctr [...]", file=sys.stderr)
     return 2
 
 

@@ -262,6 +262,28 @@ class LifelongCtrModel(nn.Module):
         )
         return inputs, out
 
+    def item_key_cache(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+        """TWIN's serving cache: the ESU keys of items, which depend on the item alone.
+
+        Args:
+            items: (M,) item ids.
+            categories: (M,) their category ids (an item's category is fixed).
+
+        Returns:
+            (M, H, dh) keys, equal to the keys `forward` computes for those items' behaviors.
+
+        Raises:
+            ValueError: the model has no ESU (`long_term: none`).
+        """
+        if self.attention is None:
+            raise ValueError("item_key_cache: long_term 'none' has no target attention")
+        ones = torch.ones_like(items)
+        out = self.embeddings(
+            {"target_item": Jagged(items, ones), "target_category": Jagged(categories, ones)}
+        )
+        inherent = torch.cat([out["target_item"].values, out["target_category"].values], dim=1)
+        return self.attention.keys(inherent)
+
     # --- units ----------------------------------------------------------------------------
 
     def short_term(self, inputs: LifelongInputs) -> torch.Tensor:

@@ -14,6 +14,12 @@ Multi-head target attention over behaviors i of target j, head h (dh = head_dim)
     logit_jih = (W_q t_j)_h · (W_k x_i)_h / sqrt(dh) + beta_h(c_ij)
     out_j     = W_o concat_h  sum_i softmax_i(logit_jih) (W_v [x_i, c_ij])_h
 
+The softmax also runs over one "null" slot per head (a learned logit `null_logit_h` with a zero
+value): when no behavior scores above it, the weights and the output shrink towards zero, so
+the output tells "nothing relevant in the history" apart from "something relevant", which a
+plain softmax (weights always summing to 1) cannot. Top-K selection ignores it (it is not a
+behavior), so TWIN's GSU and ESU stay consistent.
+
 The values project the full per-pair features `[x_i, c_ij]`, as the ESU of TWIN does. The same
 logits rank behaviors in TWIN's consistency-preserving GSU (`models.search.TwinSearch`), which
 therefore needs only the cached keys and the bias, never the value projection.
@@ -62,6 +68,13 @@ class MultiHeadTargetAttention(nn.Module):
         self.bias_proj = nn.Linear(cross_dim, heads)
         self.value_proj = nn.Linear(inherent_dim + cross_dim, width)
         self.out_proj = nn.Linear(width, out_dim)
+        self.null_logit = nn.Parameter(torch.zeros(heads))
+        if target_dim == inherent_dim:
+            # Tied start: q·k = (W t)·(W x), so before any training the logits already favour
+            # behaviors that resemble the target (same item/category embeddings), which gives
+            # a search over them (TWIN) useful candidates to learn from at the first step.
+            with torch.no_grad():
+                self.query_proj.weight.copy_(self.key_proj.weight)
 
     def query(self, target: torch.Tensor) -> torch.Tensor:
         """(T, H, dh) queries scaled by 1/sqrt(dh), from (T, target_dim) targets."""
@@ -154,7 +167,8 @@ class MultiHeadTargetAttention(nn.Module):
             (T, out_dim).
         """
         logits = self.logits(query, keys, cross).masked_fill(~valid.unsqueeze(-1), NEG_INF)
-        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all-masked rows → 0
+        null = self.null_logit.expand(logits.shape[0], 1, -1)  # (T, 1, H): a zero value
+        weights = torch.softmax(torch.cat([null, logits], dim=1), dim=1)[:, 1:]  # (T, K, H)
         pooled = torch.einsum("tkh,tkhd->thd", weights, self.values(inherent, cross))
         return self.out_proj(pooled.reshape(pooled.shape[0], self.heads * self.head_dim))
 
@@ -185,7 +199,7 @@ class MultiHeadTargetAttention(nn.Module):
         behavior_bias, gap_bias = self.split_bias(
             inputs.event_behavior, inputs.gap_embedding.weight
         )
-        pool = OnlineSoftmaxPool(t, (h,), d, query)
+        pool = OnlineSoftmaxPool(t, (h,), d, query, null_logit=self.null_logit)
         for step in scan_chunks(inputs.windows, chunk):
             bucket = inputs.chunk_gap_bucket(step)  # (n, C)
             logits = self.slice_logits(step, query, event_keys, behavior_bias, gap_bias, bucket)

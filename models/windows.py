@@ -210,13 +210,23 @@ class OnlineSoftmaxPool:
         groups: shape G of the independent softmaxes per target (e.g. `(heads,)`, or `()`).
         width: d, width of the values.
         like: a tensor whose dtype and device the state takes.
+        null_logit: (*G) logit of a zero-valued "null" slot in every softmax (None: no slot).
     """
 
     def __init__(
-        self, targets: int, groups: tuple[int, ...], width: int, like: torch.Tensor
+        self,
+        targets: int,
+        groups: tuple[int, ...],
+        width: int,
+        like: torch.Tensor,
+        null_logit: torch.Tensor | None = None,
     ) -> None:
-        self.max = like.new_full((targets, *groups), NEG_INF)
-        self.denominator = like.new_zeros(targets, *groups)
+        if null_logit is None:
+            self.max = like.new_full((targets, *groups), NEG_INF)
+            self.denominator = like.new_zeros(targets, *groups)
+        else:
+            self.max = null_logit.expand(targets, *groups)
+            self.denominator = like.new_ones(targets, *groups)  # exp(null - max) = 1
         self.numerator = like.new_zeros(targets, *groups, width)
 
     def add(self, rows: torch.Tensor, logits: torch.Tensor, values: torch.Tensor) -> None:

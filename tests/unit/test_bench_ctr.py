@@ -1,0 +1,204 @@
+"""Pure helpers of the lifelong CTR benchmark (`jobs.bench_ctr`); the benchmark itself never runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from jobs import bench_ctr
+
+pytestmark = pytest.mark.unit
+
+# A CSVLogger file as Lightning writes it: one column per metric, empty where not logged.
+FIT_CSV = """\
+epoch,step,train/loss,train/samples_per_s,val/auc,val/gauc
+0,0,0.69,100.0,,
+0,9,0.68,300.0,,
+0,19,0.66,500.0,,
+0,29,0.65,700.0,,
+0,39,0.60,900.0,,
+0,39,,,0.71,0.70
+"""
+TEST_CSV = """\
+epoch,step,test/auc,test/gauc,test/gauc_skipped_users,test/gauc_users,test/logloss,test/loss
+0,0,0.75,0.72,3.0,41.0,0.61,0.62
+"""
+
+
+def test_read_metrics_csv_skips_empty_cells(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text(FIT_CSV)
+    series = bench_ctr.read_metrics_csv(path)
+    assert series["train/samples_per_s"] == [
+        (0, 100.0), (9, 300.0), (19, 500.0), (29, 700.0), (39, 900.0)
+    ]  # fmt: skip
+    assert series["val/auc"] == [(39, 0.71)]
+    assert "epoch" not in series and "step" not in series
+
+
+def test_train_throughput_drops_the_first_tenth_of_steps(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text(FIT_CSV)
+    series = bench_ctr.read_metrics_csv(path)
+    # 40 steps: steps < 4 are left out -> median of 300, 500, 700, 900.
+    assert bench_ctr.train_throughput(series, total_steps=40) == 600.0
+    # 400 steps: none is past step 40 -> every logged value.
+    assert bench_ctr.train_throughput(series, total_steps=400) == 500.0
+    assert bench_ctr.train_throughput({}, total_steps=40) is None
+
+
+def test_final_test_metrics(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text(TEST_CSV)
+    metrics = bench_ctr.final_test_metrics(bench_ctr.read_metrics_csv(path))
+    assert metrics == {
+        "auc": 0.75, "gauc": 0.72, "logloss": 0.61, "gauc_users": 41.0, "gauc_skipped_users": 3.0,
+    }  # fmt: skip
+
+
+def test_newest_csv_picks_the_highest_version(tmp_path: Path) -> None:
+    for version, text in ((0, FIT_CSV), (1, TEST_CSV), (10, TEST_CSV)):
+        directory = tmp_path / "logs" / "csv" / f"version_{version}"
+        directory.mkdir(parents=True)
+        (directory / "metrics.csv").write_text(text)
+    (tmp_path / "logs" / "csv" / "version_11").mkdir()  # no metrics.csv yet
+    assert bench_ctr.newest_csv(tmp_path).parent.name == "version_10"
+    with pytest.raises(FileNotFoundError, match="metrics.csv"):
+        bench_ctr.newest_csv(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("length", [1, 50])
+def test_latency_batch_is_one_user_with_whole_history_windows(length: int) -> None:
+    vocab = {"item": 500, "category": 20, "behavior": 6}
+    batch = bench_ctr.latency_batch(vocab, length, targets=100, seed=3)
+    assert batch.num_users == 1
+    assert batch.num_targets == 100
+    assert batch.history["item"].values.shape == (length,)
+    assert batch.history["item"].lengths.tolist() == [length]
+    assert torch.equal(batch.target_hist_start, torch.zeros(100, dtype=torch.int64))
+    assert torch.equal(batch.target_hist_len, torch.full((100,), length, dtype=torch.int64))
+    assert torch.equal(batch.target_user, torch.zeros(100, dtype=torch.int64))
+    ts = batch.history["ts"].values
+    assert bool((ts[1:] > ts[:-1]).all())
+    assert bool((batch.target_ts > ts[-1]).all())
+    for table, key in (("item", "item"), ("category", "category"), ("behavior", "behavior")):
+        ids = batch.history[key].values
+        assert int(ids.min()) >= 2 and int(ids.max()) < vocab[table]
+    assert int(batch.target_item.min()) >= 2 and int(batch.target_item.max()) < vocab["item"]
+
+
+def test_latency_batch_runs_through_a_model() -> None:
+    """The batch is a valid model input (fresh tiny DIN + TWIN, torch backend)."""
+    from models.lifelong_ctr import ArchConfig, LifelongCtrConfig, LifelongCtrModel
+
+    batch = bench_ctr.latency_batch({"item": 50, "category": 5, "behavior": 6}, 30, targets=100)
+    for unit in ("none", "twin"):
+        arch = ArchConfig(long_term=unit, short_term_len=8, top_k=4, chunk=16)
+        config = LifelongCtrConfig(50, 5, 6, 32, embedding_dim=4, arch=arch, backend="torch")
+        with torch.no_grad():
+            logits = LifelongCtrModel(config).eval()(batch).logits
+        assert logits.shape == (100,)
+
+
+def test_markdown_table_deltas_and_ratio() -> None:
+    models = {
+        "din": {
+            "auc": 0.70, "gauc": 0.65, "logloss": 0.60, "train_samples_per_s": 1234.4,
+            "latency_ms_per_target": {"1000": 0.01, "10000": 0.012},
+        },
+        "twin": {
+            "auc": 0.7250, "gauc": 0.68, "logloss": 0.58, "train_samples_per_s": 800.0,
+            "latency_ms_per_target": {"1000": 0.05, "10000": 0.2},
+        },
+        "full": {
+            "auc": 0.73, "gauc": 0.69, "logloss": 0.57, "train_samples_per_s": 300.0,
+            "latency_ms_per_target": {"1000": 0.1, "10000": 1.0},
+        },
+        "eta": {"error": "fit exited 1"},
+    }  # fmt: skip
+    payload = {
+        "models": models,
+        "summary": bench_ctr.summarize(models),
+        "dataset": {
+            "events_valid": 12345,
+            "users": 300,
+            "splits": {
+                "train": {"samples": 290, "targets": 9000, "positives": 4500},
+                "valid": {"samples": 200, "targets": 800, "positives": 400},
+                "test": {"samples": 210, "targets": 900, "positives": 450},
+            },
+        },
+    }
+    text = bench_ctr.markdown(payload)
+    lines = text.splitlines()
+    assert lines[0] == (
+        "| model | test AUC | GAUC | logloss | train targets/s | ms/target @1K | ms/target @10K |"
+    )
+    assert lines[1] == "|---|---:|---:|---:|---:|---:|---:|"
+    assert "| din | 0.7000 | 0.6500 | 0.6000 | 1,234 | 0.010 | 0.012 |" in lines
+    assert "| eta | error | - | - | - | - | - |" in lines
+    assert "dataset: 12,345 events, 300 users; targets train 9,000 (4,500 positive)," in text
+    assert "AUC - DIN-100: twin +0.0250, full +0.0300" in lines
+    assert "full / twin latency per target @10K: 5.00x" in lines
+    assert payload["summary"]["full_over_twin_ms_per_target_10000"] == 5.0
+
+
+def test_markdown_without_baseline_or_latency() -> None:
+    text = bench_ctr.markdown({"models": {"twin": {"auc": 0.7}}, "summary": {}})
+    assert "| twin | 0.7000 | - | - | - | - | - |" in text
+    assert "DIN-100" not in text and "full / twin" not in text
+
+
+def test_dataset_reuse_check(tmp_path: Path) -> None:
+    params = bench_ctr.dataset_params(quick=True)
+    assert params["synth"] == {"seed": 7, "users": 300, "max_events": 5000}
+    assert params["build_config"] == "configs/pipeline/ctr_bench.yaml"
+    assert not bench_ctr.dataset_is_current(tmp_path, params)  # nothing built
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "manifest.json").write_text("{}")
+    assert not bench_ctr.dataset_is_current(tmp_path, params)  # no dataset.json
+    (tmp_path / "dataset.json").write_text(json.dumps(params))
+    assert bench_ctr.dataset_is_current(tmp_path, params)
+    assert not bench_ctr.dataset_is_current(tmp_path, bench_ctr.dataset_params(quick=False))
+    (tmp_path / "dataset.json").write_text("{not json")
+    assert not bench_ctr.dataset_is_current(tmp_path, params)
+    (tmp_path / "dataset.json").write_text(json.dumps(params))
+    (tmp_path / "build" / "manifest.json").unlink()  # an interrupted build
+    assert not bench_ctr.dataset_is_current(tmp_path, params)
+
+
+def test_dataset_summary() -> None:
+    manifest = {
+        "counts": {"events_in": 10, "events_valid": 9, "users_without_targets": 1},
+        "users": 3,
+        "max_user_events": 5,
+        "vocab": {"item": 7, "category": 4, "behavior": 6},
+        "splits": {
+            split: {"samples": 2, "targets": 4, "positives": 2, "negatives": 2, "shards": []}
+            for split in ("train", "valid", "test")
+        },
+    }
+    summary = bench_ctr.dataset_summary(manifest)
+    assert summary["events_valid"] == 9 and summary["users"] == 3
+    assert summary["splits"]["test"] == {"samples": 2, "targets": 4, "positives": 2}
+
+
+def test_train_commands() -> None:
+    fit, test = bench_ctr.train_commands("twin", Path("/b"), Path("/r/twin"), 20)
+    assert fit[2:4] == ["fit", "--config"] and fit[4].endswith("configs/ctr/twin.yaml")
+    assert fit[-4:] == ["--trainer.max_steps", "20", "--trainer.val_check_interval", "20"]
+    assert "--trainer.limit_val_batches" not in fit
+    assert test[2] == "test" and test[-2:] == ["--ckpt_path", "/r/twin/checkpoints/last.ckpt"]
+    fit, _ = bench_ctr.train_commands("din", Path("/b"), Path("/r/din"), None)
+    epoch = fit.index("--trainer.max_epochs")
+    assert fit[epoch : epoch + 4] == ["--trainer.max_epochs", "1", "--trainer.max_steps", "-1"]
+
+
+def test_model_list_rejects_unknown_names() -> None:
+    assert bench_ctr._model_list("din, twin") == ["din", "twin"]
+    with pytest.raises(argparse.ArgumentTypeError, match="subset"):
+        bench_ctr._model_list("din,transformer")
