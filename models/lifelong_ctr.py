@@ -4,12 +4,13 @@ most recent events, and an MLP tower.
 Per target j (item t_j, request time ts_j) of a `CtrBatch`:
 
     t_j      = [item_emb, category_emb](target)                                  (2D)
-    short_j  = DIN(t_j; the window's most recent `short_term_len` behaviors)     (4D)
+    short_j  = DIN(t_j; the window's most recent `short_term_len` behaviors)     (5D)
     long_j   = long-term unit (below)                                            (attention_out)
     logit_j  = MLP([t_j, short_j, long_j])
 
-Behaviors carry item-inherent features `[item_emb, category_emb]` and cross features (behavior
-type, log2 time gap to ts_j); see `models.target_attention`. `long_term` selects:
+Behaviors carry item-inherent features `[item_emb, category_emb]` and target-behavior cross
+features (behavior type, log2 time gap to ts_j, same category as the target: small dense
+tables); see `models.target_attention`. `long_term` selects:
 
 | `long_term` | long-term unit |
 |---|---|
@@ -201,14 +202,15 @@ class LifelongCtrModel(nn.Module):
         torch.manual_seed(config.seed)
         self.behavior_embedding = nn.Embedding(config.behavior_rows, d)
         self.gap_embedding = nn.Embedding(config.gap_buckets, d)
-        for table in (self.behavior_embedding, self.gap_embedding):
+        self.match_embedding = nn.Embedding(2, d)
+        for table in (self.behavior_embedding, self.gap_embedding, self.match_embedding):
             nn.init.normal_(table.weight, std=0.02)
-        self.din = DinAttention(key_dim=2 * d, side_dim=2 * d, hidden=arch.din_hidden)
+        self.din = DinAttention(key_dim=2 * d, side_dim=3 * d, hidden=arch.din_hidden)
         long_width = 0
         self.attention: MultiHeadTargetAttention | None = None
         if arch.long_term != "none":
             self.attention = MultiHeadTargetAttention(
-                target_dim=2 * d, inherent_dim=2 * d, cross_dim=2 * d, heads=arch.heads,
+                target_dim=2 * d, inherent_dim=2 * d, cross_dim=3 * d, heads=arch.heads,
                 head_dim=arch.head_dim, out_dim=arch.attention_out,
             )  # fmt: skip
             long_width = arch.attention_out
@@ -259,6 +261,7 @@ class LifelongCtrModel(nn.Module):
                 [out["target_item"].values, out["target_category"].values], dim=1
             ),
             gap_embedding=self.gap_embedding,
+            match_embedding=self.match_embedding,
         )
         return inputs, out
 

@@ -8,8 +8,8 @@
 * the targets' ids, request times and `target_inherent` (T, 2D);
 * the targets' `windows` (`models.windows.TargetWindows`);
 * `pair_features(rows, index)`: cross features of (target, event) pairs — the behavior
-  embedding and the embedding of the log2 time-gap bucket between the event and the target's
-  request time, computed only for the pairs asked for (`chunk_pair_features` for a
+  embedding, the embedding of the log2 time-gap bucket between the event and the target's
+  request time and the embedding of "same category as the target", computed only for the pairs asked for (`chunk_pair_features` for a
   `scan_chunks` step).
 """
 
@@ -31,14 +31,16 @@ class PairFeatures:
     Attributes:
         behavior: (..., D) behavior-type embedding of each behavior.
         gap: (..., D) time-gap-bucket embedding of each (target, behavior) pair.
+        match: (..., D) embedding of "the behavior's category equals the target's" (0/1).
     """
 
     behavior: torch.Tensor
     gap: torch.Tensor
+    match: torch.Tensor
 
     def cat(self) -> torch.Tensor:
-        """(..., 2D) concatenated cross features `c_ij`."""
-        return torch.cat([self.behavior, self.gap], dim=-1)
+        """(..., 3D) concatenated cross features `c_ij`."""
+        return torch.cat([self.behavior, self.gap, self.match], dim=-1)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class LifelongInputs:
     target_ts: torch.Tensor
     target_inherent: torch.Tensor
     gap_embedding: nn.Embedding
+    match_embedding: nn.Embedding
 
     @property
     def num_targets(self) -> int:
@@ -70,9 +73,11 @@ class LifelongInputs:
 
     def pair_features(self, rows: torch.Tensor, index: torch.Tensor) -> PairFeatures:
         """Cross features of targets `rows` (n,) with flat events `index` (n, C)."""
+        same = gather_rows(self.event_category, index) == self.target_category[rows].unsqueeze(1)
         return PairFeatures(
             behavior=gather_rows(self.event_behavior, index),
             gap=self.gap_embedding(self.gap_bucket(rows, index)),
+            match=self.match_embedding(same.long()),
         )
 
     def chunk_gap_bucket(self, step: Chunk) -> torch.Tensor:
@@ -80,10 +85,20 @@ class LifelongInputs:
         gap = self.target_ts[step.rows].unsqueeze(1) - self.event_ts[step.events].unsqueeze(0)
         return bucketize_time_gap(gap, self.gap_embedding.num_embeddings)
 
-    def chunk_pair_features(self, step: Chunk, bucket: torch.Tensor) -> PairFeatures:
-        """Cross features of a step's pairs, shaped (n, C, D), from its `chunk_gap_bucket`."""
+    def chunk_match(self, step: Chunk) -> torch.Tensor:
+        """(n, C) int64: 1 where the slice's event has the row's target category."""
+        categories = self.event_category[step.events].unsqueeze(0)
+        return (categories == self.target_category[step.rows].unsqueeze(1)).long()
+
+    def chunk_pair_features(
+        self, step: Chunk, bucket: torch.Tensor, match: torch.Tensor
+    ) -> PairFeatures:
+        """Cross features of a step's pairs, shaped (n, C, D), from its `chunk_gap_bucket` and
+        `chunk_match`."""
         behavior = self.event_behavior[step.events].expand(step.rows.shape[0], -1, -1)
-        return PairFeatures(behavior=behavior, gap=self.gap_embedding(bucket))
+        return PairFeatures(
+            behavior=behavior, gap=self.gap_embedding(bucket), match=self.match_embedding(match)
+        )
 
     def all_rows(self) -> torch.Tensor:
         """(T,) every target's row index."""

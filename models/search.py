@@ -228,16 +228,12 @@ class TwinSearch(_TopKSearch):
         """
         with torch.no_grad():
             keys, queries = event_keys.detach(), query.detach()
-            behavior_bias, gap_bias = attention.split_bias(
-                inputs.event_behavior.detach(), inputs.gap_embedding.weight.detach()
-            )
+            bias = attention.split_bias(inputs).detach()
 
         def score(step: Chunk) -> torch.Tensor:
             with torch.no_grad():
-                bucket = inputs.chunk_gap_bucket(step)
-                logits = attention.slice_logits(
-                    step, queries, keys, behavior_bias, gap_bias, bucket
-                )
+                bucket, match = inputs.chunk_gap_bucket(step), inputs.chunk_match(step)
+                logits = attention.slice_logits(step, queries, keys, bias, bucket, match)
                 return logits.mean(dim=-1)
 
         return self._top(score, inputs)

@@ -5,7 +5,8 @@ Behavior features are split as in TWIN (Chang et al., KDD'23):
 * item-inherent `x_i` (item and category embeddings): depend only on the item, so their key
   projection `W_k x_i` can be computed once per item and cached (`keys`);
 * user-item cross features `c_ij` (behavior type, log2 time gap between behavior i and target
-  j's request time): enter the attention logits only as a per-head scalar bias
+  j's request time, whether behavior i's category is target j's): enter the attention logits
+  only as a per-head scalar bias
   `beta_h(c_ij) = c_ij · w_h`, which is cheap and varies per behavior (and per target), so it
   can reorder the behaviors.
 
@@ -28,12 +29,33 @@ therefore needs only the cached keys and the bias, never the value projection.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from models.lifelong_inputs import LifelongInputs, PairFeatures
 from models.windows import NEG_INF, Chunk, OnlineSoftmaxPool, scan_chunks
+
+
+@dataclass(frozen=True)
+class CrossBias:
+    """The per-head cross bias as three lookup tables: `beta(c_ij) = behavior[i] +
+    gap[bucket_ij] + match[same_category_ij]`.
+
+    Attributes:
+        behavior: (N, H) per event.
+        gap: (G, H) per time-gap bucket (includes the constant).
+        match: (2, H) per same-category flag.
+    """
+
+    behavior: torch.Tensor
+    gap: torch.Tensor
+    match: torch.Tensor
+
+    def detach(self) -> CrossBias:
+        """Copy without gradient (for a GSU that only ranks)."""
+        return CrossBias(self.behavior.detach(), self.gap.detach(), self.match.detach())
 
 
 class MultiHeadTargetAttention(nn.Module):
@@ -104,32 +126,25 @@ class MultiHeadTargetAttention(nn.Module):
         features = torch.cat([inherent, cross.cat()], dim=-1)
         return self.value_proj(features).view(*features.shape[:-1], self.heads, self.head_dim)
 
-    def split_bias(
-        self, behavior: torch.Tensor, gap_table: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cross bias split by feature: `beta(c_ij) = behavior_bias[i] + gap_bias[bucket_ij]`
-        (the same linear map as `cross_bias`, evaluated per event and per bucket instead of per
-        pair).
-
-        Args:
-            behavior: (N, D) behavior embeddings of the events.
-            gap_table: (G, D) every time-gap bucket's embedding.
-
-        Returns:
-            (N, H) per-event and (G, H) per-bucket bias (the latter includes the constant).
-        """
-        width = behavior.shape[-1]
-        weight = self.bias_proj.weight  # (H, 2D): [behavior | gap]
-        return behavior @ weight[:, :width].T, gap_table @ weight[:, width:].T + self.bias_proj.bias
+    def split_bias(self, inputs: LifelongInputs) -> CrossBias:
+        """The cross bias split by feature (the same linear map as `cross_bias`, evaluated per
+        event, per time-gap bucket and per match value instead of per pair)."""
+        d = inputs.event_behavior.shape[-1]
+        weight = self.bias_proj.weight  # (H, 3D): [behavior | gap | match]
+        return CrossBias(
+            behavior=inputs.event_behavior @ weight[:, :d].T,
+            gap=inputs.gap_embedding.weight @ weight[:, d : 2 * d].T + self.bias_proj.bias,
+            match=inputs.match_embedding.weight @ weight[:, 2 * d :].T,
+        )
 
     def slice_logits(
         self,
         step: Chunk,
         query: torch.Tensor,
         event_keys: torch.Tensor,
-        behavior_bias: torch.Tensor,
-        gap_bias: torch.Tensor,
+        bias: CrossBias,
         gap_bucket: torch.Tensor,
+        match: torch.Tensor,
     ) -> torch.Tensor:
         """(n, C, H) logits of a `scan_chunks` step: the step's rows against its event slice,
         one matrix product per head (no per-target copy of the keys).
@@ -138,12 +153,13 @@ class MultiHeadTargetAttention(nn.Module):
             step: the chunk.
             query: (T, H, dh) every target's query.
             event_keys: (N, H, dh) every event's key (the item cache).
-            behavior_bias: (N, H), gap_bias: (G, H) from `split_bias`.
+            bias: `split_bias` of the batch.
             gap_bucket: (n, C) time-gap bucket of each (row, event) pair.
+            match: (n, C) same-category flag of each pair.
         """
         keys = event_keys[step.events]  # (C, H, dh): a view
         logits = torch.einsum("nhd,chd->nch", query[step.rows], keys)
-        return logits + behavior_bias[step.events] + gap_bias[gap_bucket]
+        return logits + bias.behavior[step.events] + bias.gap[gap_bucket] + bias.match[match]
 
     def attend(
         self,
@@ -196,15 +212,13 @@ class MultiHeadTargetAttention(nn.Module):
             (T, out_dim); equal (up to float rounding) to `attend` over the whole window.
         """
         t, h, d = query.shape
-        behavior_bias, gap_bias = self.split_bias(
-            inputs.event_behavior, inputs.gap_embedding.weight
-        )
+        bias = self.split_bias(inputs)
         pool = OnlineSoftmaxPool(t, (h,), d, query, null_logit=self.null_logit)
         for step in scan_chunks(inputs.windows, chunk):
-            bucket = inputs.chunk_gap_bucket(step)  # (n, C)
-            logits = self.slice_logits(step, query, event_keys, behavior_bias, gap_bias, bucket)
+            bucket, match = inputs.chunk_gap_bucket(step), inputs.chunk_match(step)  # (n, C)
+            logits = self.slice_logits(step, query, event_keys, bias, bucket, match)
             logits = logits.masked_fill(~step.valid.unsqueeze(-1), NEG_INF)
-            cross = inputs.chunk_pair_features(step, bucket)
+            cross = inputs.chunk_pair_features(step, bucket, match)
             inherent = inputs.event_inherent[step.events].expand(step.rows.shape[0], -1, -1)
             pool.add(step.rows, logits, self.values(inherent, cross))
         pooled = pool.result()  # (T, H, dh)
