@@ -155,7 +155,13 @@ def test_markdown_without_baseline_or_latency() -> None:
 
 def test_dataset_reuse_check(tmp_path: Path) -> None:
     params = bench_ctr.dataset_params(quick=True)
-    assert params["synth"] == {"seed": 7, "users": 300, "max_events": 5000}
+    assert params["synth"] == {
+        "seed": 7,
+        "users": 300,
+        "max_events": 5000,
+        "long_term_interests": 16,
+        "long_term_share": 0.2,
+    }
     assert params["build_config"] == "configs/pipeline/ctr_bench.yaml"
     assert not bench_ctr.dataset_is_current(tmp_path, params)  # nothing built
     (tmp_path / "build").mkdir()
