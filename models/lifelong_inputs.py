@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -81,9 +82,26 @@ class LifelongInputs:
         )
 
     def chunk_gap_bucket(self, step: Chunk) -> torch.Tensor:
-        """(n, C) time-gap buckets of a `scan_chunks` step's rows and event slice."""
-        gap = self.target_ts[step.rows].unsqueeze(1) - self.event_ts[step.events].unsqueeze(0)
-        return bucketize_time_gap(gap, self.gap_embedding.num_embeddings)
+        """(n, C) time-gap buckets of a `scan_chunks` step's rows and event slice.
+
+        When every target shares one request time (a serving request), the buckets are computed
+        once per event and broadcast.
+        """
+        buckets = self.gap_embedding.num_embeddings
+        events_ts = self.event_ts[step.events].unsqueeze(0)  # (1, C)
+        if self.shared_request_ts is not None:
+            row = bucketize_time_gap(self.shared_request_ts - events_ts, buckets)  # (1, C)
+            return row.expand(step.rows.shape[0], -1)
+        gap = self.target_ts[step.rows].unsqueeze(1) - events_ts
+        return bucketize_time_gap(gap, buckets)
+
+    @functools.cached_property
+    def shared_request_ts(self) -> torch.Tensor | None:
+        """The request time of every target when they all share one, else None."""
+        ts = self.target_ts
+        if ts.numel() and bool(ts.min() == ts.max()):
+            return ts[:1].unsqueeze(1)
+        return None
 
     def chunk_match(self, step: Chunk) -> torch.Tensor:
         """(n, C) int64: 1 where the slice's event has the row's target category."""

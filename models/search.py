@@ -226,14 +226,21 @@ class TwinSearch(_TopKSearch):
                 cache at serving time).
             query: (T, H, dh) `attention.query` of the targets.
         """
+        # mean_h(q_h·k_h + b_h) = (q·k over the flattened heads) / H + mean_h(b_h): one matrix
+        # product per slice and (n, C) bias lookups, never the (n, C, H) logits.
         with torch.no_grad():
-            keys, queries = event_keys.detach(), query.detach()
+            heads = query.shape[1]
+            keys = event_keys.detach().flatten(1)  # (N, H*dh)
+            queries = query.detach().flatten(1) / heads  # (T, H*dh)
             bias = attention.split_bias(inputs).detach()
+            behavior_bias, gap_bias, match_bias = (
+                b.mean(dim=-1) for b in (bias.behavior, bias.gap, bias.match)
+            )
 
         def score(step: Chunk) -> torch.Tensor:
             with torch.no_grad():
                 bucket, match = inputs.chunk_gap_bucket(step), inputs.chunk_match(step)
-                logits = attention.slice_logits(step, queries, keys, bias, bucket, match)
-                return logits.mean(dim=-1)
+                logits = queries[step.rows] @ keys[step.events].T  # (n, C)
+                return logits + behavior_bias[step.events] + gap_bias[bucket] + match_bias[match]
 
         return self._top(score, inputs)

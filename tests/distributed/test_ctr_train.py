@@ -45,25 +45,20 @@ def _args(subcommand: str, config: str, out: Path, run: Path, *extra: str) -> li
     ]  # fmt: skip
 
 
+def fit(config: str, out: Path, run: Path, nproc: int, steps: int, every: int, users: int) -> None:
+    """`jobs/train.py fit` of `config` under torchrun: `steps` steps, validating every `every`,
+    `users` users per batch and rank."""
+    args = _args(
+        "fit", config, out, run, "--trainer.max_steps", str(steps),
+        "--trainer.val_check_interval", str(every), "--data.batch_size", str(users),
+    )  # fmt: skip
+    torchrun(nproc, args, f"{config} {nproc}-rank fit")
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_ctr_config_fits_and_validates_in_one_process(out: Path, config: str) -> None:
     run = out.parent / f"one_{config}"
-    torchrun(
-        1,
-        _args(
-            "fit",
-            config,
-            out,
-            run,
-            "--trainer.max_steps",
-            "6",
-            "--trainer.val_check_interval",
-            "6",
-            "--data.batch_size",
-            "8",
-        ),  # fmt: skip
-        f"{config} fit",
-    )
+    fit(config, out, run, nproc=1, steps=6, every=6, users=8)
 
     assert sorted(train_losses(run)) == list(range(1, 7))
     rows = metrics(run)
@@ -77,22 +72,7 @@ def test_every_ctr_config_fits_and_validates_in_one_process(out: Path, config: s
 @pytest.mark.parametrize("config", ["twin", "sim_soft"])
 def test_two_rank_torchrun_training_learns_and_tests_at_one_rank(out: Path, config: str) -> None:
     run = out.parent / f"two_{config}"
-    torchrun(
-        2,
-        _args(
-            "fit",
-            config,
-            out,
-            run,
-            "--trainer.max_steps",
-            "40",
-            "--trainer.val_check_interval",
-            "10",
-            "--data.batch_size",
-            "4",
-        ),  # fmt: skip
-        f"{config} 2-rank fit",
-    )
+    fit(config, out, run, nproc=2, steps=40, every=10, users=4)
     losses = train_losses(run)
     assert len(losses) == 40
     assert np.mean([losses[s] for s in range(31, 41)]) < np.mean([losses[s] for s in range(1, 11)])
