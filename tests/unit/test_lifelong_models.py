@@ -287,6 +287,20 @@ def test_twin_gsu_topk_equals_dense_attention_logits_topk(batch: CtrBatch) -> No
 # --- 4. chunk-size independence --------------------------------------------------------------
 
 
+def test_twin_item_key_cache_equals_the_keys_of_the_forward_pass(batch: CtrBatch) -> None:
+    model = make_model("twin").eval()
+    with torch.no_grad():
+        inputs, _ = model.embed(batch)
+        assert model.attention is not None
+        forward_keys = model.attention.keys(inputs.event_inherent)
+        cache = model.item_key_cache(batch.history["item"].values, batch.history["category"].values)
+
+    assert cache.shape == forward_keys.shape
+    torch.testing.assert_close(cache, forward_keys, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="long_term 'none'"):
+        make_model("none").item_key_cache(batch.target_item, batch.target_category)
+
+
 @pytest.mark.parametrize("long_term", ["sim_hard", "sim_soft", "eta", "twin"])
 def test_search_results_do_not_depend_on_chunk_size(long_term: str, batch: CtrBatch) -> None:
     model = make_model(long_term)
