@@ -33,7 +33,6 @@ from models.windows import (
     Chunk,
     OnlineSoftmaxPool,
     chunked_topk,
-    scan_chunks,
 )
 
 
@@ -130,19 +129,18 @@ class SimSoftSearch(_TopKSearch):
         events = self.event_proj(gsu_events)  # (N, P)
         targets = self.target_proj(gsu_targets)  # (T, P)
         pool = OnlineSoftmaxPool(targets.shape[0], (), targets.shape[1], targets)
-        for step in scan_chunks(inputs.windows, self.chunk):
+
+        def score(step: Chunk) -> torch.Tensor:
+            # One pass serves both: the pooled window (with gradient, for the auxiliary task)
+            # and the top-K ranking (no gradient).
             keys = events[step.events]  # (C, P): a view
             logits = targets[step.rows] @ keys.T  # (n, C)
             pool.add_shared(step.rows, logits.masked_fill(~step.valid, NEG_INF), keys)
-        pooled = pool.result()  # (T, P); 0 for an empty window
-        aux_logits = self.aux_mlp(torch.cat([pooled, targets], dim=1)).squeeze(1)
-
-        detached_events, detached_targets = events.detach(), targets.detach()
-
-        def score(step: Chunk) -> torch.Tensor:
-            return detached_targets[step.rows] @ detached_events[step.events].T
+            return logits.detach()
 
         index, scores = chunked_topk(score, inputs.windows, self.k, self.chunk)
+        pooled = pool.result()  # (T, P); 0 for an empty window
+        aux_logits = self.aux_mlp(torch.cat([pooled, targets], dim=1)).squeeze(1)
         return SearchResult(index, scores, aux_logits)
 
 
