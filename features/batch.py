@@ -160,10 +160,23 @@ def _pack(samples: Sequence[UserSample], cap: int, end_at_last_target: bool) -> 
     return _Packed(rows, row_start, targets, target_user, target_hist_len, target_hist_start)
 
 
+@dataclass(kw_only=True)
 class _TensorBatch:
-    """Device moves and the padding flag shared by the batch dataclasses."""
+    """Fields, device moves and the padding flag shared by the batch dataclasses.
 
-    weight: float
+    Attributes:
+        weight: 1.0 for real batches, 0.0 for padding batches.
+        users: raw user ids, length B (stays on the host).
+        loader_stats: loader counters (`features.dataset.STAT_KEYS`) incremented since the
+            producing worker's previous batch; summed by the consumer (stays on the host).
+        loader_worker: DataLoader worker that produced the batch (-1: not from a loader); the
+            loader uses it to restore the epoch's batch order on a mid-epoch resume.
+    """
+
+    weight: float = 1.0
+    users: list[str] = field(default_factory=list)
+    loader_stats: dict[str, int] = field(default_factory=dict)
+    loader_worker: int = -1
 
     @property
     def is_padding(self) -> bool:
@@ -198,12 +211,8 @@ class CtrBatch(_TensorBatch):
         target_user: shape (T,) int64, row index in [0, B) of each target's user.
         history_start: shape (B,) int64, events of the stored history dropped before each row
             (by the `max_history` cap).
-        weight: 1.0 for real batches, 0.0 for padding batches.
-        users: raw user ids, length B (stays on the host).
-        loader_stats: loader counters (`features.dataset.STAT_KEYS`) incremented since the
-            producing worker's previous batch; summed by the consumer (stays on the host).
-        loader_worker: DataLoader worker that produced the batch (-1: not from a loader); the
-            loader uses it to restore the epoch's batch order on a mid-epoch resume.
+
+    Plus `weight`, `users`, `loader_stats`, `loader_worker` (keyword-only, see `_TensorBatch`).
     """
 
     history: dict[str, Jagged]
@@ -215,10 +224,6 @@ class CtrBatch(_TensorBatch):
     target_hist_start: torch.Tensor
     target_user: torch.Tensor
     history_start: torch.Tensor
-    weight: float = 1.0
-    users: list[str] = field(default_factory=list)
-    loader_stats: dict[str, int] = field(default_factory=dict)
-    loader_worker: int = -1
 
     @property
     def num_users(self) -> int:
@@ -300,12 +305,8 @@ class GenerativeBatch(_TensorBatch):
         target_user: shape (T,) int64, row index in [0, B) of each target's user.
         sequence_start: shape (B,) int64, events of the stored history dropped before each row
             (by the `max_len` cap).
-        weight: 1.0 for real batches, 0.0 for padding batches.
-        users: raw user ids, length B (stays on the host).
-        loader_stats: loader counters (`features.dataset.STAT_KEYS`) incremented since the
-            producing worker's previous batch; summed by the consumer (stays on the host).
-        loader_worker: DataLoader worker that produced the batch (-1: not from a loader); the
-            loader uses it to restore the epoch's batch order on a mid-epoch resume.
+
+    Plus `weight`, `users`, `loader_stats`, `loader_worker` (keyword-only, see `_TensorBatch`).
     """
 
     sequence: dict[str, Jagged]
@@ -316,10 +317,6 @@ class GenerativeBatch(_TensorBatch):
     target_hist_len: torch.Tensor
     target_user: torch.Tensor
     sequence_start: torch.Tensor
-    weight: float = 1.0
-    users: list[str] = field(default_factory=list)
-    loader_stats: dict[str, int] = field(default_factory=dict)
-    loader_worker: int = -1
 
     @property
     def num_users(self) -> int:
