@@ -236,6 +236,42 @@ def _shuffled(
         yield buffer[j]
 
 
+def check_loader_args(
+    prefix: str = "",
+    *,
+    view: str,
+    num_workers: int,
+    shuffle_buffer: int,
+    seed: int,
+    positive: dict[str, int | None],
+) -> None:
+    """Validate loader settings shared by `LifeseqDataset` and the data module.
+
+    Args:
+        prefix: prepended to the field names in messages (e.g. `data.` for the YAML section).
+        view: one of `VIEWS`.
+        num_workers: >= 0.
+        shuffle_buffer: >= 0.
+        seed: >= 0.
+        positive: further fields that must be >= 1 when given (None: not set).
+
+    Raises:
+        ValueError: the first field out of range, named.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"{prefix}view: expected one of {VIEWS}, got {view!r}")
+    for name, value in positive.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{prefix}{name}: expected >= 1, got {value}")
+    for name, value in (
+        ("num_workers", num_workers),
+        ("shuffle_buffer", shuffle_buffer),
+        ("seed", seed),
+    ):
+        if value < 0:
+            raise ValueError(f"{prefix}{name}: expected >= 0, got {value}")
+
+
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is None or world_size is None:
         dist = torch.distributed
@@ -293,21 +329,13 @@ class LifeseqDataset(IterableDataset):
         split: str | None = None,
     ) -> None:
         super().__init__()
-        if view not in VIEWS:
-            raise ValueError(f"view: expected one of {VIEWS}, got {view!r}")
-        for name, value in (
-            ("batch_size", batch_size),
-            ("max_history", max_history),
-            ("max_len", max_len),
-        ):
-            if value < 1:
-                raise ValueError(f"{name}: expected >= 1, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
-        if shuffle_buffer < 0:
-            raise ValueError(f"shuffle_buffer: expected >= 0, got {shuffle_buffer}")
-        if seed < 0:
-            raise ValueError(f"seed: expected >= 0, got {seed}")
+        check_loader_args(
+            view=view,
+            num_workers=num_workers,
+            shuffle_buffer=shuffle_buffer,
+            seed=seed,
+            positive={"batch_size": batch_size, "max_history": max_history, "max_len": max_len},
+        )
         self.shards = list(shards)
         self.view = view
         self.batch_size = batch_size

@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 
 from features.batch import CtrBatch, GenerativeBatch
-from features.dataset import VIEWS, LifeseqDataLoader, LifeseqDataset
+from features.dataset import LifeseqDataLoader, LifeseqDataset, check_loader_args
 from features.schema import FeatureConfig, FeatureSchema
 
 
@@ -63,17 +63,14 @@ class LifeseqDataModule(L.LightningDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        if view not in VIEWS:
-            raise ValueError(f"data.view: expected one of {VIEWS}, got {view!r}")
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"data.{name}: expected >= 1, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers: expected >= 0, got {num_workers}")
-        if shuffle_buffer < 0:
-            raise ValueError(f"data.shuffle_buffer: expected >= 0, got {shuffle_buffer}")
-        if seed < 0:
-            raise ValueError(f"data.seed: expected >= 0, got {seed}")
+        check_loader_args(
+            "data.",
+            view=view,
+            num_workers=num_workers,
+            shuffle_buffer=shuffle_buffer,
+            seed=seed,
+            positive={"batch_size": batch_size, "eval_batch_size": eval_batch_size},
+        )
         self.root = root
         self.view = view
         self.batch_size = batch_size
