@@ -50,7 +50,7 @@ import yaml
 
 from features.batch import CtrBatch, collate_ctr
 from features.schema import FeatureConfig, FeatureSchema
-from jobs.bench_loader import git_commit
+from jobs.bench_report import git_commit, write_json
 from models.lifelong_ctr import ArchConfig, LifelongCtrConfig, LifelongCtrModel
 from pipeline.sample_codec import UserSample
 
@@ -597,9 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(payload))
     print(f"total {payload['seconds']:.0f} s")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, payload)
     failed = [name for name, r in models.items() if "error" in r]
     if failed:
         print(f"error: failed models: {', '.join(failed)}", file=sys.stderr)

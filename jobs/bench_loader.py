@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from features.dataset import LifeseqDataset, ShardSpec
+from jobs.bench_report import git_commit, write_json
 from pipeline.sample_codec import UserSample, encode_members, npy_load
 from pipeline.shard_writer import ShardWriter, encoded_sample_size
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 HISTORY_LENGTHS = (200, 10_000)
 TARGETS_PER_USER = 20
 #: Users per batch per history length (~same bytes per batch).
@@ -168,32 +168,6 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def git_commit(root: Path = REPO_ROOT) -> str:
-    """The checked-out commit, read from `.git` files (no git process); '' when unknown."""
-    try:
-        git = root / ".git"
-        if git.is_file():  # a worktree: ".git" holds "gitdir: PATH"
-            git = (root / git.read_text().split(":", 1)[1].strip()).resolve()
-        common = git
-        if (git / "commondir").is_file():
-            common = (git / (git / "commondir").read_text().strip()).resolve()
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return head  # detached HEAD
-        ref = head.split(":", 1)[1].strip()
-        for base in (git, common):
-            if (base / ref).is_file():
-                return (base / ref).read_text().strip()
-            packed = base / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-    except OSError:
-        pass
-    return ""
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`python -m jobs.bench_loader`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -233,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(elapsed, 1),
             },
         }
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, payload)
     return 0
 
 

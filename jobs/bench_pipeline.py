@@ -28,6 +28,8 @@ from pathlib import Path
 
 import psutil
 
+from jobs.bench_report import write_json
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "configs" / "pipeline" / "synthetic.yaml"
 
@@ -302,9 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": args.seed,
             },
         }
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, payload)
     return 0
 
 
