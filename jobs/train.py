@@ -1,4 +1,5 @@
-"""`lifeseq train`: LightningCLI over `CtrModule` + `LifeseqDataModule` (fit, validate, test).
+"""`lifeseq train`: LightningCLI over any `PlatformModule` (`CtrModule`, `LifelongCtrModule`,
+`GenerativeModule`) + `LifeseqDataModule` (fit, validate, test).
 
 One process (CPU, gloo process group of size 1):
 
@@ -42,8 +43,8 @@ if str(REPO_ROOT) not in sys.path:  # `torchrun jobs/train.py` runs this file as
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
-from trainers.ctr_module import CtrModule  # noqa: E402
 from trainers.data import LifeseqDataModule  # noqa: E402
+from trainers.platform_module import PlatformModule  # noqa: E402
 
 
 def _torchrun_layout() -> tuple[int, int]:
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     LifeseqCLI(
-        CtrModule,
+        PlatformModule,
         LifeseqDataModule,
         subclass_mode_model=True,
         args=argv,

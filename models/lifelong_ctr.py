@@ -42,6 +42,7 @@ from features.schema import FeatureSchema
 from models.embeddings import BACKENDS, EmbeddingTableSpec, build_embeddings
 from models.lifelong_inputs import LifelongInputs
 from models.search import EtaSearch, SearchResult, SimHardSearch, SimSoftSearch, TwinSearch
+from models.seeding import seeded_init
 from models.target_attention import DinAttention, MultiHeadTargetAttention
 from models.windows import TargetWindows, gather_rows, recent
 
@@ -198,31 +199,29 @@ class LifelongCtrModel(nn.Module):
         self.embeddings = build_embeddings(
             config.tables(), backend=config.backend, seed=config.seed
         )
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(config.seed)
-        self.behavior_embedding = nn.Embedding(config.behavior_rows, d)
-        self.gap_embedding = nn.Embedding(config.gap_buckets, d)
-        self.match_embedding = nn.Embedding(2, d)
-        for table in (self.behavior_embedding, self.gap_embedding, self.match_embedding):
-            nn.init.normal_(table.weight, std=0.02)
-        self.din = DinAttention(key_dim=2 * d, side_dim=3 * d, hidden=arch.din_hidden)
-        long_width = 0
-        self.attention: MultiHeadTargetAttention | None = None
-        if arch.long_term != "none":
-            self.attention = MultiHeadTargetAttention(
-                target_dim=2 * d, inherent_dim=2 * d, cross_dim=3 * d, heads=arch.heads,
-                head_dim=arch.head_dim, out_dim=arch.attention_out,
-            )  # fmt: skip
-            long_width = arch.attention_out
-        k, chunk = arch.top_k, arch.chunk
-        self.search: nn.Module | None = {
-            "sim_hard": lambda: SimHardSearch(k, chunk),
-            "sim_soft": lambda: SimSoftSearch(2 * d, arch.sim_soft_dim, k, chunk),
-            "eta": lambda: EtaSearch(2 * d, arch.eta_bits, k, chunk, seed=config.seed),
-            "twin": lambda: TwinSearch(k, chunk),
-        }.get(arch.long_term, lambda: None)()
-        self.tower = _mlp(2 * d + self.din.out_dim + long_width, arch.tower_hidden)
-        torch.random.set_rng_state(generator_state)
+        with seeded_init(config.seed):
+            self.behavior_embedding = nn.Embedding(config.behavior_rows, d)
+            self.gap_embedding = nn.Embedding(config.gap_buckets, d)
+            self.match_embedding = nn.Embedding(2, d)
+            for table in (self.behavior_embedding, self.gap_embedding, self.match_embedding):
+                nn.init.normal_(table.weight, std=0.02)
+            self.din = DinAttention(key_dim=2 * d, side_dim=3 * d, hidden=arch.din_hidden)
+            long_width = 0
+            self.attention: MultiHeadTargetAttention | None = None
+            if arch.long_term != "none":
+                self.attention = MultiHeadTargetAttention(
+                    target_dim=2 * d, inherent_dim=2 * d, cross_dim=3 * d, heads=arch.heads,
+                    head_dim=arch.head_dim, out_dim=arch.attention_out,
+                )  # fmt: skip
+                long_width = arch.attention_out
+            k, chunk = arch.top_k, arch.chunk
+            self.search: nn.Module | None = {
+                "sim_hard": lambda: SimHardSearch(k, chunk),
+                "sim_soft": lambda: SimSoftSearch(2 * d, arch.sim_soft_dim, k, chunk),
+                "eta": lambda: EtaSearch(2 * d, arch.eta_bits, k, chunk, seed=config.seed),
+                "twin": lambda: TwinSearch(k, chunk),
+            }.get(arch.long_term, lambda: None)()
+            self.tower = _mlp(2 * d + self.din.out_dim + long_width, arch.tower_hidden)
 
     # --- inputs ---------------------------------------------------------------------------
 

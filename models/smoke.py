@@ -32,6 +32,7 @@ from features.batch import CtrBatch
 from features.jagged import Jagged
 from features.schema import FeatureSchema
 from models.embeddings import BACKENDS, EmbeddingTableSpec, build_embeddings
+from models.seeding import seeded_init
 
 #: Features the smoke model looks up, by table.
 SMOKE_FEATURES: dict[str, tuple[str, ...]] = {
@@ -140,16 +141,14 @@ class SmokeCtrModel(nn.Module):
         self.embeddings = build_embeddings(
             config.tables(), backend=config.backend, seed=config.seed
         )
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(config.seed)
-        layers: list[nn.Module] = []
-        width = 3 * config.embedding_dim
-        for hidden in config.hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        layers.append(nn.Linear(width, 1))
-        self.mlp = nn.Sequential(*layers)
-        torch.random.set_rng_state(generator_state)
+        with seeded_init(config.seed):
+            layers: list[nn.Module] = []
+            width = 3 * config.embedding_dim
+            for hidden in config.hidden:
+                layers += [nn.Linear(width, hidden), nn.ReLU()]
+                width = hidden
+            layers.append(nn.Linear(width, 1))
+            self.mlp = nn.Sequential(*layers)
 
     def forward(self, batch: CtrBatch) -> torch.Tensor:
         """Logits of every target.

@@ -13,7 +13,8 @@ from torch import nn
 
 from features.schema import FeatureSchema
 from models.lifelong_ctr import ArchConfig, LifelongCtrConfig, LifelongCtrModel
-from trainers.ctr_module import CtrModule, DenseOptimizerConfig, EmbeddingConfig
+from trainers.ctr_module import CtrModule
+from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
 from trainers.sharding import ShardingConfig
 
 

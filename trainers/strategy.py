@@ -29,7 +29,7 @@ any strategy. So this is a small `DDPStrategy` subclass:
   loads at any other. `ModelCheckpoint(save_last=True)` and `fit --ckpt_path last` work on
   these directories (`last.ckpt/`).
 
-Clipping and accumulation: see `trainers.ctr_module.CtrModule.configure_gradient_clipping`:
+Clipping and accumulation: see `trainers.platform_module.PlatformModule.configure_gradient_clipping`:
 embedding rows are updated inside backward by the fused optimizer, so gradient clipping and
 `accumulate_grad_batches` apply to dense parameters only.
 """

@@ -1,0 +1,272 @@
+"""`PlatformModule`: what every lifeseq LightningModule shares, whatever it predicts.
+
+* `configure_model()` (every rank, process group up): builds the model from the data module's
+  `FeatureSchema` (`build_model`, overridden per model family) and, with
+  `embedding.backend: torchrec`, shards it with `trainers.sharding.shard_model` on the
+  strategy's device and world process group. With `torch`, the strategy DDP-wraps the module.
+* `configure_optimizers()`: one optimizer. TorchRec backend: the fused embedding optimizer
+  (from `sharding:`, it steps inside backward) combined with the dense optimizer in a
+  `CombinedOptimizer`; torch backend: the dense optimizer over every parameter.
+* Checkpoints carry the feature-schema hash and every rank's RNG states (`trainers.run_state`).
+* `training_step`/`validation_step`/`test_step` delegate to `_shared_step(batch, stage)`, and the
+  epoch ends to `_log_eval(stage)`; subclasses (`CtrModule`, `GenerativeModule`) define both.
+
+Gradient semantics: embedding rows of the torchrec backend are updated *inside* `backward()` by
+the fused optimizer, so `trainer.gradient_clip_val` and `trainer.accumulate_grad_batches` act on
+dense parameters only; embedding rows are updated every micro-batch, unclipped. Gradients are
+averaged over ranks for both parts (see `trainers.sharding`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from features.schema import FeatureSchema
+from models.embeddings import BACKENDS
+from trainers import run_state
+from trainers.sharding import ShardingConfig, shard_model
+
+DENSE_OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class EmbeddingConfig:
+    """YAML `model.embedding:`.
+
+    Attributes:
+        backend: `torchrec` (sharded with DMP) or `torch` (plain `nn.Embedding`, DDP).
+    """
+
+    backend: str = "torchrec"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"model.embedding.backend: expected one of {list(BACKENDS)}, got {self.backend!r}"
+            )
+
+
+@dataclass
+class DenseOptimizerConfig:
+    """YAML `model.optimizer:`, the optimizer of dense (non-embedding) parameters.
+
+    Attributes:
+        name: `adam`, `adamw` or `sgd`.
+        lr: learning rate.
+        weight_decay: weight decay.
+    """
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in DENSE_OPTIMIZERS:
+            raise ValueError(
+                f"model.optimizer.name: expected one of {list(DENSE_OPTIMIZERS)}, got {self.name!r}"
+            )
+        if self.lr <= 0:
+            raise ValueError(f"model.optimizer.lr: expected > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(
+                f"model.optimizer.weight_decay: expected >= 0, got {self.weight_decay}"
+            )
+
+    def factory(self) -> Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]:
+        """`params -> optimizer`."""
+        classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+        cls, lr, wd = classes[self.name], self.lr, self.weight_decay
+        return lambda params: cls(params, lr=lr, weight_decay=wd)
+
+
+def combined_optimizer(dmp: nn.Module, dense: DenseOptimizerConfig) -> torch.optim.Optimizer:
+    """`trainers.sharding.combined_optimizer`, with a closure-safe `step`.
+
+    TorchRec's `CombinedOptimizer.step(closure)` hands the closure to every inner optimizer,
+    which would run Lightning's forward/backward closure once per optimizer; this one calls
+    it once, then steps the dense part (the fused part already stepped in backward).
+    """
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    class _ClosureOnceCombinedOptimizer(CombinedOptimizer):
+        def step(self, closure: Any = None) -> Any:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            super().step()
+            return loss
+
+    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    optimizers: list[Any] = [dmp.fused_optimizer]
+    if dense_params:
+        optimizers.append(KeyedOptimizerWrapper(dense_params, dense.factory()))
+    return _ClosureOnceCombinedOptimizer(optimizers)
+
+
+class PlatformModule(L.LightningModule):
+    """Model building, sharding, optimizers and checkpoint extras shared by every model family.
+
+    Args:
+        embedding: embedding backend.
+        sharding: TorchRec sharding and fused embedding optimizer (torchrec backend).
+        optimizer: dense optimizer.
+        seed: initialisation seed of the model (same weights on every rank and world size).
+        schema: feature schema; None reads `trainer.datamodule.schema` in `configure_model`.
+    """
+
+    def __init__(
+        self,
+        embedding: EmbeddingConfig | None = None,
+        sharding: ShardingConfig | None = None,
+        optimizer: DenseOptimizerConfig | None = None,
+        seed: int = 0,
+        schema: FeatureSchema | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["schema"])
+        self.embedding = embedding or EmbeddingConfig()
+        self.sharding = sharding or ShardingConfig()
+        self.dense_optimizer = optimizer or DenseOptimizerConfig()
+        self.seed = seed
+        self._schema = schema
+        self.model: nn.Module | None = None
+        self.last_loss: torch.Tensor | None = None
+
+    # --- model ----------------------------------------------------------------------------
+
+    def build_model(self, schema: FeatureSchema) -> nn.Module:
+        """The unsharded model for `schema`'s tables (overridden per model family)."""
+        raise NotImplementedError(f"{type(self).__name__}.build_model")
+
+    def on_model_built(self, model: nn.Module) -> None:
+        """Hook after `build_model`, before sharding (e.g. to keep a reference to `model.loss`)."""
+
+    def _resolve_schema(self) -> FeatureSchema:
+        if self._schema is not None:
+            return self._schema
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "schema"):
+            raise ValueError(
+                f"{type(self).__name__}: no feature schema; pass schema=... or train with a "
+                "trainers.data.LifeseqDataModule (it builds the schema in setup())"
+            )
+        return datamodule.schema
+
+    def configure_model(self) -> None:
+        """Build the model and, for `embedding.backend: torchrec`, shard it (every rank)."""
+        if self.model is not None:
+            return
+        model = self.build_model(self._resolve_schema())
+        self.on_model_built(model)
+        if self.embedding.backend == "torchrec":
+            if not dist.is_initialized():
+                raise RuntimeError(
+                    f"{type(self).__name__}: embedding.backend torchrec needs a process group; use "
+                    "trainer.strategy trainers.strategy.TorchRecStrategy (any world size)"
+                )
+            device = self.trainer.strategy.root_device if self._trainer else torch.device("cpu")
+            model = shard_model(model, self.sharding, device, dist.group.WORLD)
+        self.model = model
+
+    def forward(self, batch: Any) -> Any:
+        """The model's output for `batch`."""
+        assert self.model is not None, "configure_model() has not run"
+        return self.model(batch)
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Parameters updated by the dense optimizer (not by a fused embedding optimizer)."""
+        assert self.model is not None
+        if self.embedding.backend == "torchrec":
+            from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+            return [p for _, p in in_backward_optimizer_filter(self.model.named_parameters())]
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
+        """Loss of `batch`; updates the `stage` (`val`/`test`) metrics (overridden)."""
+        raise NotImplementedError(f"{type(self).__name__}._shared_step")
+
+    def _log_eval(self, stage: str) -> None:
+        """Log and reset the `stage` metrics at the end of an evaluation epoch (overridden)."""
+        raise NotImplementedError(f"{type(self).__name__}._log_eval")
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    # --- checkpoint extras ------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Stamp the feature-schema hash and every rank's RNG states (`trainers.run_state`)."""
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        run_state.stamp(
+            checkpoint,
+            self._resolve_schema().hash(),
+            lambda t: self.all_gather(t.to(self.device)),
+            world_size,
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another feature schema; restore this rank's RNG states."""
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer else None
+        run_state.restore(
+            checkpoint, self._resolve_schema().hash(), rank, str(path or "checkpoint")
+        )
+
+    # --- optimizers -----------------------------------------------------------------------
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Dense optimizer combined with the fused sparse one (torchrec) or alone (torch)."""
+        assert self.model is not None
+        if self.embedding.backend == "torchrec":
+            return combined_optimizer(self.model, self.dense_optimizer)
+        return self.dense_optimizer.factory()(self.dense_parameters())
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip dense gradients only (`trainer.gradient_clip_val` / `_algorithm`).
+
+        Embedding rows of the torchrec backend are updated inside backward by the fused
+        optimizer: their gradients never exist here, so clipping cannot (and does not) apply to
+        them.
+        """
+        if not gradient_clip_val:
+            return
+        params = [p for p in self.dense_parameters() if p.grad is not None]
+        if gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        elif gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            raise ValueError(
+                f"trainer.gradient_clip_algorithm: expected 'norm' or 'value', "
+                f"got {gradient_clip_algorithm!r}"
+            )
