@@ -328,6 +328,24 @@ class GenerativeBatch(_TensorBatch):
         """Number of targets T."""
         return int(self.target_label.shape[0])
 
+    def _shifted(self, key: str, follower: torch.Tensor, fill_last: str) -> Jagged:
+        """Row values of `key` shifted one position left; each row's last position takes
+        `follower` of a positive target directly following the row, else `fill_last`
+        (`zero` or `self`: the position's own value)."""
+        column = self.sequence[key]
+        values, lengths = column.values, column.lengths
+        shifted = torch.zeros_like(values)
+        if values.numel() > 1:
+            shifted[:-1] = values[1:]
+        nonempty = lengths > 0
+        last = (column.offsets[1:] - 1).clamp(min=0)[nonempty]  # (B',)
+        shifted[last] = values[last] if fill_last == "self" else 0
+        row_len = lengths[self.target_user]  # (T,)
+        follows = (self.target_label == 1) & (self.target_hist_len == row_len) & (row_len > 0)
+        row_last = (column.offsets[1:] - 1).clamp(min=0)
+        shifted[row_last[self.target_user[follows]]] = follower[follows]
+        return _jagged_unchecked(shifted, lengths)
+
     def next_item(self) -> Jagged:
         """Autoregressive labels aligned with `sequence["item"]`.
 
@@ -339,19 +357,18 @@ class GenerativeBatch(_TensorBatch):
         Returns:
             Jagged with the lengths of `sequence["item"]`, values shape (N,) int64.
         """
-        items = self.sequence["item"]
-        values, lengths = items.values, items.lengths
-        offsets = items.offsets
-        labels = torch.zeros_like(values)
-        if values.numel() > 1:
-            labels[:-1] = values[1:]
-        nonempty = lengths > 0
-        last = (offsets[1:] - 1).clamp(min=0)  # (B,)
-        labels[last[nonempty]] = 0
-        row_len = lengths[self.target_user]  # (T,)
-        follows = (self.target_label == 1) & (self.target_hist_len == row_len) & (row_len > 0)
-        labels[last[self.target_user[follows]]] = self.target_item[follows]
-        return _jagged_unchecked(labels, lengths)
+        return self._shifted("item", self.target_item, fill_last="zero")
+
+    def query_ts(self) -> Jagged:
+        """The time at which each position's next-item prediction is made, aligned with
+        `sequence["ts"]`: the next event's timestamp; at a row's last position the request
+        time (`target_ts`) of a positive target directly following the row, else the
+        position's own timestamp. HSTU's time bias reads `query_ts[i] - ts[j]`.
+
+        Returns:
+            Jagged with the lengths of `sequence["ts"]`, values shape (N,) int64.
+        """
+        return self._shifted("ts", self.target_ts, fill_last="self")
 
     @staticmethod
     def empty(with_value: bool = False) -> GenerativeBatch:
