@@ -31,14 +31,12 @@ the end of training, over the whole validation split.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,7 +48,17 @@ import yaml
 
 from features.batch import CtrBatch, collate_ctr
 from features.schema import FeatureConfig, FeatureSchema
-from jobs.bench_report import git_commit, write_json
+from jobs.bench_report import (
+    WARMUP_FRACTION,
+    git_commit,
+    newest_csv,
+    read_metrics_csv,
+    run_logged,
+    run_or_raise,
+    tail,
+    train_throughput,
+    write_json,
+)
 from models.lifelong_ctr import ArchConfig, LifelongCtrConfig, LifelongCtrModel
 from pipeline.sample_codec import UserSample
 
@@ -69,8 +77,6 @@ SYNTH_SIZES = {
 #: so a return to one typically comes more than 100 events after the previous one (with the
 #: synth defaults, 4 interests at 4%, most returns fall inside the last 100 events).
 SYNTH_LONG_TERM = {"long_term_interests": 16, "long_term_share": 0.2}
-#: Logged throughput values of the first `WARMUP_FRACTION` of the steps are left out.
-WARMUP_FRACTION = 0.1
 LATENCY_LENGTHS = (1000, 10_000)
 LATENCY_TARGETS = 100
 LATENCY_WARMUP = 2
@@ -107,32 +113,6 @@ def dataset_is_current(workdir: Path, params: dict[str, Any]) -> bool:
         return False
 
 
-def tail(path: Path, lines: int = 30) -> str:
-    """The last `lines` lines of a text file ('' when it does not exist)."""
-    if not path.is_file():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _run(command: list[str], log_stem: Path) -> tuple[float, int]:
-    """Run `command` in the repo root, stdout/stderr to `log_stem`.{out,err}; (seconds, rc)."""
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    log_stem.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{log_stem}.out", "w") as out, open(f"{log_stem}.err", "w") as err:
-        start = time.perf_counter()
-        proc = subprocess.run(command, stdout=out, stderr=err, env=env, cwd=REPO_ROOT)
-        seconds = time.perf_counter() - start
-    return seconds, proc.returncode
-
-
-def _run_or_raise(command: list[str], log_stem: Path) -> float:
-    seconds, rc = _run(command, log_stem)
-    if rc != 0:
-        print(tail(Path(f"{log_stem}.err")), file=sys.stderr)
-        raise RuntimeError(f"{' '.join(command)} failed ({rc}); see {log_stem}.err")
-    return seconds
-
-
 def build_dataset(workdir: Path, params: dict[str, Any]) -> dict[str, float]:
     """Synthesize events into `workdir/events` and build `workdir/build`; record `params`.
 
@@ -146,7 +126,7 @@ def build_dataset(workdir: Path, params: dict[str, Any]) -> dict[str, float]:
     record.unlink(missing_ok=True)
     events, build = workdir / "events", workdir / "build"
     synth = params["synth"]
-    synth_s = _run_or_raise(
+    synth_s = run_or_raise(
         [
             sys.executable, "-m", "jobs.synth", "--out", str(events), "--overwrite",
             "--seed", str(synth["seed"]), "--users", str(synth["users"]),
@@ -156,7 +136,7 @@ def build_dataset(workdir: Path, params: dict[str, Any]) -> dict[str, float]:
         ],
         workdir / "logs" / "synth",
     )  # fmt: skip
-    build_s = _run_or_raise(
+    build_s = run_or_raise(
         [
             sys.executable, "-m", "jobs.cli", "build", "--config", str(PIPELINE_CONFIG),
             "--input", str(events), "--output", str(build), "--overwrite",
@@ -241,58 +221,11 @@ def signal_analysis(build: Path, recent: int = 100) -> dict[str, float]:
 # --- training -----------------------------------------------------------------------------------
 
 
-def read_metrics_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """A Lightning `CSVLogger` `metrics.csv` as {column: [(step, value), ...]} (non-empty cells).
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-    """
-    series: dict[str, list[tuple[int, float]]] = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            step = int(row.get("step") or 0)
-            for name, cell in row.items():
-                if name in ("epoch", "step") or cell in (None, ""):
-                    continue
-                series.setdefault(name, []).append((step, float(cell)))
-    return series
-
-
-def train_throughput(
-    series: dict[str, list[tuple[int, float]]], total_steps: int, skip: float = WARMUP_FRACTION
-) -> float | None:
-    """Median `train/samples_per_s` of the steps after the first `skip` of `total_steps`.
-
-    Falls back to every logged value when none is that late; None when none was logged.
-    """
-    values = series.get("train/samples_per_s", [])
-    late = [v for step, v in values if step >= skip * total_steps]
-    chosen = late or [v for _, v in values]
-    return statistics.median(chosen) if chosen else None
-
-
 def final_test_metrics(series: dict[str, list[tuple[int, float]]]) -> dict[str, float]:
     """The last logged `test/<name>` of each of `TEST_METRICS` that is present."""
     return {
         name: series[f"test/{name}"][-1][1] for name in TEST_METRICS if f"test/{name}" in series
     }
-
-
-def newest_csv(run_dir: Path) -> Path:
-    """`run_dir/logs/csv/version_K/metrics.csv` of the highest K.
-
-    Raises:
-        FileNotFoundError: no version has a `metrics.csv`.
-    """
-    versions = [
-        p
-        for p in (run_dir / "logs" / "csv").glob("version_*")
-        if p.name.removeprefix("version_").isdigit() and (p / "metrics.csv").is_file()
-    ]
-    if not versions:
-        raise FileNotFoundError(f"no {run_dir}/logs/csv/version_*/metrics.csv")
-    newest = max(versions, key=lambda p: int(p.name.removeprefix("version_")))
-    return newest / "metrics.csv"
 
 
 def train_commands(
@@ -325,7 +258,7 @@ def train_model(model: str, build: Path, workdir: Path, steps: int | None) -> di
     result: dict[str, Any] = {}
     for stage, command in (("fit", fit), ("test", test)):
         log_stem = workdir / "logs" / f"{model}-{stage}"
-        seconds, rc = _run(command, log_stem)
+        seconds, rc = run_logged(command, log_stem)
         if rc != 0:
             print(f"--- {model} {stage} failed ({rc}); stderr tail:", file=sys.stderr)
             print(tail(Path(f"{log_stem}.err")), file=sys.stderr)

@@ -1,13 +1,21 @@
-"""Helpers shared by the benchmarks (`jobs.bench_*`): the commit a result belongs to and the
-JSON file it is written to."""
+"""Helpers shared by the benchmarks (`jobs.bench_*`): the commit a result belongs to, the JSON
+file it is written to, logged subprocesses and Lightning CSV logs."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Logged throughput values of the first `WARMUP_FRACTION` of the steps are left out.
+WARMUP_FRACTION = 0.1
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
@@ -42,3 +50,77 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last `lines` lines of a text file ('' when it does not exist)."""
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def run_logged(command: list[str], log_stem: Path) -> tuple[float, int]:
+    """Run `command` in the repo root, stdout/stderr to `log_stem`.{out,err}; (seconds, rc)."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    log_stem.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{log_stem}.out", "w") as out, open(f"{log_stem}.err", "w") as err:
+        start = time.perf_counter()
+        proc = subprocess.run(command, stdout=out, stderr=err, env=env, cwd=REPO_ROOT)
+        seconds = time.perf_counter() - start
+    return seconds, proc.returncode
+
+
+def run_or_raise(command: list[str], log_stem: Path) -> float:
+    """`run_logged`, raising RuntimeError (stderr tail printed) on a nonzero exit; seconds."""
+    seconds, rc = run_logged(command, log_stem)
+    if rc != 0:
+        print(tail(Path(f"{log_stem}.err")), file=sys.stderr)
+        raise RuntimeError(f"{' '.join(command)} failed ({rc}); see {log_stem}.err")
+    return seconds
+
+
+def read_metrics_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """A Lightning `CSVLogger` `metrics.csv` as {column: [(step, value), ...]} (non-empty cells).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+    """
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            step = int(row.get("step") or 0)
+            for name, cell in row.items():
+                if name in ("epoch", "step") or cell in (None, ""):
+                    continue
+                series.setdefault(name, []).append((step, float(cell)))
+    return series
+
+
+def train_throughput(
+    series: dict[str, list[tuple[int, float]]], total_steps: int, skip: float = WARMUP_FRACTION
+) -> float | None:
+    """Median `train/samples_per_s` of the steps after the first `skip` of `total_steps`.
+
+    Falls back to every logged value when none is that late; None when none was logged.
+    """
+    values = series.get("train/samples_per_s", [])
+    late = [v for step, v in values if step >= skip * total_steps]
+    chosen = late or [v for _, v in values]
+    return statistics.median(chosen) if chosen else None
+
+
+def newest_csv(run_dir: Path) -> Path:
+    """`run_dir/logs/csv/version_K/metrics.csv` of the highest K.
+
+    Raises:
+        FileNotFoundError: no version has a `metrics.csv`.
+    """
+    versions = [
+        p
+        for p in (run_dir / "logs" / "csv").glob("version_*")
+        if p.name.removeprefix("version_").isdigit() and (p / "metrics.csv").is_file()
+    ]
+    if not versions:
+        raise FileNotFoundError(f"no {run_dir}/logs/csv/version_*/metrics.csv")
+    newest = max(versions, key=lambda p: int(p.name.removeprefix("version_")))
+    return newest / "metrics.csv"
