@@ -5,6 +5,7 @@ lifeseq build --config C --input IN --output OUT  Spark build: quarantine, vocab
 lifeseq demo [--workdir DIR]                      synth → build on a small synthetic set
 lifeseq bench pipeline [...]                      pipeline benchmark (Spark vs single-process)
 lifeseq bench ctr [...]                           lifelong CTR models: quality, speed, latency
+lifeseq bench generative [...]                    HSTU vs SASRec: MovieLens quality, speed
 """
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import bench_ctr
 
         return bench_ctr.main(rest[1:])
-    print("error: usage: lifeseq bench pipeline|ctr [...]", file=sys.stderr)
+    if rest[:1] == ["generative"]:
+        from jobs import bench_generative
+
+        return bench_generative.main(rest[1:])
+    print("error: usage: lifeseq bench pipeline|ctr|generative [...]", file=sys.stderr)
     return 2
 
 
