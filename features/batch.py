@@ -305,6 +305,8 @@ class GenerativeBatch(_TensorBatch):
         target_user: shape (T,) int64, row index in [0, B) of each target's user.
         sequence_start: shape (B,) int64, events of the stored history dropped before each row
             (by the `max_len` cap).
+        dropped_items: Jagged with B rows: the distinct item ids (sorted) of those dropped
+            events, so that full-ranking evaluation can exclude a user's whole history.
 
     Plus `weight`, `users`, `loader_stats`, `loader_worker` (keyword-only, see `_TensorBatch`).
     """
@@ -317,6 +319,7 @@ class GenerativeBatch(_TensorBatch):
     target_hist_len: torch.Tensor
     target_user: torch.Tensor
     sequence_start: torch.Tensor
+    dropped_items: Jagged
 
     @property
     def num_users(self) -> int:
@@ -384,6 +387,7 @@ class GenerativeBatch(_TensorBatch):
             target_hist_len=zeros.clone(),
             target_user=zeros.clone(),
             sequence_start=zeros.clone(),
+            dropped_items=Jagged(zeros.clone(), zeros.clone()),
             weight=0.0,
             users=[],
         )
@@ -415,6 +419,12 @@ def collate_generative(samples: Sequence[UserSample], max_len: int) -> Generativ
         target_hist_len=torch.from_numpy(packed.target_hist_len),
         target_user=torch.from_numpy(packed.target_user),
         sequence_start=torch.from_numpy(packed.row_start),
+        dropped_items=Jagged.from_list(
+            [
+                torch.from_numpy(np.unique(s.history["item"][:start]))
+                for s, start in zip(samples, packed.row_start.tolist(), strict=True)
+            ]
+        ),
         weight=1.0,
         users=[s.user for s in samples],
     )

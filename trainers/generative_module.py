@@ -7,8 +7,8 @@ Same platform as the CTR models (`trainers.platform_module`: strategy, TorchRec 
 item table, optimizers, checkpoints). Per step: `model(batch)` → `model.loss` (sampled or full
 softmax over every labelled position). Evaluation is full ranking: each positive target's query
 (the position before it) is scored against every item (`models.retrieval.target_ranks`, chunked
-brute-force inner product); items of the target's input sequence are excluded unless
-`eval.include_history`. Logs `val/` and `test/` `hr@10`, `ndcg@10`, `hr@50`, `ndcg@50`, `mrr`,
+brute-force inner product); items the user had before the target (its input sequence and the
+events the `max_len` cap dropped) are excluded unless `eval.include_history`. Logs `val/` and `test/` `hr@10`, `ndcg@10`, `hr@50`, `ndcg@50`, `mrr`,
 `loss` and `targets`, exact over ranks (`trainers.ranking_metrics.RankingMetrics`).
 
 The item table is looked up once per evaluation epoch (every rank takes part: with TorchRec the
@@ -40,8 +40,8 @@ class RankingEvalConfig:
 
     Attributes:
         ks: cut-offs of HR@K and NDCG@K.
-        include_history: rank items of the target's input sequence too (default: excluded, as
-            the HSTU reference does).
+        include_history: rank items of the user's history too (default: excluded, as the HSTU
+            reference and RecBole do).
         chunk: items scored at once (memory O(targets × chunk)).
     """
 
@@ -56,16 +56,36 @@ class RankingEvalConfig:
             raise ValueError(f"eval.chunk: expected >= 1, got {self.chunk}")
 
 
-def history_prefixes(batch: GenerativeBatch) -> Jagged:
-    """Items of each target's input sequence, one row per target: `row[:target_hist_len]` of
-    its user (T rows; what full ranking excludes)."""
-    items = batch.sequence["item"]
-    lengths = batch.target_hist_len
-    starts = items.offsets[batch.target_user]  # (T,)
+def _row_heads(jagged: Jagged, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Values of the first `lengths[i]` entries of row `rows[i]` of `jagged`, concatenated."""
+    starts = jagged.offsets[rows]
     within = torch.arange(int(lengths.sum()), device=lengths.device) - torch.repeat_interleave(
         torch.cumsum(lengths, 0) - lengths, lengths
     )
-    return Jagged(items.values[torch.repeat_interleave(starts, lengths) + within], lengths)
+    return jagged.values[torch.repeat_interleave(starts, lengths) + within]
+
+
+def target_histories(batch: GenerativeBatch) -> Jagged:
+    """Items each target's user had before it, one row per target (T rows; what full ranking
+    excludes): the items dropped by the `max_len` cap, then `row[:target_hist_len]`."""
+    users = batch.target_user
+    dropped_lengths = batch.dropped_items.lengths[users]
+    prefix_lengths = batch.target_hist_len
+    values = torch.cat(
+        [
+            _row_heads(batch.dropped_items, users, dropped_lengths),
+            _row_heads(batch.sequence["item"], users, prefix_lengths),
+        ]
+    )
+    targets = torch.arange(users.shape[0], device=users.device)
+    owner = torch.cat(
+        [
+            torch.repeat_interleave(targets, dropped_lengths),
+            torch.repeat_interleave(targets, prefix_lengths),
+        ]
+    )
+    order = torch.sort(owner, stable=True).indices
+    return Jagged(values[order], dropped_lengths + prefix_lengths)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -152,7 +172,7 @@ class GenerativeModule(PlatformModule):
         queries = self.core.target_queries(output, batch)[positives]
         exclude = None
         if not self.eval_config.include_history:
-            prefixes = history_prefixes(batch)
+            prefixes = target_histories(batch)
             keep = positives.to(prefixes.lengths.device)
             rows = torch.repeat_interleave(keep, prefixes.lengths)
             exclude = Jagged(prefixes.values[rows], prefixes.lengths[keep])

@@ -139,6 +139,7 @@ def test_generative_caps_sequence_and_adjusts_targets() -> None:
     assert rows(batch.sequence["item"]) == [[107, 108, 109], [200, 201]]
     assert rows(batch.sequence["ts"]) == [[70, 80, 90], [0, 10]]
     assert batch.sequence_start.tolist() == [7, 0]
+    assert rows(batch.dropped_items) == [list(range(100, 107)), []]
     assert batch.target_hist_len.tolist() == [0, 3, 2]
     assert batch.target_user.tolist() == [0, 0, 1]
     assert batch.target_ts.tolist() == [70, 100, 20]
