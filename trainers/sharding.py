@@ -346,7 +346,10 @@ def shard_model(
     from torch.distributed.optim import _apply_optimizer_in_backward
     from torchrec.distributed.comm import get_local_size
     from torchrec.distributed.comm_ops import get_gradient_division
-    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.model_parallel import (
+        DefaultDataParallelWrapper,
+        DistributedModelParallel,
+    )
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
     from torchrec.distributed.sharding_plan import get_default_sharders
     from torchrec.distributed.types import ShardingEnv
@@ -417,12 +420,16 @@ def shard_model(
     )
     sharders = get_default_sharders()
     plan = planner.collective_plan(model, sharders, pg)
+    # Not TorchRec's default static-graph DDP: its first all-reduce hooks onto the tensors of
+    # the forward output, which it cannot find inside a dataclass output (CtrOutput,
+    # GenerativeOutput), and then dense gradients are silently never averaged over ranks.
     dmp = DistributedModelParallel(
         model,
         env=ShardingEnv.from_process_group(pg),
         device=device,
         plan=plan,
         sharders=sharders,
+        data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False),
     )
     if initial:
         load_full_state_dict(dmp, initial)
