@@ -87,7 +87,8 @@ class LifeseqDataModule(L.LightningDataModule):
             max_history=max_history,
             max_len=max_len,
         )
-        self.save_hyperparameters()
+        # Not logged as hparams: `seed` would clash with the model's own `seed` in the logger.
+        self.save_hyperparameters(logger=False)
         self.data_stats: Counter[str] = Counter()
         self._schema: FeatureSchema | None = None
 
