@@ -7,11 +7,13 @@ Shards are written with the pipeline's own `ShardWriter` and listed in a hand-wr
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import tarfile
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +60,27 @@ def make_sample(user: int, split: str = "train", history_len: int | None = None)
     return UserSample(user=f"user{user:04d}", split=split, history=history, targets=targets)
 
 
+#: Manifest vocab sizes `write_out_dir` writes by default.
+VOCAB = {"item": 3000, "category": 6, "behavior": 5}
+
+
 def write_out_dir(
-    root: Path, sizes: dict[str, list[int]] | None = None, history_len: int | None = None
+    root: Path,
+    sizes: dict[str, list[int]] | None = None,
+    history_len: int | None = None,
+    *,
+    sample_fn: Callable[[int, str], UserSample] | None = None,
+    vocab: dict[str, int] | None = None,
 ) -> dict:
     """Write `root/shards/{split}/{split}-NNNNNN.tar` (one shard per entry of `sizes[split]`,
-    that many users each) and `root/manifest.json`; return the manifest."""
+    that many users each) and `root/manifest.json`; return the manifest.
+
+    Users are numbered consecutively over the splits; `sample_fn(user, split)` makes each
+    sample (default `make_sample(user, split, history_len)`), and `vocab` is the manifest's
+    table sizes (default `VOCAB`).
+    """
     sizes = sizes if sizes is not None else {"train": UNEVEN, "valid": [3, 2], "test": [4]}
+    sample_fn = sample_fn or functools.partial(make_sample, history_len=history_len)
     user = 0
     splits = {}
     for split in SPLITS:
@@ -73,7 +90,7 @@ def write_out_dir(
         for number, count in enumerate(sizes.get(split, [])):
             writer = ShardWriter(str(directory), f"tmp-{number:06d}", 10_000, 1 << 40)
             for _ in range(count):
-                writer.write(f"s{user:06d}", make_sample(user, split, history_len))
+                writer.write(f"s{user:06d}", sample_fn(user, split))
                 user += 1
             (info,) = writer.close()
             name = f"{split}-{number:06d}.tar"
@@ -89,7 +106,7 @@ def write_out_dir(
         splits[split] = {"samples": sum(sizes.get(split, [])), "shards": shards}
     manifest = {
         "schema_version": SCHEMA_VERSION,
-        "vocab": {"item": 3000, "category": 6, "behavior": 5},
+        "vocab": dict(vocab if vocab is not None else VOCAB),
         "members": expected_members(with_value=False),
         "splits": splits,
     }
