@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,15 @@ TABLE_OF = {f: t for t in TABLES for f in t.feature_names}
 TABLE_BY_NAME = {t.name: t for t in TABLES}
 
 
+@dataclass
+class TinyOutput:
+    """A dataclass output, as our models return: DDP's static-graph hooks cannot see inside
+    one, which once left dense gradients un-averaged over ranks (the step test catches it)."""
+
+    embeddings: dict[str, Jagged]
+    score: torch.Tensor
+
+
 class TinyModel(nn.Module):
     """Embeddings plus one dense layer, applied inside `forward` (where DDP can see it)."""
 
@@ -65,12 +75,12 @@ class TinyModel(nn.Module):
         torch.manual_seed(SEED)
         self.dense = nn.Linear(8, 1)
 
-    def forward(self, features: dict[str, Jagged]) -> tuple[dict[str, Jagged], torch.Tensor]:
+    def forward(self, features: dict[str, Jagged]) -> TinyOutput:
         """Embeddings of `features` and a (1, 1) score of the mean `item` embedding."""
         out = self.emb(features)
         item = out["item"].values  # (N, 8)
         pooled = item.sum(0, keepdim=True) / max(item.shape[0], 1)  # (1, 8)
-        return out, self.dense(pooled)  # (1, 1)
+        return TinyOutput(out, self.dense(pooled))  # score (1, 1)
 
 
 def _jagged(rng: np.random.Generator, rows: int, max_len: int, vocab: int) -> Jagged:
@@ -130,7 +140,7 @@ def all_ids_batch() -> dict[str, Jagged]:
 
 def _table_rows(model: nn.Module) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        out, _ = model(all_ids_batch())
+        out = model(all_ids_batch()).embeddings
     return {t.name: out[t.feature_names[0]].values.numpy() for t in TABLES}
 
 
@@ -159,7 +169,7 @@ def run(out_dir: Path, optimizer: str) -> None:
         (out_dir / f"{optimizer}_plan.json").write_text(json.dumps(plan_summary(dmp), indent=1))
 
     with torch.no_grad():
-        looked_up, _ = dmp(lookup_batch())
+        looked_up = dmp(lookup_batch()).embeddings
     for feature, jagged in looked_up.items():
         np.save(f"{prefix}_lookup_{feature}.npy", jagged.values.numpy())
     for table, rows in _table_rows(dmp).items():
@@ -168,7 +178,8 @@ def run(out_dir: Path, optimizer: str) -> None:
     # One step: fused embedding optimizer inside backward, dense SGD through the combined one.
     opt = combined_optimizer(dmp, lambda params: torch.optim.SGD(params, lr=LR))
     batch = rank_batch(rank)
-    out, score = dmp(batch)
+    output = dmp(batch)
+    out, score = output.embeddings, output.score
     for feature, jagged in out.items():
         np.save(f"{prefix}_train_{feature}.npy", jagged.values.detach().numpy())
     dense = dmp.module.dense
@@ -209,7 +220,7 @@ def probe_data_parallel(out_dir: Path) -> None:
         result = {"error": str(err)}
     else:
         with torch.no_grad():
-            looked_up, _ = dmp(lookup_batch())
+            looked_up = dmp(lookup_batch()).embeddings
         for feature, jagged in looked_up.items():
             np.save(out_dir / f"dp_rank{rank}_lookup_{feature}.npy", jagged.values.numpy())
         result = {"error": None}
