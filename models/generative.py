@@ -14,8 +14,9 @@ Differences from the HSTU reference (generative-recommenders, ML-1M configs), by
 * The time bias of position i reads the *query time* `GenerativeBatch.query_ts()`: the next
   event's timestamp, and at a row's last position the target's request time (the reference
   pads that one with the padding timestamp 0).
-* Negatives are shared by the batch's positions by default (`loss.shared`); the reference
-  draws them per position (`shared: false` does too).
+* Each position draws its negatives from a per-batch pool of uniform candidates by default
+  (`loss.sampling: pooled`); the reference draws them from the catalog per position
+  (`sampling: independent`), M × R lookups that are slow on CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from models.hstu import HstuEncoder
 from models.jagged_attention import length_groups
 from models.sampled_softmax import (
     FIRST_ITEM_ID,
+    Negatives,
     SoftmaxLossConfig,
     draw_negatives,
     full_softmax_loss,
@@ -168,7 +170,8 @@ class GenerativeOutput:
             kept events under stochastic length).
         labels: shape (N',) int64, next item of each position (0 = none).
         lengths: shape (B,) row lengths of `user`.
-        negatives: shape (1 or M, R) sampled negatives (empty for full softmax / eval-only).
+        negatives: the sampled negatives (`models.sampled_softmax.Negatives`; no ids for the
+            full softmax).
         candidates: L2-normalized embeddings of `labels[labels > 0]` then `negatives`
             (full softmax: of every item), shape (C, d).
     """
@@ -176,7 +179,7 @@ class GenerativeOutput:
     user: torch.Tensor
     labels: torch.Tensor
     lengths: torch.Tensor
-    negatives: torch.Tensor
+    negatives: Negatives
     candidates: torch.Tensor
 
 
@@ -235,14 +238,13 @@ class GenerativeModel(nn.Module):
         kept = Jagged(items.values[keep], kept_lengths)
         return kept, ts.values[keep], kept_query_ts, kept_labels
 
-    def _candidates(self, positives: torch.Tensor) -> torch.Tensor:
-        """Negative ids for a batch with `positives` (M,): (1 or M, R), or (0, 0) for the full
-        softmax (which scores every item)."""
+    def _candidates(self, positives: torch.Tensor) -> Negatives:
+        """Negatives for a batch with `positives` (M,); none (a (0, 0) id tensor) for the full
+        softmax, which scores every item."""
         loss = self.config.loss
         if loss.full_softmax:
-            return positives.new_zeros(0, 0)
-        rows = 1 if loss.shared else positives.shape[0]
-        return draw_negatives(positives, self.config.item_rows, loss, rows)
+            return Negatives(positives.new_zeros(0, 0))
+        return draw_negatives(positives, self.config.item_rows, loss)
 
     # --- forward --------------------------------------------------------------------------
 
@@ -254,7 +256,7 @@ class GenerativeModel(nn.Module):
         if self.config.loss.full_softmax:
             candidate_ids = torch.arange(self.config.item_rows, device=positives.device)
         else:
-            candidate_ids = torch.cat([positives, negatives.flatten()])
+            candidate_ids = torch.cat([positives, negatives.ids.flatten()])
         ones = torch.ones_like(candidate_ids)
         looked_up = self.embeddings(
             {"sequence_item": items, "candidate_item": Jagged(candidate_ids, ones)}
@@ -288,7 +290,7 @@ class GenerativeModel(nn.Module):
             per_position = full_softmax_loss(queries, positives, output.candidates, t)
         else:
             m = positives.shape[0]
-            negative_embeddings = output.candidates[m:].view(*output.negatives.shape, -1)
+            negative_embeddings = output.candidates[m:].view(*output.negatives.ids.shape, -1)
             per_position = sampled_softmax_loss(
                 queries, positives, output.candidates[:m], output.negatives, negative_embeddings, t
             )

@@ -19,6 +19,7 @@ from models.jagged_attention import (
     time_bucket,
 )
 from models.sampled_softmax import (
+    Negatives,
     SoftmaxLossConfig,
     draw_negatives,
     full_softmax_loss,
@@ -277,39 +278,70 @@ def test_target_queries_read_the_position_before_each_target() -> None:
 # --- losses --------------------------------------------------------------------------------
 
 
+def _reference_loss(query, positive, negatives, table, t):
+    """−log softmax of the positive among itself and the negatives that differ from it."""
+    others = [n for n in negatives if n != positive]
+    logits = torch.cat([query @ table[[positive]].T, query @ table[others].T]) / t
+    return (logits.logsumexp(0) - logits[0]).item()
+
+
 def test_sampled_softmax_masks_negatives_equal_to_the_positive() -> None:
     g = torch.Generator().manual_seed(0)
     queries = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
     table = F.normalize(torch.randn(10, 8, generator=g), dim=-1)
     positives = torch.tensor([4, 5, 6])
-    negatives = torch.tensor([[4, 7, 5, 8]])  # shared; contains positives 4 and 5
+    shared = Negatives(torch.tensor([[4, 7, 5, 8]]))  # contains positives 4 and 5
     loss = sampled_softmax_loss(
-        queries, positives, table[positives], negatives, table[negatives], 0.1
+        queries, positives, table[positives], shared, table[shared.ids], 0.1
     )
     for m, pos in enumerate(positives.tolist()):
-        others = [n for n in negatives[0].tolist() if n != pos]
-        logits = torch.cat([queries[m] @ table[[pos]].T, queries[m] @ table[others].T]) / 0.1
-        assert loss[m].item() == pytest.approx((logits.logsumexp(0) - logits[0]).item(), rel=1e-5)
-    # per-position negatives: a row made only of the positive leaves the positive alone: loss 0
-    per_row = torch.tensor([[4, 4], [7, 8], [6, 6]])
-    loss = sampled_softmax_loss(queries, positives, table[positives], per_row, table[per_row], 0.1)
-    assert loss[0].item() == pytest.approx(0.0, abs=1e-6) and loss[2].item() == pytest.approx(
-        0.0, abs=1e-6
-    )
-    assert loss[1].item() > 0
+        expected = _reference_loss(queries[m], pos, shared.ids[0].tolist(), table, 0.1)
+        assert loss[m].item() == pytest.approx(expected, rel=1e-5)
+    # per position: a row made only of the positive leaves the positive alone: loss 0
+    own = Negatives(torch.tensor([[4, 4], [7, 8], [6, 6]]))
+    loss = sampled_softmax_loss(queries, positives, table[positives], own, table[own.ids], 0.1)
+    assert loss[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert loss[2].item() == pytest.approx(0.0, abs=1e-6) and loss[1].item() > 0
+    # pooled: each position gathers its own columns of the shared pool
+    pool = Negatives(torch.tensor([[4, 7, 5, 8, 6]]), picks=torch.tensor([[0, 1], [2, 3], [4, 0]]))
+    loss = sampled_softmax_loss(queries, positives, table[positives], pool, table[pool.ids], 0.1)
+    for m, negatives in enumerate(([4, 7], [5, 8], [6, 4])):
+        expected = _reference_loss(queries[m], int(positives[m]), negatives, table, 0.1)
+        assert loss[m].item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_draw_negatives_counts_and_ranges() -> None:
+@pytest.mark.parametrize("sampling", ["pooled", "independent", "shared"])
+def test_draw_negatives_counts_and_ranges(sampling: str) -> None:
     torch.manual_seed(0)
     positives = torch.tensor([9, 9, 3])
-    config = SoftmaxLossConfig(uniform_negatives=50, in_batch_negatives=7)
-    shared = draw_negatives(positives, 12, config, rows=1)
-    assert shared.shape == (1, 57)
-    assert ((shared[:, :50] >= 2) & (shared[:, :50] < 12)).all()
-    assert set(shared[0, 50:].tolist()) <= {9, 3}
-    assert draw_negatives(positives, 12, config, rows=3).shape == (3, 57)
+    config = SoftmaxLossConfig(
+        uniform_negatives=50, in_batch_negatives=7, sampling=sampling, pool_size=64
+    )
+    negatives = draw_negatives(positives, 12, config)
+    per_position = negatives.ids[0][negatives.picks] if negatives.picks is not None else None
+    if sampling == "pooled":
+        assert negatives.ids.shape == (1, 64 + 3) and per_position.shape == (3, 57)
+    else:
+        assert negatives.ids.shape == ((1, 57) if sampling == "shared" else (3, 57))
+        per_position = negatives.ids.expand(3, 57)
+    uniform, in_batch = per_position[:, :50], per_position[:, 50:]
+    assert ((uniform >= 2) & (uniform < 12)).all()
+    assert set(in_batch.flatten().tolist()) <= {9, 3}
     with pytest.raises(ValueError, match="uniform_negatives"):
         SoftmaxLossConfig(uniform_negatives=0, in_batch_negatives=0)
+    with pytest.raises(ValueError, match="loss.pool_size"):
+        SoftmaxLossConfig(uniform_negatives=128, pool_size=64)
+    with pytest.raises(ValueError, match="loss.sampling"):
+        SoftmaxLossConfig(sampling="stratified")
+
+
+def test_pooled_negatives_differ_between_positions() -> None:
+    torch.manual_seed(1)
+    negatives = draw_negatives(torch.arange(2, 402), 5000, SoftmaxLossConfig())
+    per_position = negatives.ids[0][negatives.picks]  # (400, 128)
+    assert per_position.shape == (400, 128)
+    assert len({tuple(row) for row in per_position.tolist()}) == 400
+    assert 1500 < per_position.unique().numel() <= 2048  # draws spread over the whole pool
 
 
 def test_full_softmax_ignores_padding_and_oov_rows() -> None:
