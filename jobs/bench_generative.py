@@ -6,7 +6,8 @@ with `pip download --no-deps` into the cache, see `jobs.movielens_data`; MovieLe
 
 * `lifeseq build` with `configs/pipeline/movielens.yaml` (leave-one-out: last item = test,
   second-to-last = valid; every rating is a positive), built once and reused;
-* for each model, `jobs/train.py fit` with `configs/generative/{sasrec,hstu}.yaml` (subprocesses,
+* for each model, `jobs/train.py fit` with `configs/generative/{sasrec,hstu,hstu_large}.yaml`
+  (subprocesses,
   one after the other), validating every `check_val_every_n_epoch` epochs and keeping the best
   `val/ndcg@10` checkpoint, then `jobs/train.py test` on that checkpoint: HR@10/50, NDCG@10/50
   and MRR of full ranking with history items excluded, from the CSV logger.
@@ -18,11 +19,12 @@ optimizer) of `SPEED_REPEATS` steps after `SPEED_WARMUP`, and training tokens/s.
 unless CUDA is present (then also bf16 autocast and peak memory).
 
 Prints Markdown tables and, with `--out FILE.json`, writes
-`{"ml-100k": {"sasrec": {"hr@10": .., "ndcg@10": .., "mrr": ..}, "hstu": {...}}, ...}` plus
+`{"ml-100k": {"sasrec": {"hr@10": .., "ndcg@10": .., "mrr": ..}, "hstu": {...}, "hstu_large":
+{...}}, ...}` plus
 speed, settings, commit and machine. Exits nonzero when a model failed (the others still run).
 
     python -m jobs.bench_generative [--out bench_out/generative.json] [--ml1m PATH/ratings.dat]
-        [--workdir bench_out/generative] [--epochs N] [--models sasrec,hstu] [--skip-speed]
+        [--workdir bench_out/generative] [--epochs N] [--models sasrec,hstu,hstu_large] [--skip-speed]
         [--skip-quality] [--cache DIR]
 """
 
@@ -62,7 +64,7 @@ from pipeline.sample_codec import UserSample
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_CONFIG = REPO_ROOT / "configs" / "pipeline" / "movielens.yaml"
 MODEL_CONFIGS = REPO_ROOT / "configs" / "generative"
-MODELS = ("sasrec", "hstu")
+MODELS = ("sasrec", "hstu", "hstu_large")
 METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")
 #: Input formats of `configs/pipeline/movielens.yaml` per dataset.
 FORMATS = {"ml-100k": "recbole_inter", "ml-1m": "movielens_dat"}
@@ -306,9 +308,12 @@ def markdown(payload: dict[str, Any]) -> str:
                 + [_fmt(r.get("best_val_step"), "d"), _fmt(r.get("fit_seconds"), ".0f")]
             )
             lines.append("| " + " | ".join(cells) + " |")
-        ratio = results.get("_hstu_over_sasrec_ndcg@10")
-        if ratio is not None:
-            lines += ["", f"HSTU / SASRec NDCG@10: {ratio:.3f}"]
+        ratios = {k[1:].split("_over_")[0]: v for k, v in results.items() if "_over_" in k}
+        if ratios:
+            lines += [
+                "",
+                "NDCG@10 / SASRec's: " + ", ".join(f"{m} {r:.3f}" for m, r in ratios.items()),
+            ]
         lines.append("")
     timings = payload.get("speed")
     if timings:
@@ -365,9 +370,11 @@ def main(argv: list[str] | None = None) -> int:
                 results[model] = train_model(model, build, workdir / dataset, args.epochs)
                 failed |= "error" in results[model]
                 print(f"  {model}: { {m: results[model].get(m) for m in METRICS} }", flush=True)
-            hstu, sasrec = results.get("hstu", {}), results.get("sasrec", {})
-            if hstu.get("ndcg@10") and sasrec.get("ndcg@10"):
-                results["_hstu_over_sasrec_ndcg@10"] = hstu["ndcg@10"] / sasrec["ndcg@10"]
+            baseline = results.get("sasrec", {}).get("ndcg@10")
+            for model in models:
+                value = results[model].get("ndcg@10")
+                if model != "sasrec" and value and baseline:
+                    results[f"_{model}_over_sasrec_ndcg@10"] = value / baseline
             payload[dataset] = results
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     payload["machine"] = {

@@ -24,6 +24,9 @@ def test_configs_load_and_differ_only_in_the_encoder() -> None:
     assert (hstu.encoder, sasrec.encoder) == ("hstu", "sasrec")
     assert hstu_loss == sasrec_loss and hstu_dim == sasrec_dim == 50
     assert (hstu.blocks, hstu.heads, hstu.dropout) == (sasrec.blocks, sasrec.heads, sasrec.dropout)
+    large, large_loss, _ = bench_generative.load_arch("hstu_large")
+    assert (large.blocks, large.heads, large.attention_dim, large.linear_dim) == (8, 2, 25, 25)
+    assert large_loss == hstu_loss
 
 
 def test_train_commands_override_epochs_and_end_with_the_checkpoint_flag(tmp_path: Path) -> None:
@@ -61,5 +64,5 @@ def test_markdown_reports_quality_ratio_and_speed() -> None:
     text = bench_generative.markdown(payload)
     assert "| sasrec | 0.1000 | 0.0500 | 0.3000 | 0.0900 | 0.0400 |" in text
     assert "| hstu | error |" in text
-    assert "HSTU / SASRec NDCG@10: 1.250" in text
+    assert "NDCG@10 / SASRec's: hstu 1.250" in text
     assert "| 50 | hstu | 163 | 12.5 | 652,000 |" in text
