@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--ml1m: {args.ml1m} is not a file (expected ml-1m/ratings.dat)")
     workdir = Path(args.workdir).resolve()
     started = time.perf_counter()
+    commit = git_commit()  # at the start: the code that ran, even if HEAD moves meanwhile
     payload: dict[str, Any] = {}
     failed = False
     if not args.skip_quality:
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         "speed": {"lengths": list(SPEED_LENGTHS), "tokens_per_batch": SPEED_TOKENS,
                   "warmup": SPEED_WARMUP, "repeats": SPEED_REPEATS, "items": SPEED_ITEMS},
     }  # fmt: skip
-    payload["commit"] = git_commit()
+    payload["commit"] = commit
     payload["seconds"] = round(time.perf_counter() - started, 1)
     print(markdown(payload))
     if args.out:
