@@ -25,7 +25,7 @@ speed, settings, commit and machine. Exits nonzero when a model failed (the othe
 
     python -m jobs.bench_generative [--out bench_out/generative.json] [--ml1m PATH/ratings.dat]
         [--workdir bench_out/generative] [--epochs N] [--models sasrec,hstu,hstu_large] [--skip-speed]
-        [--skip-quality] [--cache DIR]
+        [--skip-quality] [--cache DIR] [--seed N]
 """
 
 from __future__ import annotations
@@ -135,16 +135,20 @@ def dataset_summary(build: Path) -> dict[str, Any]:
 
 
 def train_commands(
-    model: str, build: Path, run_dir: Path, epochs: int | None
+    model: str, build: Path, run_dir: Path, epochs: int | None, seed: int | None = None
 ) -> tuple[list[str], list[str]]:
     """`fit` command of one model; the `test` command is completed once the best checkpoint is
-    known (its `--ckpt_path` is the last element)."""
+    known (its `--ckpt_path` is the last element). `seed` replaces the configs' seeds (global,
+    model initialisation, data order)."""
     config = str(MODEL_CONFIGS / f"{model}.yaml")
     common = ["--config", config, "--data.root", str(build), "--trainer.default_root_dir",
               str(run_dir), "--trainer.enable_progress_bar", "false"]  # fmt: skip
     fit = [sys.executable, str(REPO_ROOT / "jobs" / "train.py"), "fit", *common]
     if epochs is not None:
         fit += ["--trainer.max_epochs", str(epochs)]
+    if seed is not None:
+        fit += ["--seed_everything", str(seed), "--model.init_args.seed", str(seed),
+                "--data.seed", str(seed)]  # fmt: skip
     test = [sys.executable, str(REPO_ROOT / "jobs" / "train.py"), "test", *common, "--ckpt_path"]
     return fit, test
 
@@ -161,16 +165,19 @@ def best_checkpoint(run_dir: Path) -> Path:
     return found[-1]
 
 
-def train_model(model: str, build: Path, workdir: Path, epochs: int | None) -> dict[str, Any]:
+def train_model(
+    model: str, build: Path, workdir: Path, epochs: int | None, seed: int | None = None
+) -> dict[str, Any]:
     """Fit, then test the best-validation checkpoint; metrics or {"error": ...}."""
-    run_dir = workdir / "runs" / model
+    name = model if seed is None else f"{model}-seed{seed}"
+    run_dir = workdir / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    fit, test = train_commands(model, build, run_dir, epochs)
+    fit, test = train_commands(model, build, run_dir, epochs, seed)
     logs = workdir / "logs"
-    seconds, rc = run_logged(fit, logs / f"{model}-fit")
+    seconds, rc = run_logged(fit, logs / f"{name}-fit")
     if rc != 0:
-        print(tail(logs / f"{model}-fit.err"), file=sys.stderr)
-        return {"error": f"fit exited {rc}; see {logs / model}-fit.err"}
+        print(tail(logs / f"{name}-fit.err"), file=sys.stderr)
+        return {"error": f"fit exited {rc}; see {logs / name}-fit.err"}
     series = read_metrics_csv(newest_csv(run_dir))
     validation = series.get("val/ndcg@10", [])
     best_step, best_ndcg = max(validation, key=lambda sv: sv[1]) if validation else (None, None)
@@ -186,15 +193,15 @@ def train_model(model: str, build: Path, workdir: Path, epochs: int | None) -> d
         checkpoint = best_checkpoint(run_dir)
     except FileNotFoundError as err:
         return {**result, "error": str(err)}
-    seconds, rc = run_logged([*test, str(checkpoint)], logs / f"{model}-test")
+    seconds, rc = run_logged([*test, str(checkpoint)], logs / f"{name}-test")
     if rc != 0:
-        print(tail(logs / f"{model}-test.err"), file=sys.stderr)
-        return {**result, "error": f"test exited {rc}; see {logs / model}-test.err"}
+        print(tail(logs / f"{name}-test.err"), file=sys.stderr)
+        return {**result, "error": f"test exited {rc}; see {logs / name}-test.err"}
     series = read_metrics_csv(newest_csv(run_dir))
-    for name in (*METRICS, "targets"):
-        values = series.get(f"test/{name}")
+    for metric in (*METRICS, "targets"):
+        values = series.get(f"test/{metric}")
         if values:
-            result[name] = values[-1][1]
+            result[metric] = values[-1][1]
     if "ndcg@10" not in result:
         result["error"] = "test: no test/ndcg@10 in the CSV log"
     return result
@@ -338,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ml1m", default=None, help="MovieLens-1M ratings.dat (optional)")
     parser.add_argument("--cache", default=None, help="download cache (default ~/.cache/lifeseq)")
     parser.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
+    parser.add_argument("--seed", type=int, default=None, help="override the configs' seeds")
     parser.add_argument("--models", default=",".join(MODELS), help="e.g. sasrec,hstu")
     parser.add_argument("--skip-quality", action="store_true", help="no training runs")
     parser.add_argument("--skip-speed", action="store_true", help="no speed measurement")
@@ -368,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, Any] = {"_data": dataset_summary(build)}
             for model in models:
                 print(f"{dataset}: training {model} ...", flush=True)
-                results[model] = train_model(model, build, workdir / dataset, args.epochs)
+                results[model] = train_model(
+                    model, build, workdir / dataset, args.epochs, args.seed
+                )
                 failed |= "error" in results[model]
                 print(f"  {model}: { {m: results[model].get(m) for m in METRICS} }", flush=True)
             baseline = results.get("sasrec", {}).get("ndcg@10")
@@ -390,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         payload["speed"] = speed(models)
     payload["settings"] = {
         "epochs": args.epochs or "from the configs",
+        "seed": args.seed if args.seed is not None else "from the configs (0)",
         "model_configs": {m: f"configs/generative/{m}.yaml" for m in models},
         "pipeline_config": "configs/pipeline/movielens.yaml",
         "speed": {"lengths": list(SPEED_LENGTHS), "tokens_per_batch": SPEED_TOKENS,

@@ -35,7 +35,9 @@ def test_train_commands_override_epochs_and_end_with_the_checkpoint_flag(tmp_pat
     assert str(bench_generative.MODEL_CONFIGS / "hstu.yaml") in fit
     assert test[2] == "test" and test[-1] == "--ckpt_path"
     fit, _ = bench_generative.train_commands("sasrec", tmp_path / "b", tmp_path / "r", None)
-    assert "--trainer.max_epochs" not in fit
+    assert "--trainer.max_epochs" not in fit and "--seed_everything" not in fit
+    fit, _ = bench_generative.train_commands("sasrec", tmp_path / "b", tmp_path / "r", None, 3)
+    assert fit[-6:] == ["--seed_everything", "3", "--model.init_args.seed", "3", "--data.seed", "3"]
 
 
 def test_best_checkpoint_is_the_newest_best_file(tmp_path: Path) -> None:
