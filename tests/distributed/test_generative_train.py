@@ -136,7 +136,8 @@ def test_every_generative_config_fits_and_validates_in_one_process(out: Path, co
 def two_rank(out: Path) -> Path:
     """HSTU, TorchRec backend, 2 ranks x 4 users, 80 steps validating every 5. Row-wise sharded
     item table (fused row-wise Adagrad, lr 0.05 from the YAML), dense AdamW at lr 0.01, no
-    dropout: hr@10 goes from ~0.45 at step 5 to >= 0.97 by step 80 (seeds 0-5); ~15-20 s."""
+    dropout: hr@10 reaches ~1.0 by step 80 (an untrained model: ~0.12, 10 of ~83 candidate
+    items); ~15-20 s."""
     run = out.parent / "two_hstu_torchrec"
     fit(
         "hstu", out, run, 2, 80, 5, "--data.batch_size", "4", *TORCHREC,
@@ -155,8 +156,9 @@ def test_two_rank_torchrec_training_learns_the_rule_and_tests_at_one_rank(
     first, last = (np.mean([losses[s] for s in steps]) for steps in (range(1, 11), range(71, 81)))
     assert last < 0.25 * first, (first, last)
     hr10, mrr = val_series(two_rank, "val/hr@10"), val_series(two_rank, "val/mrr")
-    assert len(hr10) == 16 and hr10[-1] > 0.9 and hr10[-1] > hr10[0] + 0.3, hr10
-    assert mrr[-1] > mrr[0] + 0.4, mrr
+    # chance: HR@10 ~ 10 / 83 candidates ~ 0.12, MRR ~ 0.06
+    assert len(hr10) == 16 and hr10[-1] > 0.9 and hr10[-1] >= max(hr10[:3]), hr10
+    assert mrr[-1] > 0.7, mrr
     assert val_series(two_rank, "val/targets") == [32.0] * 16
     ckpt = two_rank / "checkpoints" / "last.ckpt"
     assert ckpt_step(ckpt) == 80
