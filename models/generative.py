@@ -231,9 +231,10 @@ class GenerativeModel(nn.Module):
         keep = stochastic_length_keep(offsets, alpha, self.config.max_len)
         kept_labels = subsequence_labels(keep, offsets, items.values, labels)
         kept_query_ts = subsequence_labels(keep, offsets, ts.values, query_ts)
-        starts = torch.repeat_interleave(torch.arange(items.batch_size), items.lengths)
+        rows = torch.arange(items.batch_size, device=items.lengths.device)
+        event_row = torch.repeat_interleave(rows, items.lengths)  # (N,)
         kept_lengths = torch.zeros_like(items.lengths).index_add_(
-            0, starts.to(items.lengths.device), keep.to(items.lengths.dtype)
+            0, event_row, keep.to(items.lengths.dtype)
         )
         kept = Jagged(items.values[keep], kept_lengths)
         return kept, ts.values[keep], kept_query_ts, kept_labels
