@@ -306,7 +306,8 @@ class GenerativeBatch(_TensorBatch):
         sequence_start: shape (B,) int64, events of the stored history dropped before each row
             (by the `max_len` cap).
         dropped_items: Jagged with B rows: the distinct item ids (sorted) of those dropped
-            events, so that full-ranking evaluation can exclude a user's whole history.
+            events, so that full-ranking evaluation can exclude a user's whole history (empty
+            rows in training batches, see `collate_generative`).
 
     Plus `weight`, `users`, `loader_stats`, `loader_worker` (keyword-only, see `_TensorBatch`).
     """
@@ -393,12 +394,17 @@ class GenerativeBatch(_TensorBatch):
         )
 
 
-def collate_generative(samples: Sequence[UserSample], max_len: int) -> GenerativeBatch:
+def collate_generative(
+    samples: Sequence[UserSample], max_len: int, dropped_items: bool = True
+) -> GenerativeBatch:
     """Build a `GenerativeBatch` from decoded samples (one per user).
 
     Args:
         samples: the batch's users; an empty list gives a padding batch.
         max_len: most recent events kept per user sequence.
+        dropped_items: fill `dropped_items` (a sort per user over the events the cap drops, up
+            to ~10^5 for lifelong users); False leaves its rows empty. Only full-ranking
+            evaluation reads it, so training loaders skip the work.
 
     Raises:
         ValueError: `max_len` < 1, a target prefix longer than the stored history, or samples
@@ -421,7 +427,7 @@ def collate_generative(samples: Sequence[UserSample], max_len: int) -> Generativ
         sequence_start=torch.from_numpy(packed.row_start),
         dropped_items=Jagged.from_list(
             [
-                torch.from_numpy(np.unique(s.history["item"][:start]))
+                torch.from_numpy(np.unique(s.history["item"][: start if dropped_items else 0]))
                 for s, start in zip(samples, packed.row_start.tolist(), strict=True)
             ]
         ),

@@ -505,7 +505,8 @@ class LifeseqDataset(IterableDataset):
         self._count("targets", sum(s.num_targets for s in samples))
         if self.view == "ctr":
             return collate_ctr(samples, self.max_history)
-        return collate_generative(samples, self.max_len)
+        # Only evaluation excludes dropped history items; training skips collecting them.
+        return collate_generative(samples, self.max_len, dropped_items=self.split != "train")
 
     def _padding(self) -> Batch:
         if self.view == "ctr":

@@ -140,6 +140,9 @@ def test_generative_caps_sequence_and_adjusts_targets() -> None:
     assert rows(batch.sequence["ts"]) == [[70, 80, 90], [0, 10]]
     assert batch.sequence_start.tolist() == [7, 0]
     assert rows(batch.dropped_items) == [list(range(100, 107)), []]
+    training = collate_generative([a, b], max_len=3, dropped_items=False)
+    assert rows(training.dropped_items) == [[], []]
+    assert rows(training.sequence["item"]) == rows(batch.sequence["item"])
     assert batch.target_hist_len.tolist() == [0, 3, 2]
     assert batch.target_user.tolist() == [0, 0, 1]
     assert batch.target_ts.tolist() == [70, 100, 20]

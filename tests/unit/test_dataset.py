@@ -313,6 +313,11 @@ def test_generative_view_yields_generative_batches(out_dir) -> None:
     assert all(isinstance(b, GenerativeBatch) for bs in batches.values() for b in bs)
     assert sorted(u for b in real for u in b.users) == users_of(manifest)
     assert max(int(b.sequence["item"].lengths.max()) for b in real) == 4
+    # training batches skip the dropped-history items; evaluation batches carry them
+    assert all(int(b.dropped_items.lengths.sum()) == 0 for b in real)
+    valid = LifeseqDataset.from_manifest(str(root), "valid", view="generative", max_len=4)
+    dropped = [int(b.dropped_items.lengths.sum()) for b in valid.iter_worker(0)]
+    assert sum(dropped) > 0
 
 
 # --- resuming mid-epoch ---------------------------------------------------------------------------
