@@ -33,7 +33,7 @@ from features.jagged import Jagged
 from features.schema import FeatureSchema
 from models.embeddings import BACKENDS, EmbeddingTableSpec, build_embeddings
 from models.hstu import HstuEncoder
-from models.jagged_attention import length_groups
+from models.jagged_attention import LengthGroup, length_groups
 from models.sampled_softmax import (
     FIRST_ITEM_ID,
     Negatives,
@@ -183,7 +183,51 @@ class GenerativeOutput:
     candidates: torch.Tensor
 
 
-class GenerativeModel(nn.Module):
+class GenerativeEncoderUnits(nn.Module):
+    """Embedded sequence → L2-normalized user embedding after each position: `item·√d +
+    position`, dropout, the encoder blocks, L2 norm.
+
+    Shared by `GenerativeModel` (training, jagged batches) and `models.generative_request`
+    (one serving request, `torch.export`ed). Subclasses set `config`, `position`,
+    `input_dropout` and `encoder`.
+    """
+
+    config: GenerativeConfig
+    position: nn.Embedding
+    input_dropout: nn.Dropout
+    encoder: nn.Module
+
+    def encode(
+        self,
+        item_embeddings: torch.Tensor,
+        offsets: torch.Tensor,
+        positions: torch.Tensor,
+        key_ts: torch.Tensor,
+        query_ts: torch.Tensor,
+        groups: list[LengthGroup],
+    ) -> torch.Tensor:
+        """Encode jagged rows.
+
+        Args:
+            item_embeddings: (N, d) raw item-table rows of the events.
+            offsets: (B + 1,) row offsets.
+            positions: (N,) position of each event in its row.
+            key_ts, query_ts: (N,) event times and the time each position predicts for.
+            groups: the rows' length groups (`length_groups`).
+
+        Returns:
+            (N, d) L2-normalized user embedding after each position.
+        """
+        x = item_embeddings * math.sqrt(self.config.embedding_dim)
+        x = self.input_dropout(x + self.position(positions))  # (N, d)
+        if isinstance(self.encoder, HstuEncoder):
+            encoded = self.encoder(x, offsets, key_ts, query_ts, groups)
+        else:
+            encoded = self.encoder(x, offsets, groups)
+        return F.normalize(encoded, dim=-1, eps=L2_EPS)
+
+
+class GenerativeModel(GenerativeEncoderUnits):
     """See the module docstring.
 
     Args:
@@ -266,15 +310,12 @@ class GenerativeModel(nn.Module):
         positions = torch.arange(
             items.values.shape[0], device=offsets.device
         ) - torch.repeat_interleave(offsets[:-1], items.lengths)
-        x = looked_up["sequence_item"].values * math.sqrt(self.config.embedding_dim)
-        x = self.input_dropout(x + self.position(positions))  # (N, d)
         groups = length_groups(offsets, self.config.arch.length_bucket)
-        if isinstance(self.encoder, HstuEncoder):
-            encoded = self.encoder(x, offsets, key_ts, query_ts, groups)
-        else:
-            encoded = self.encoder(x, offsets, groups)
+        user = self.encode(
+            looked_up["sequence_item"].values, offsets, positions, key_ts, query_ts, groups
+        )
         return GenerativeOutput(
-            user=F.normalize(encoded, dim=-1, eps=L2_EPS),
+            user=user,
             labels=labels,
             lengths=items.lengths,
             negatives=negatives,

@@ -35,12 +35,27 @@ class LengthGroup:
         length: padded length n of this group (multiple of the bucket, ≥ every row's length).
         index: shape (b, n) int64, flat event index of each padded slot (0 where invalid).
         valid: shape (b, n) bool, True at real events.
+        whole: the group is one row holding every event, unpadded (`whole_row`: a serving
+            request); scattering it back is a plain copy, with no data-dependent shapes.
     """
 
     rows: torch.Tensor
     length: int
     index: torch.Tensor
     valid: torch.Tensor
+    whole: bool = False
+
+    @staticmethod
+    def whole_row(n: int, device: torch.device) -> LengthGroup:
+        """The one group of a single row of `n` events (no padding)."""
+        index = torch.arange(n, device=device).unsqueeze(0)
+        return LengthGroup(
+            rows=torch.zeros(1, dtype=torch.int64, device=device),
+            length=n,
+            index=index,
+            valid=torch.ones_like(index, dtype=torch.bool),
+            whole=True,
+        )
 
     def gather(self, values: torch.Tensor) -> torch.Tensor:
         """Padded copy (b, n, ...) of jagged `values` (N, ...); zeros at padding."""
@@ -50,6 +65,9 @@ class LengthGroup:
 
     def scatter_(self, out: torch.Tensor, padded: torch.Tensor) -> None:
         """Write the valid slots of `padded` (b, n, ...) into jagged `out` (N, ...) in place."""
+        if self.whole:
+            out.copy_(padded.reshape(out.shape))
+            return
         out[self.index[self.valid]] = padded[self.valid].to(out.dtype)
 
 
@@ -146,7 +164,7 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch
             f"jagged attention: expected q, k of shape (N, H, d) and v (N, H, dv); got "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
-    if offsets.numel() and int(offsets[-1]) != q.shape[0]:
+    if offsets.numel() and not torch.compiler.is_compiling() and int(offsets[-1]) != q.shape[0]:
         raise ValueError(
             f"jagged attention: offsets[-1] = {int(offsets[-1])} but q has {q.shape[0]} events"
         )

@@ -185,7 +185,87 @@ def _mlp(width: int, hidden: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class LifelongCtrModel(nn.Module):
+class LifelongCtrUnits(nn.Module):
+    """The dense units of a lifelong CTR model (DIN, GSU, ESU, tower) over embedded inputs.
+
+    Shared by `LifelongCtrModel` (training, batches of users) and `models.ctr_request`
+    (one serving request, `torch.export`ed): both score `LifelongInputs` with the same code.
+    Subclasses set `config`, `din`, `attention`, `search` and `tower`.
+    """
+
+    config: LifelongCtrConfig
+    din: DinAttention
+    attention: MultiHeadTargetAttention | None
+    search: nn.Module | None
+    tower: nn.Sequential
+
+    def short_term(self, inputs: LifelongInputs) -> torch.Tensor:
+        """(T, 4D) DIN pooling of each window's most recent `short_term_len` behaviors."""
+        index, valid = recent(inputs.windows, self.config.arch.short_term_len)
+        cross = inputs.pair_features(inputs.all_rows(), index)
+        keys = gather_rows(inputs.event_inherent, index)
+        return self.din(inputs.target_inherent, keys, cross.cat(), valid)
+
+    def retrieve(
+        self, inputs: LifelongInputs, event_keys: torch.Tensor, query: torch.Tensor,
+        gsu: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> SearchResult:  # fmt: skip
+        """The GSU's top-K behaviors of every target (`gsu`: SIM soft's (N, 2D) event and
+        (T, 2D) target GSU embeddings)."""
+        search = self.search
+        if isinstance(search, TwinSearch):
+            assert self.attention is not None
+            return search(inputs, self.attention, event_keys, query)
+        if isinstance(search, SimSoftSearch):
+            assert gsu is not None, "sim_soft needs the GSU embeddings"
+            return search(inputs, *gsu)
+        assert search is not None
+        return search(inputs)
+
+    def long_term(
+        self,
+        inputs: LifelongInputs,
+        gsu: tuple[torch.Tensor, torch.Tensor] | None,
+        event_keys: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(T, attention_out) long-term representation (None for `none`) and aux logits.
+
+        `event_keys` (N, H, dh): the ESU keys of the events when already known (TWIN's per-item
+        cache at serving time); computed from `inputs.event_inherent` otherwise.
+        """
+        attention = self.attention
+        if attention is None:
+            return None, None
+        query = attention.query(inputs.target_inherent)  # (T, H, dh)
+        if event_keys is None:
+            event_keys = attention.keys(inputs.event_inherent)  # (N, H, dh): the item cache
+        if self.config.arch.long_term == "full":
+            return attention.attend_windows(query, event_keys, inputs, self.config.arch.chunk), None
+        found = self.retrieve(inputs, event_keys, query, gsu)
+        index = found.index
+        cross = inputs.pair_features(inputs.all_rows(), index)
+        out = attention.attend(
+            query, gather_rows(event_keys, index), gather_rows(inputs.event_inherent, index),
+            cross, found.valid,
+        )  # fmt: skip
+        return out, found.aux_logits
+
+    def score(
+        self,
+        inputs: LifelongInputs,
+        gsu: tuple[torch.Tensor, torch.Tensor] | None = None,
+        event_keys: torch.Tensor | None = None,
+    ) -> CtrOutput:
+        """Logits of the targets of embedded `inputs` (see `long_term` for `gsu`, `event_keys`)."""
+        parts = [inputs.target_inherent, self.short_term(inputs)]
+        long_out, aux = self.long_term(inputs, gsu, event_keys)
+        if long_out is not None:
+            parts.append(long_out)
+        logits = self.tower(torch.cat(parts, dim=1)).squeeze(1)
+        return CtrOutput(logits, aux)
+
+
+class LifelongCtrModel(LifelongCtrUnits):
     """See the module docstring.
 
     Args:
@@ -286,55 +366,6 @@ class LifelongCtrModel(nn.Module):
         inherent = torch.cat([out["target_item"].values, out["target_category"].values], dim=1)
         return self.attention.keys(inherent)
 
-    # --- units ----------------------------------------------------------------------------
-
-    def short_term(self, inputs: LifelongInputs) -> torch.Tensor:
-        """(T, 4D) DIN pooling of each window's most recent `short_term_len` behaviors."""
-        index, valid = recent(inputs.windows, self.config.arch.short_term_len)
-        cross = inputs.pair_features(inputs.all_rows(), index)
-        keys = gather_rows(inputs.event_inherent, index)
-        return self.din(inputs.target_inherent, keys, cross.cat(), valid)
-
-    def retrieve(
-        self, inputs: LifelongInputs, lookups: dict[str, Jagged], event_keys: torch.Tensor,
-        query: torch.Tensor,
-    ) -> SearchResult:  # fmt: skip
-        """The GSU's top-K behaviors of every target."""
-        search = self.search
-        if isinstance(search, TwinSearch):
-            assert self.attention is not None
-            return search(inputs, self.attention, event_keys, query)
-        if isinstance(search, SimSoftSearch):
-            gsu_events = torch.cat(
-                [lookups["gsu_history_item"].values, lookups["gsu_history_category"].values], 1
-            )
-            gsu_targets = torch.cat(
-                [lookups["gsu_target_item"].values, lookups["gsu_target_category"].values], 1
-            )
-            return search(inputs, gsu_events, gsu_targets)
-        assert search is not None
-        return search(inputs)
-
-    def long_term(
-        self, inputs: LifelongInputs, lookups: dict[str, Jagged]
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(T, attention_out) long-term representation (None for `none`) and aux logits."""
-        attention = self.attention
-        if attention is None:
-            return None, None
-        query = attention.query(inputs.target_inherent)  # (T, H, dh)
-        event_keys = attention.keys(inputs.event_inherent)  # (N, H, dh): the item cache
-        if self.config.arch.long_term == "full":
-            return attention.attend_windows(query, event_keys, inputs, self.config.arch.chunk), None
-        found = self.retrieve(inputs, lookups, event_keys, query)
-        index = found.index
-        cross = inputs.pair_features(inputs.all_rows(), index)
-        out = attention.attend(
-            query, gather_rows(event_keys, index), gather_rows(inputs.event_inherent, index),
-            cross, found.valid,
-        )  # fmt: skip
-        return out, found.aux_logits
-
     # --- forward / loss -------------------------------------------------------------------
 
     def forward(self, batch: CtrBatch) -> CtrOutput:
@@ -347,12 +378,18 @@ class LifelongCtrModel(nn.Module):
             `CtrOutput` with (T,) logits (and SIM soft's (T,) auxiliary logits).
         """
         inputs, lookups = self.embed(batch)
-        parts = [inputs.target_inherent, self.short_term(inputs)]
-        long_out, aux = self.long_term(inputs, lookups)
-        if long_out is not None:
-            parts.append(long_out)
-        logits = self.tower(torch.cat(parts, dim=1)).squeeze(1)
-        return CtrOutput(logits, aux)
+        return self.score(inputs, self.gsu_embeddings(lookups))
+
+    def gsu_embeddings(
+        self, lookups: dict[str, Jagged]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """SIM soft's (N, 2D) event and (T, 2D) target GSU embeddings from `embed`'s lookups;
+        None for the other units."""
+        if self.config.arch.long_term != "sim_soft":
+            return None
+        events = [lookups["gsu_history_item"].values, lookups["gsu_history_category"].values]
+        targets = [lookups["gsu_target_item"].values, lookups["gsu_target_category"].values]
+        return torch.cat(events, 1), torch.cat(targets, 1)
 
     def loss(self, output: CtrOutput, batch: CtrBatch) -> torch.Tensor:
         """BCE over targets (+ `aux_weight` × auxiliary BCE), times `batch.weight`; finite (0)

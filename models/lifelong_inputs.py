@@ -5,6 +5,7 @@
 * the flat event ids (`item`, `category`, `behavior`, `ts`), each (N,);
 * `event_inherent` (N, 2D): item-inherent features `[item_emb, category_emb]`;
 * `event_behavior` (N, D): behavior-type embedding;
+* `request_ts` (1,): set for a serving request, whose candidates share one request time;
 * the targets' ids, request times and `target_inherent` (T, 2D);
 * the targets' `windows` (`models.windows.TargetWindows`);
 * `pair_features(rows, index)`: cross features of (target, event) pairs — the behavior
@@ -61,11 +62,12 @@ class LifelongInputs:
     target_inherent: torch.Tensor
     gap_embedding: nn.Embedding
     match_embedding: nn.Embedding
+    request_ts: torch.Tensor | None = None
 
     @property
     def num_targets(self) -> int:
         """T."""
-        return int(self.target_item.shape[0])
+        return self.target_item.shape[0]  # not int(): stays symbolic under torch.export
 
     def gap_bucket(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """(n, C) log2 time-gap buckets of targets `rows` (n,) and flat events `index` (n, C)."""
@@ -97,7 +99,10 @@ class LifelongInputs:
 
     @functools.cached_property
     def shared_request_ts(self) -> torch.Tensor | None:
-        """The request time of every target when they all share one, else None."""
+        """(1, 1) request time of every target when they all share one, else None (`request_ts`
+        when given: a serving request, no device sync)."""
+        if self.request_ts is not None:
+            return self.request_ts.reshape(1, 1)
         ts = self.target_ts
         if ts.numel() and bool(ts.min() == ts.max()):
             return ts[:1].unsqueeze(1)

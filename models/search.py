@@ -138,7 +138,9 @@ class SimSoftSearch(_TopKSearch):
             pool.add_shared(step.rows, logits.masked_fill(~step.valid, NEG_INF), keys)
             return logits.detach()
 
-        index, scores = chunked_topk(score, inputs.windows, self.k, self.chunk)
+        # Equal scores are common (a repeated item scores the same each time) and the tied
+        # events differ in behavior and time: keep the most recent, whatever the chunking.
+        index, scores = chunked_topk(score, inputs.windows, self.k, self.chunk, recent_first=True)
         pooled = pool.result()  # (T, P); 0 for an empty window
         aux_logits = self.aux_mlp(torch.cat([pooled, targets], dim=1)).squeeze(1)
         return SearchResult(index, scores, aux_logits)
@@ -185,7 +187,8 @@ class EtaSearch(_TopKSearch):
         events = self.signatures(inputs.event_inherent)  # (N, m)
         targets = self.signatures(inputs.target_inherent)  # (T, m)
         lengths = inputs.windows.lengths
-        spread = float(max(int(lengths.max()) if lengths.numel() else 0, 1) + 1)
+        longest = lengths.max() if lengths.numel() else lengths.new_zeros(())
+        spread = (longest.clamp(min=1) + 1).to(events.dtype)  # a tensor: no device sync
 
         def score(step: Chunk) -> torch.Tensor:
             distance = self.hamming(targets[step.rows], events[step.events])

@@ -38,11 +38,15 @@ class TargetWindows:
         lo: (T,) int64 first flat event index of each target's window.
         hi: (T,) int64 end (exclusive); `hi - lo` is the window length (0 allowed).
         num_events: N, length of the flat event arrays the indices point into.
+        whole: every window is the whole flat array `[0, N)` (one serving request: all
+            candidates share the user's history). Scans then take one step over all N events
+            with no data-dependent control flow, so the request path can be `torch.export`ed.
     """
 
     lo: torch.Tensor
     hi: torch.Tensor
     num_events: int
+    whole: bool = False
 
     @staticmethod
     def from_batch(batch: CtrBatch) -> TargetWindows:
@@ -55,6 +59,12 @@ class TargetWindows:
             num_events=int(item.values.shape[0]),
         )
 
+    @staticmethod
+    def whole_history(num_targets: int, num_events: int, device: torch.device) -> TargetWindows:
+        """Windows of one request: `num_targets` candidates, each over all `num_events`."""
+        lo = torch.zeros(num_targets, dtype=torch.int64, device=device)
+        return TargetWindows(lo=lo, hi=lo + num_events, num_events=num_events, whole=True)
+
     @property
     def lengths(self) -> torch.Tensor:
         """(T,) window lengths."""
@@ -63,7 +73,7 @@ class TargetWindows:
     @property
     def num_targets(self) -> int:
         """T."""
-        return int(self.lo.shape[0])
+        return self.lo.shape[0]  # not int(): keeps a symbolic size symbolic under torch.export
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,8 @@ def scan_chunks(windows: TargetWindows, chunk: int) -> Iterator[Chunk]:
     user's row, so a slice overlaps the windows of one or two users only, and all targets of a
     user score a slice against the same events (a matrix product, no per-target copy). Total
     work is about sum(window lengths) + T × chunk. There is always at least one step (with no
-    rows when the batch has no events or targets).
+    rows when the batch has no events or targets). `windows.whole` (a request): one step over
+    every event for every target, whatever `chunk`.
 
     Raises:
         ValueError: `chunk < 1`.
@@ -103,9 +114,19 @@ def scan_chunks(windows: TargetWindows, chunk: int) -> Iterator[Chunk]:
     if chunk < 1:
         raise ValueError(f"chunk: expected >= 1, got {chunk}")
     lo, hi = windows.lo, windows.hi
-    nonempty = hi > lo
     device = lo.device
     total = windows.num_events
+    if windows.whole:
+        index = torch.arange(total, device=device).unsqueeze(0).expand(windows.num_targets, -1)
+        yield Chunk(
+            rows=torch.arange(windows.num_targets, device=device),
+            events=slice(0, total),
+            index=index,
+            valid=torch.ones_like(index, dtype=torch.bool),
+            position=index,
+        )
+        return
+    nonempty = hi > lo
     starts = range(0, total, chunk) if total else range(0, 1)
     for start in starts:
         stop = min(start + chunk, total)
@@ -125,6 +146,7 @@ def chunked_topk(
     windows: TargetWindows,
     k: int,
     chunk: int,
+    recent_first: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-`k` events of each target's window by `score_fn`, computed chunk by chunk.
 
@@ -133,6 +155,9 @@ def chunked_topk(
         windows: the targets' windows.
         k: events to keep per target.
         chunk: events per target per step.
+        recent_first: break exact score ties toward the most recent event (a stable sort per
+            step instead of `topk`), so the choice among tied events is the same for any
+            `chunk` and batch layout — a serving request then picks what training picked.
 
     Returns:
         (index, score): (T, k) int64 flat event indices (-1 where the window has fewer than k
@@ -148,9 +173,16 @@ def chunked_topk(
         if best_score is None:
             best_score = torch.full((t, k), NEG_INF, dtype=scores.dtype, device=device)
         rows = step.rows
-        merged_score = torch.cat([best_score[rows], scores], dim=1)  # (n, k + C)
-        merged_index = torch.cat([best_index[rows], step.index], dim=1)
-        top_score, top_pos = torch.topk(merged_score, k, dim=1)
+        if recent_first:
+            # Newest first: the slice reversed, then the kept ones (older, already ordered).
+            merged_score = torch.cat([scores.flip(1), best_score[rows]], dim=1)  # (n, C + k)
+            merged_index = torch.cat([step.index.flip(1), best_index[rows]], dim=1)
+            order = torch.sort(merged_score, dim=1, descending=True, stable=True)
+            top_score, top_pos = order.values[:, :k], order.indices[:, :k]
+        else:
+            merged_score = torch.cat([best_score[rows], scores], dim=1)  # (n, k + C)
+            merged_index = torch.cat([best_index[rows], step.index], dim=1)
+            top_score, top_pos = torch.topk(merged_score, k, dim=1)
         best_score[rows] = top_score
         best_index[rows] = torch.gather(merged_index, 1, top_pos)
     if best_score is None:

@@ -159,7 +159,7 @@ def searched(model: LifelongCtrModel, batch: CtrBatch) -> tuple[LifelongInputs, 
         assert model.attention is not None
         query = model.attention.query(inputs.target_inherent)
         keys = model.attention.keys(inputs.event_inherent)
-        return inputs, model.retrieve(inputs, lookups, keys, query)
+        return inputs, model.retrieve(inputs, keys, query, model.gsu_embeddings(lookups))
 
 
 @pytest.fixture(scope="module", autouse=True)
