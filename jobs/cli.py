@@ -2,6 +2,8 @@
 
 lifeseq synth --out DIR --users N --seed S       synthetic lifelong events (Parquet)
 lifeseq build --config C --input IN --output OUT  Spark build: quarantine, vocab, lifelong, shards
+lifeseq train {fit,validate,test} ...           LightningCLI training (see jobs/train.py)
+lifeseq export --ckpt CKPT --out DIR              checkpoint → embedding shards, .pt2, manifest
 lifeseq demo [--workdir DIR]                      synth → build on a small synthetic set
 lifeseq bench pipeline [...]                      pipeline benchmark (Spark vs single-process)
 lifeseq bench ctr [...]                           lifelong CTR models: quality, speed, latency
@@ -43,7 +45,7 @@ def _demo(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `lifeseq <command> ...` to the job modules."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("synth", "build", "train", "demo", "bench")
+    commands = ("synth", "build", "train", "export", "demo", "bench")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__)
         if argv and argv[0] not in ("-h", "--help"):
@@ -66,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.argv = [f"{sys.argv[0]} train", *rest]  # LightningCLI reads sys.argv itself
         return train.main(None)
+    if command == "export":
+        from jobs import export
+
+        return export.main(rest)
     if command == "demo":
         logging.basicConfig(level=logging.WARNING)
         return _demo(rest)

@@ -1,0 +1,50 @@
+"""`lifeseq export`: a training checkpoint → per-table embedding shards, the `torch.export`
+dense model, vocabularies, item caches and a checksummed manifest (see `serving.export`).
+
+    python jobs/export.py --ckpt RUN/checkpoints/last.ckpt --out EXPORT [--data OUT] [--overwrite]
+    lifeseq export --ckpt RUN/checkpoints/last.ckpt --out EXPORT
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python jobs/export.py` runs this file as a script
+    sys.path.insert(0, str(REPO_ROOT))
+
+from serving.artifacts import ExportError  # noqa: E402
+from serving.export import export_checkpoint  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and export; returns the exit code (2 with a message on bad input)."""
+    parser = argparse.ArgumentParser(prog="lifeseq export", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--ckpt", required=True, help="checkpoint directory (RUN/checkpoints/X.ckpt)"
+    )
+    parser.add_argument("--out", required=True, help="export directory to create")
+    parser.add_argument("--data", default=None, help="lifeseq build output (default: the run's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        manifest = export_checkpoint(args.ckpt, args.out, args.data, overwrite=args.overwrite)
+    except (ExportError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    size = sum(entry["bytes"] for entry in manifest["files"].values())
+    model = manifest["model"]
+    print(
+        f"exported {model['family']} model {model['name']} (step "
+        f"{manifest['checkpoint']['global_step']}) to {args.out}: {len(manifest['files'])} "
+        f"files, {size / 1e6:.1f} MB"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""Reference scorer: loads an export (`serving.artifacts`) and answers requests with the
+trained model's numbers.
+
+    scorer = Scorer.load("EXPORT")                         # checks every file's sha256
+    scorer.score(CtrRequest(history_items=[...], history_behaviors=[...], history_ts=[...],
+                            candidates=[...], request_ts=...))   # SIM / ETA / TWIN / DIN
+    scorer.recommend(NextItemRequest(history_items=[...], history_ts=[...], request_ts=..., k=10))
+
+Requests carry raw ids (as in the event logs); the exported vocabularies map them, unknown ids
+to the OOV id 1. An item's category is the item vocabulary's `category_id`. Histories keep the
+most recent `max_history` (CTR) / `max_len` (generative) events, as training did. Embedding rows
+are read from the memory-mapped table shards; the dense model runs as the exported
+`torch.export` program (`dense/*.pt2`); TWIN reads its events' keys from the per-item cache.
+
+Malformed requests raise `RequestError` naming the field; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from serving.artifacts import ExportError, ShardedRows, read_manifest, verify_files
+
+PAD_ID = 0
+OOV_ID = 1
+FIRST_ITEM_ID = 2
+
+
+class RequestError(ValueError):
+    """A malformed request (the message names the field)."""
+
+
+@dataclass(frozen=True)
+class CtrRequest:
+    """One user's history and the candidates to score (lifelong CTR models).
+
+    Attributes:
+        history_items: raw item ids of the user's events, oldest first (may be empty).
+        history_behaviors: raw behavior of each event (e.g. `click`).
+        history_ts: epoch seconds of each event, non-decreasing.
+        candidates: raw item ids to score (at least one).
+        request_ts: epoch seconds of the request, >= the last event's.
+    """
+
+    history_items: Sequence[Any]
+    history_behaviors: Sequence[Any]
+    history_ts: Sequence[int]
+    candidates: Sequence[Any]
+    request_ts: int
+
+
+@dataclass(frozen=True)
+class NextItemRequest:
+    """One user's history, for the top-k next items (generative models).
+
+    Attributes:
+        history_items: raw item ids, oldest first (at least one).
+        history_ts: epoch seconds of each event, non-decreasing.
+        request_ts: epoch seconds of the request, >= the last event's.
+        k: items to return.
+        exclude_history: leave out every item of the history (as evaluation does).
+    """
+
+    history_items: Sequence[Any]
+    history_ts: Sequence[int]
+    request_ts: int
+    k: int = 10
+    exclude_history: bool = True
+
+
+@dataclass(frozen=True)
+class CtrScores:
+    """Scores of a `CtrRequest`'s candidates, in request order.
+
+    Attributes:
+        logits: (C,) float32 model logits.
+        probabilities: (C,) float32 sigmoid of the logits.
+        oov: counts of unknown raw ids, by field.
+    """
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    oov: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """Top-k next items of a `NextItemRequest`, best first.
+
+    Attributes:
+        items: raw item ids.
+        ids: (k,) int64 vocab ids.
+        scores: (k,) float32 inner products with the user embedding.
+        oov: counts of unknown raw ids in the history.
+    """
+
+    items: list[str]
+    ids: np.ndarray
+    scores: np.ndarray
+    oov: dict[str, int] = field(default_factory=dict)
+
+
+# --- request checks ---------------------------------------------------------------------------
+
+
+def _sequence(name: str, value: Any) -> Sequence[Any]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        raise RequestError(f"{name}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _raw_ids(name: str, value: Any) -> list[str]:
+    values = _sequence(name, value)
+    out = []
+    for i, raw in enumerate(values):
+        if isinstance(raw, bool) or not isinstance(raw, str | numbers.Integral):
+            raise RequestError(f"{name}[{i}]: expected a string or integer id, got {raw!r}")
+        out.append(str(raw))
+    return out
+
+
+def _timestamps(name: str, value: Any, request_ts: Any) -> tuple[np.ndarray, int]:
+    values = _sequence(name, value)
+    for i, ts in enumerate(values):
+        if isinstance(ts, bool) or not isinstance(ts, numbers.Integral):
+            raise RequestError(f"{name}[{i}]: expected integer epoch seconds, got {ts!r}")
+    if isinstance(request_ts, bool) or not isinstance(request_ts, numbers.Integral):
+        raise RequestError(f"request_ts: expected integer epoch seconds, got {request_ts!r}")
+    ts = np.asarray(values, dtype=np.int64)
+    if ts.size > 1 and bool((np.diff(ts) < 0).any()):
+        at = int(np.argmax(np.diff(ts) < 0)) + 1
+        raise RequestError(
+            f"{name}: timestamps out of order at position {at} ({int(ts[at - 1])} then "
+            f"{int(ts[at])}); send events oldest first"
+        )
+    if ts.size and int(request_ts) < int(ts[-1]):
+        raise RequestError(
+            f"request_ts {int(request_ts)} is before the last event ({int(ts[-1])}); a request "
+            "comes after its history"
+        )
+    return ts, int(request_ts)
+
+
+def _same_length(**fields: Sequence[Any]) -> None:
+    lengths = {name: len(v) for name, v in fields.items()}
+    if len(set(lengths.values())) > 1:
+        raise RequestError(f"history fields differ in length: {lengths}")
+
+
+# --- the scorer -------------------------------------------------------------------------------
+
+
+class Vocab:
+    """raw id (string) → vocab id, from an exported `vocab/{name}.parquet`."""
+
+    def __init__(self, path: Path) -> None:
+        table = pq.read_table(path)
+        self.ids = dict(zip(table["raw_id"].to_pylist(), table["id"].to_pylist(), strict=True))
+        self.raw = {i: r for r, i in self.ids.items()}
+        self.category = (
+            dict(zip(table["id"].to_pylist(), table["category_id"].to_pylist(), strict=True))
+            if "category_id" in table.column_names
+            else None
+        )
+
+    def lookup(self, raw: list[str]) -> tuple[np.ndarray, int]:
+        """(n,) int64 ids of `raw` ids (OOV → 1) and how many were unknown."""
+        ids = np.fromiter((self.ids.get(r, OOV_ID) for r in raw), dtype=np.int64, count=len(raw))
+        return ids, int((ids == OOV_ID).sum())
+
+    def categories(self, item_ids: np.ndarray) -> np.ndarray:
+        """(n,) category ids of item ids (OOV item → OOV category)."""
+        assert self.category is not None
+        get = self.category.get
+        return np.fromiter((get(int(i), OOV_ID) for i in item_ids), np.int64, len(item_ids))
+
+
+class Scorer:
+    """A loaded export; see the module docstring. Build with `Scorer.load`."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        self.manifest = manifest
+        model = manifest["model"]
+        self.family: str = model["family"]
+        self.name: str = model["name"]
+        self.tables = {
+            name: ShardedRows.open(root, spec["shards"], spec["rows"])
+            for name, spec in manifest["tables"].items()
+        }
+        self.caches = {
+            name: ShardedRows.open(root, spec["shards"], spec["rows"])
+            for name, spec in manifest["caches"].items()
+        }
+        self.vocab = {name: Vocab(root / spec["file"]) for name, spec in manifest["vocab"].items()}
+        self.programs = {
+            name: torch.export.load(root / spec["file"]).module()
+            for name, spec in manifest["dense"].items()
+        }
+        self.max_history = int(model.get("max_history") or 0)
+        self.max_len = int(model.get("max_len") or 0)
+
+    @staticmethod
+    def load(root: str | Path, checksums: bool = True) -> Scorer:
+        """Open export `root`, checking every file against the manifest first.
+
+        Args:
+            root: the export directory.
+            checksums: verify sha256 (False: sizes only, for very large exports).
+
+        Raises:
+            ExportError: a missing, partial or corrupted file, naming it.
+        """
+        root = Path(root)
+        manifest = read_manifest(root)
+        verify_files(root, manifest, checksums=checksums)
+        return Scorer(root, manifest)
+
+    # --- CTR --------------------------------------------------------------------------------
+
+    def _rows(self, table: str, ids: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.tables[table].take(ids))
+
+    def ctr_inputs(self, request: CtrRequest) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """The exported program's input dict for `request`, and its OOV counts.
+
+        Raises:
+            RequestError: a malformed request.
+        """
+        if not isinstance(request, CtrRequest):
+            raise RequestError(f"expected a CtrRequest, got {type(request).__name__}")
+        items = _raw_ids("history_items", request.history_items)
+        behaviors = _raw_ids("history_behaviors", request.history_behaviors)
+        ts, request_ts = _timestamps("history_ts", request.history_ts, request.request_ts)
+        _same_length(history_items=items, history_behaviors=behaviors, history_ts=ts)
+        candidates = _raw_ids("candidates", request.candidates)
+        if not candidates:
+            raise RequestError("candidates: empty; send at least one item to score")
+        keep = slice(max(len(items) - self.max_history, 0), None)
+        items, behaviors, ts = items[keep], behaviors[keep], ts[keep]
+        item_vocab = self.vocab["item"]
+        event_item, oov_items = item_vocab.lookup(items)
+        event_behavior, oov_behaviors = self.vocab["behavior"].lookup(behaviors)
+        target_item, oov_candidates = item_vocab.lookup(candidates)
+        event_category = item_vocab.categories(event_item)
+        target_category = item_vocab.categories(target_item)
+        inputs = {
+            "event_item": torch.from_numpy(event_item),
+            "event_category": torch.from_numpy(event_category),
+            "event_behavior": torch.from_numpy(event_behavior),
+            "event_ts": torch.from_numpy(ts),
+            "event_item_emb": self._rows("item", event_item),
+            "event_category_emb": self._rows("category", event_category),
+            "target_item": torch.from_numpy(target_item),
+            "target_category": torch.from_numpy(target_category),
+            "target_item_emb": self._rows("item", target_item),
+            "target_category_emb": self._rows("category", target_category),
+            "request_ts": torch.tensor([request_ts], dtype=torch.int64),
+        }
+        if "twin_item_keys" in self.caches:
+            spec = self.manifest["caches"]["twin_item_keys"]
+            keys = self.caches["twin_item_keys"].take(event_item)
+            inputs["event_keys"] = torch.from_numpy(keys).view(-1, spec["heads"], spec["head_dim"])
+        if "gsu_item" in self.tables:
+            inputs["gsu_event_item_emb"] = self._rows("gsu_item", event_item)
+            inputs["gsu_event_category_emb"] = self._rows("gsu_category", event_category)
+            inputs["gsu_target_item_emb"] = self._rows("gsu_item", target_item)
+            inputs["gsu_target_category_emb"] = self._rows("gsu_category", target_category)
+        oov = {"history_items": oov_items, "history_behaviors": oov_behaviors,
+               "candidates": oov_candidates}  # fmt: skip
+        return inputs, oov
+
+    def score(self, request: CtrRequest) -> CtrScores:
+        """CTR scores of the request's candidates (SIM / ETA / TWIN / DIN exports).
+
+        Raises:
+            RequestError: a malformed request, or an export of a generative model.
+        """
+        if self.family != "ctr":
+            raise RequestError(f"score: this export is a {self.family} model ({self.name}); "
+                               "use recommend()")  # fmt: skip
+        inputs, oov = self.ctr_inputs(request)
+        program = self.programs["model" if inputs["event_item"].numel() else "model_no_history"]
+        with torch.no_grad():
+            logits = program(inputs).numpy().astype(np.float32)
+        return CtrScores(logits, 1.0 / (1.0 + np.exp(-logits)), oov)
+
+    # --- generative -------------------------------------------------------------------------
+
+    def user_embedding(self, request: NextItemRequest) -> tuple[torch.Tensor, np.ndarray, int]:
+        """(d,) user embedding of the request, the history's item ids and the OOV count.
+
+        Raises:
+            RequestError: a malformed request.
+        """
+        if not isinstance(request, NextItemRequest):
+            raise RequestError(f"expected a NextItemRequest, got {type(request).__name__}")
+        items = _raw_ids("history_items", request.history_items)
+        ts, request_ts = _timestamps("history_ts", request.history_ts, request.request_ts)
+        _same_length(history_items=items, history_ts=ts)
+        if not items:
+            raise RequestError("history_items: empty; a next-item request needs a history")
+        item_ids, oov = self.vocab["item"].lookup(items)
+        seq_ids, seq_ts = item_ids[-self.max_len :], ts[-self.max_len :]
+        key_ts = torch.from_numpy(seq_ts)
+        inputs = {
+            "item_emb": self._rows("item", seq_ids),
+            "key_ts": key_ts,
+            "query_ts": torch.cat([key_ts[1:], torch.tensor([request_ts])]),
+        }
+        with torch.no_grad():
+            return self.programs["model"](inputs), item_ids, oov
+
+    def recommend(self, request: NextItemRequest) -> Recommendations:
+        """The top-k next items (HSTU / SASRec exports): inner product with every item's
+        L2-normalized embedding, ids below 2 (padding, OOV) and, by default, the history left out.
+
+        Raises:
+            RequestError: a malformed request, k out of range, or a CTR export.
+        """
+        if self.family != "generative":
+            raise RequestError(f"recommend: this export is a {self.family} model ({self.name}); "
+                               "use score()")  # fmt: skip
+        k = request.k
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise RequestError(f"k: expected a positive integer, got {k!r}")
+        user, history_ids, oov = self.user_embedding(request)
+        query = user.numpy().astype(np.float64)
+        index = self.caches["item_index"]
+        excluded = np.unique(history_ids) if request.exclude_history else np.empty(0, np.int64)
+        best_ids, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
+        for start, shard in zip(index.starts, index.shards, strict=True):
+            scores = (np.asarray(shard, dtype=np.float64) @ query).astype(np.float32)
+            ids = np.arange(start, start + shard.shape[0], dtype=np.int64)
+            keep = (ids >= FIRST_ITEM_ID) & ~np.isin(ids, excluded)
+            ids, scores = ids[keep], scores[keep]
+            if ids.size > k:
+                top = np.argpartition(-scores, k - 1)[:k]
+                ids, scores = ids[top], scores[top]
+            best_ids = np.concatenate([best_ids, ids])
+            best_scores = np.concatenate([best_scores, scores])
+        if best_ids.size < k:
+            raise RequestError(f"k={k}: only {best_ids.size} candidate items remain; lower k")
+        order = np.lexsort((best_ids, -best_scores))[:k]
+        ids = best_ids[order]
+        raw = self.vocab["item"].raw
+        return Recommendations([raw.get(int(i), str(int(i))) for i in ids], ids,
+                               best_scores[order], {"history_items": oov})  # fmt: skip
+
+
+__all__ = [
+    "CtrRequest", "CtrScores", "ExportError", "NextItemRequest", "Recommendations",
+    "RequestError", "Scorer",
+]  # fmt: skip

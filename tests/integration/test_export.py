@@ -1,0 +1,451 @@
+"""`lifeseq export` → `serving.Scorer` round trips, for every model family.
+
+* TWIN is trained for a few steps under `torchrun` with 2 ranks (TorchRec, row-wise sharded
+  item table); the same weights are re-saved from one process; both checkpoints export to the
+  same table rows, item-key cache and scores, the 2-rank one shard by shard (two item files).
+* Every other family (DIN, SIM hard / soft, ETA, full attention, HSTU, SASRec) is a checkpoint
+  of its configured model with seeded random weights (tables scaled up so scores spread),
+  written by the platform's own `save_checkpoint`.
+* The reference is the model rebuilt from the checkpoint with every tensor loaded by DCP, in
+  eval mode, on the batch the data loader would build (`collate_ctr` / `collate_generative`):
+  the scorer's numbers must match it within 1e-5.
+* Damaged exports (a flipped byte, a truncated or missing file, no manifest) and malformed
+  requests must raise `ExportError` / `RequestError` naming the problem.
+
+Data: `write_out_dir` shards (120-event histories) plus hand-written vocabularies: item id k has
+raw id `i{k}` and category 2 + k % 4, category k is `c{k}`, behavior k is `b{k}`.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from features.batch import collate_ctr, collate_generative
+from features.jagged import Jagged
+from models.embeddings import torchrec_available
+from models.retrieval import top_k_items
+from pipeline.sample_codec import UserSample
+from serving.artifacts import ExportError, read_manifest, sha256_file
+from serving.export import STATE_PREFIX, data_module, export_checkpoint, instantiate_module
+from serving.scorer import CtrRequest, NextItemRequest, RequestError, Scorer
+from tests.distributed.test_train_job import REPO_ROOT, torchrun
+from tests.unit.test_dataset import VOCAB, write_out_dir
+from trainers.checkpoint import load_tensors, read_checkpoint_tree, save_checkpoint
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.distributed,
+    pytest.mark.skipif(not torchrec_available(), reason="torchrec not importable"),
+]
+
+SIZES = {"train": [12, 9, 14, 7, 10, 8, 11, 9], "valid": [10, 6], "test": [8]}
+MAX_HISTORY = 64
+MAX_LEN = 48
+TOL = 1e-5
+CTR_ARCH = {"short_term_len": 16, "top_k": 8, "chunk": 32}
+GENERATIVE_ARCH = {
+    "hstu": {"attention_dim": 8, "linear_dim": 8, "blocks": 2, "heads": 2},
+    "sasrec": {"ffn_dim": 16, "blocks": 2, "heads": 2},
+}
+TABLE_SCALE = 50.0  # random-init tables are ~1e-2; scaled so candidates score differently
+
+
+def item_category(item: np.ndarray) -> np.ndarray:
+    """The category id the test vocabulary gives item ids (>= 2)."""
+    return 2 + item % 4
+
+
+def write_vocabs(out: Path) -> None:
+    """`OUT/vocab/{item,category,behavior}/part-00000.parquet`, as `lifeseq build` writes."""
+    for name, raw_prefix in (("item", "i"), ("category", "c"), ("behavior", "b")):
+        ids = np.arange(2, VOCAB[name], dtype=np.int64)
+        columns = {
+            "raw_id": pa.array([f"{raw_prefix}{i}" for i in ids]),
+            "id": pa.array(ids),
+            "count": pa.array(np.full(ids.size, 7, dtype=np.int64)),
+        }
+        if name == "item":
+            columns["category_id"] = pa.array(item_category(ids))
+        directory = out / "vocab" / name
+        directory.mkdir(parents=True)
+        pq.write_table(pa.table(columns), directory / "part-00000.parquet")
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export") / "out"
+    write_out_dir(root, SIZES, history_len=120)
+    write_vocabs(root)
+    return root
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def config_hparams(path: str, arch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model hyper_parameters as LightningCLI saves them, data hyper_parameters) of a config."""
+    config = yaml.safe_load((REPO_ROOT / "configs" / path).read_text())
+    init = copy.deepcopy(config["model"]["init_args"])
+    init["arch"] = {**init["arch"], **arch}
+    init["embedding"] = {"backend": "torch"}
+    return {"_class_path": config["model"]["class_path"], **init}, dict(config["data"])
+
+
+def reference_model(ckpt: Path) -> tuple[torch.nn.Module, Any]:
+    """The checkpoint's model with every tensor loaded by DCP (eval mode), and its data module."""
+    tree, _ = read_checkpoint_tree(ckpt)
+    data = data_module(tree, None)
+    model = instantiate_module(tree["hyper_parameters"]).build_model(data.schema)
+    state = model.state_dict()
+    load_tensors(ckpt, {STATE_PREFIX + k: v for k, v in state.items()})
+    model.load_state_dict(state)
+    return model.eval(), data
+
+
+def save_model(ckpt: Path, model: torch.nn.Module, tree: dict[str, Any]) -> None:
+    """A one-process checkpoint of `model` with the hyper-parameters of `tree`."""
+    save_checkpoint(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": tree["hyper_parameters"],
+            "datamodule_hyper_parameters": tree["datamodule_hyper_parameters"],
+            "global_step": tree.get("global_step", 0),
+            "epoch": tree.get("epoch", 0),
+        },
+        ckpt,
+    )
+
+
+def random_checkpoint(ckpt: Path, out: Path, config: str, arch: dict[str, Any]) -> Path:
+    """A checkpoint of `config`'s model (arch overridden) with seeded random weights."""
+    hparams, data = config_hparams(config, arch)
+    data |= {"root": str(out), "num_workers": 0, "max_history": MAX_HISTORY, "max_len": MAX_LEN,
+             "embedding_dim": 16}  # fmt: skip
+    tree = {"hyper_parameters": hparams, "datamodule_hyper_parameters": data}
+    model = instantiate_module(hparams).build_model(data_module(tree, None).schema)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("embeddings."):
+                param.mul_(TABLE_SCALE)
+    save_model(ckpt, model, tree)
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def twin_two_rank(out: Path) -> Path:
+    run = out.parent / "twin2"
+    args = [
+        str(REPO_ROOT / "jobs" / "train.py"), "fit",
+        "--config", str(REPO_ROOT / "configs" / "ctr" / "twin.yaml"),
+        "--data.root", str(out), "--trainer.default_root_dir", str(run),
+        "--trainer.enable_progress_bar", "false", "--data.num_workers", "0",
+        "--data.max_history", str(MAX_HISTORY), "--data.batch_size", "4",
+        "--trainer.max_steps", "8", "--trainer.val_check_interval", "8",
+        *[a for k, v in CTR_ARCH.items() for a in (f"--model.init_args.arch.{k}", str(v))],
+    ]  # fmt: skip
+    torchrun(2, args, "twin 2-rank fit")
+    return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def twin_one_rank(out: Path, twin_two_rank: Path) -> Path:
+    model, _ = reference_model(twin_two_rank)
+    tree, _ = read_checkpoint_tree(twin_two_rank)
+    ckpt = out.parent / "twin1.ckpt"
+    save_model(ckpt, model, tree)
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def exports(out: Path, twin_two_rank: Path, twin_one_rank: Path) -> dict[str, tuple[Path, Path]]:
+    """family → (checkpoint, export directory) for every family."""
+    root = out.parent
+    result = {}
+    ckpts = {"twin": twin_two_rank, "twin_one_rank": twin_one_rank}
+    for long_term in ("none", "sim_hard", "sim_soft", "eta", "full"):
+        config = "ctr/din.yaml" if long_term == "none" else f"ctr/{long_term}.yaml"
+        ckpts[long_term] = random_checkpoint(root / f"{long_term}.ckpt", out, config, CTR_ARCH)
+    for encoder, arch in GENERATIVE_ARCH.items():
+        config = f"generative/{encoder}.yaml"
+        ckpts[encoder] = random_checkpoint(root / f"{encoder}.ckpt", out, config, arch)
+    for name, ckpt in ckpts.items():
+        export_checkpoint(ckpt, root / f"export_{name}")
+        result[name] = (ckpt, root / f"export_{name}")
+    return result
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def ctr_case(seed: int, history: int, candidates: int) -> tuple[CtrRequest, UserSample]:
+    """A request with raw ids (a few unknown) and the sample the data pipeline would build."""
+    rng = np.random.default_rng(seed)
+    items = rng.integers(2, 80, history)  # repeats: ties in SIM soft's search
+    behaviors = rng.integers(2, VOCAB["behavior"], history)
+    ts = 1_700_000_000 + np.cumsum(rng.integers(0, 4000, history)).astype(np.int64)
+    request_ts = int(ts[-1]) + 60 if history else 1_700_000_000
+    targets = rng.integers(2, VOCAB["item"], candidates)
+    raw_items = [f"i{i}" for i in items]
+    raw_targets = [f"i{i}" for i in targets]
+    if history > 3:
+        raw_items[-2], items[-2] = "unknown-item", 1
+    if candidates > 2:
+        raw_targets[-1], targets[-1] = "unknown-candidate", 1
+    request = CtrRequest(raw_items, [f"b{b}" for b in behaviors], ts.tolist(), raw_targets,
+                         request_ts)  # fmt: skip
+
+    def category(ids: np.ndarray) -> np.ndarray:
+        return np.where(ids == 1, 1, item_category(ids))
+
+    sample = UserSample(
+        "u", "test",
+        {"item": items, "category": category(items), "behavior": behaviors, "ts": ts},
+        {"target_item": targets, "target_category": category(targets),
+         "target_ts": np.full(candidates, request_ts), "target_label": np.zeros(candidates, np.float32),
+         "target_hist_len": np.full(candidates, history)},
+    )  # fmt: skip
+    return request, sample
+
+
+def ctr_expected(model: torch.nn.Module, sample: UserSample) -> np.ndarray:
+    with torch.no_grad():
+        return model(collate_ctr([sample], max_history=MAX_HISTORY)).logits.numpy()
+
+
+def next_item_case(seed: int, history: int) -> tuple[NextItemRequest, UserSample]:
+    rng = np.random.default_rng(seed)
+    items = rng.integers(2, 400, history)
+    ts = 1_700_000_000 + np.cumsum(rng.integers(0, 4000, history)).astype(np.int64)
+    request_ts = int(ts[-1]) + 30
+    request = NextItemRequest([f"i{i}" for i in items], ts.tolist(), request_ts, k=20)
+    sample = UserSample(
+        "u", "test",
+        {"item": items, "category": item_category(items), "behavior": np.full(history, 2), "ts": ts},
+        {"target_item": np.array([2]), "target_category": np.array([2]),
+         "target_ts": np.array([request_ts]), "target_label": np.ones(1, np.float32),
+         "target_hist_len": np.array([history])},
+    )  # fmt: skip
+    return request, sample
+
+
+def next_item_expected(model: torch.nn.Module, sample: UserSample, k: int) -> tuple:
+    with torch.no_grad():
+        batch = collate_generative([sample], max_len=MAX_LEN)
+        query = model.target_queries(model(batch), batch)
+        table = dict(model.named_parameters())["embeddings.collections.d16.embeddings.item.weight"]
+        history = torch.from_numpy(np.unique(sample.history["item"]))
+        scores, ids = top_k_items(query, F.normalize(table, dim=-1, eps=1e-6), k,
+                                  Jagged(history, torch.tensor([history.numel()])))  # fmt: skip
+    return scores[0].numpy(), ids[0].numpy()
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+CTR_FAMILIES = ("none", "sim_hard", "sim_soft", "eta", "twin", "full")
+CASES = [(0, 120, 30), (1, 1, 1), (2, 5, 7), (3, 0, 4), (4, 300, 100)]
+
+
+@pytest.mark.parametrize("family", CTR_FAMILIES)
+def test_ctr_export_scores_like_the_trained_model(exports, family: str) -> None:
+    ckpt, root = exports[family]
+    model, _ = reference_model(ckpt)
+    scorer = Scorer.load(root)
+    assert scorer.family == "ctr" and scorer.name == family
+    for seed, history, candidates in CASES:
+        request, sample = ctr_case(seed, history, candidates)
+        scores = scorer.score(request)
+        expected = ctr_expected(model, sample)
+        assert scores.logits.shape == (candidates,)
+        np.testing.assert_allclose(scores.logits, expected, rtol=0, atol=TOL)
+        np.testing.assert_allclose(scores.probabilities, 1 / (1 + np.exp(-expected)), atol=TOL)
+        if candidates > 2:
+            assert scores.oov["candidates"] == 1
+            assert np.std(scores.logits) > 1e-3  # candidates really score differently
+        assert scores.oov["history_items"] == (1 if history > 3 else 0)
+
+
+@pytest.mark.parametrize("family", ("hstu", "sasrec"))
+def test_generative_export_recommends_like_the_trained_model(exports, family: str) -> None:
+    ckpt, root = exports[family]
+    model, _ = reference_model(ckpt)
+    scorer = Scorer.load(root)
+    assert scorer.family == "generative" and scorer.name == family
+    for seed, history in ((0, 1), (1, 7), (2, MAX_LEN), (3, 150)):
+        request, sample = next_item_case(seed, history)
+        recs = scorer.recommend(request)
+        scores, ids = next_item_expected(model, sample, request.k)
+        np.testing.assert_allclose(recs.scores, scores, rtol=0, atol=TOL)
+        np.testing.assert_array_equal(recs.ids, ids)
+        assert recs.items == [f"i{i}" for i in ids]
+        assert not set(recs.ids) & set(sample.history["item"].tolist())
+        assert np.all(np.diff(recs.scores) <= 0)
+
+
+def test_manifest_lists_versions_shapes_and_every_files_checksum(exports) -> None:
+    _, root = exports["twin"]
+    manifest = read_manifest(root)
+    on_disk = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert sorted([*manifest["files"], "manifest.json"]) == on_disk
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == sha256_file(root / name)
+        assert entry["bytes"] == (root / name).stat().st_size
+    assert manifest["versions"]["torch"] == torch.__version__
+    item = manifest["tables"]["item"]
+    assert (item["rows"], item["dim"], item["dtype"]) == (VOCAB["item"], 16, "float32")
+    keys = manifest["caches"]["twin_item_keys"]
+    assert keys["width"] == keys["heads"] * keys["head_dim"]
+    assert manifest["model"]["max_history"] == MAX_HISTORY
+    inputs = manifest["dense"]["model"]["inputs"]
+    assert inputs["event_keys"]["shape"] == ["events", keys["heads"], keys["head_dim"]]
+    assert inputs["target_item"] == {"dtype": "int64", "shape": ["candidates"]}
+    assert manifest["vocab"]["item"]["entries"] == VOCAB["item"] - 2
+
+
+def _rows(root: Path, entries: list[dict[str, Any]]) -> np.ndarray:
+    return np.concatenate([np.load(root / e["file"]) for e in entries])
+
+
+def test_two_rank_export_equals_one_rank_export(exports) -> None:
+    (_, two), (_, one) = exports["twin"], exports["twin_one_rank"]
+    m2, m1 = read_manifest(two), read_manifest(one)
+    assert len(m2["tables"]["item"]["shards"]) == 2  # row-wise: one file per rank's shard
+    assert [(s["start"], s["end"]) for s in m1["tables"]["item"]["shards"]] == [(0, VOCAB["item"])]
+    for name in m1["tables"]:
+        np.testing.assert_array_equal(_rows(two, m2["tables"][name]["shards"]),
+                                      _rows(one, m1["tables"][name]["shards"]))  # fmt: skip
+    np.testing.assert_allclose(_rows(two, m2["caches"]["twin_item_keys"]["shards"]),
+                               _rows(one, m1["caches"]["twin_item_keys"]["shards"]), atol=1e-6)  # fmt: skip
+    scorer2, scorer1 = Scorer.load(two), Scorer.load(one)
+    for seed in range(3):
+        request, _ = ctr_case(seed, 80, 20)
+        np.testing.assert_allclose(scorer2.score(request).logits, scorer1.score(request).logits,
+                                   rtol=0, atol=TOL)  # fmt: skip
+
+
+def test_trained_twin_item_cache_equals_the_models_keys(exports) -> None:
+    ckpt, root = exports["twin"]
+    model, _ = reference_model(ckpt)
+    items = torch.arange(2, VOCAB["item"])
+    with torch.no_grad():
+        expected = model.item_key_cache(items, torch.from_numpy(item_category(items.numpy())))
+    cache = _rows(root, read_manifest(root)["caches"]["twin_item_keys"]["shards"])[2:]
+    np.testing.assert_allclose(cache, expected.flatten(1).numpy(), rtol=0, atol=TOL)
+
+
+# --- damaged exports --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def damaged(exports, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the TWIN export and its first item-table shard."""
+    root = tmp_path / "copy"
+    shutil.copytree(exports["twin"][1], root)
+    shard = read_manifest(root)["tables"]["item"]["shards"][0]["file"]
+    return root, root / shard
+
+
+def test_a_flipped_byte_is_caught_by_its_checksum(damaged) -> None:
+    root, shard = damaged
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match=r"item/.*sha256 does not match.*corrupted"):
+        Scorer.load(root)
+    Scorer.load(root, checksums=False)  # same size: only the checksum can tell
+
+
+def test_a_truncated_file_is_reported_as_partial(damaged) -> None:
+    root, shard = damaged
+    shard.write_bytes(shard.read_bytes()[:1000])
+    for checksums in (True, False):
+        with pytest.raises(ExportError, match=r"1000 bytes, the manifest says .*partial"):
+            Scorer.load(root, checksums=checksums)
+
+
+def test_a_missing_file_or_manifest_is_named(damaged) -> None:
+    root, shard = damaged
+    (root / "dense" / "model.pt2").unlink()
+    with pytest.raises(ExportError, match=r"dense/model.pt2: listed in manifest.json but missing"):
+        Scorer.load(root)
+    (root / "manifest.json").unlink()
+    with pytest.raises(ExportError, match="not a lifeseq export"):
+        Scorer.load(root)
+
+
+# --- malformed requests -----------------------------------------------------------------------
+
+
+def _ctr(**changes: Any) -> CtrRequest:
+    base = {"history_items": ["i2", "i3"], "history_behaviors": ["b2", "b2"],
+            "history_ts": [100, 200], "candidates": ["i5"], "request_ts": 300}  # fmt: skip
+    return CtrRequest(**(base | changes))
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (_ctr(history_items="i2 i3"), "history_items: expected a list, got str"),
+        (_ctr(candidates=[]), "candidates: empty"),
+        (_ctr(candidates=[1.5]), r"candidates\[0\]: expected a string or integer id"),
+        (_ctr(history_ts=[200, 100]), "history_ts: timestamps out of order at position 1"),
+        (_ctr(history_ts=[100, "200"]), r"history_ts\[1\]: expected integer epoch seconds"),
+        (_ctr(request_ts=150), "request_ts 150 is before the last event"),
+        (_ctr(request_ts=None), "request_ts: expected integer epoch seconds"),
+        (_ctr(history_behaviors=["b2"]), "history fields differ in length"),
+        (NextItemRequest(["i2"], [1], 2), "expected a CtrRequest"),
+    ],
+)
+def test_malformed_ctr_requests_are_rejected_naming_the_field(exports, request_, message) -> None:
+    scorer = Scorer.load(exports["none"][1], checksums=False)
+    with pytest.raises(RequestError, match=message):
+        scorer.score(request_)
+
+
+def test_malformed_next_item_requests_are_rejected(exports) -> None:
+    scorer = Scorer.load(exports["hstu"][1], checksums=False)
+    with pytest.raises(RequestError, match="history_items: empty"):
+        scorer.recommend(NextItemRequest([], [], 5))
+    with pytest.raises(RequestError, match="k: expected a positive integer"):
+        scorer.recommend(NextItemRequest(["i2"], [1], 5, k=0))
+    with pytest.raises(RequestError, match="only 2997 candidate items remain"):
+        scorer.recommend(NextItemRequest(["i2"], [1], 5, k=5000))
+    with pytest.raises(RequestError, match="use recommend"):
+        scorer.score(_ctr())
+    with pytest.raises(RequestError, match="use score"):
+        Scorer.load(exports["none"][1], checksums=False).recommend(NextItemRequest(["i2"], [1], 5))
+    recs = scorer.recommend(NextItemRequest(["nope", "i2"], [1, 2], 5, k=3))
+    assert recs.oov == {"history_items": 1} and len(recs.items) == 3
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _export_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "jobs" / "export.py"), *args],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)  # fmt: skip
+
+
+def test_export_command_line(exports, tmp_path: Path) -> None:
+    ckpt, _ = exports["none"]
+    target = tmp_path / "cli"
+    done = _export_cli("--ckpt", str(ckpt), "--out", str(target))
+    assert done.returncode == 0, done.stderr
+    assert "exported ctr model none" in done.stdout and (target / "manifest.json").is_file()
+    again = _export_cli("--ckpt", str(ckpt), "--out", str(target))
+    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+    missing = _export_cli("--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
+    assert missing.returncode == 2 and "not a lifeseq sharded checkpoint" in missing.stderr
+    assert not (tmp_path / "x").exists()
