@@ -8,6 +8,7 @@ lifeseq demo [--workdir DIR]                      synth → build on a small syn
 lifeseq bench pipeline [...]                      pipeline benchmark (Spark vs single-process)
 lifeseq bench ctr [...]                           lifelong CTR models: quality, speed, latency
 lifeseq bench generative [...]                    HSTU vs SASRec: MovieLens quality, speed
+lifeseq bench serving --export DIR [...]          scorer latency p50/p99 per request
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import bench_generative
 
         return bench_generative.main(rest[1:])
-    print("error: usage: lifeseq bench pipeline|ctr|generative [...]", file=sys.stderr)
+    if rest[:1] == ["serving"]:
+        from jobs import bench_serving
+
+        return bench_serving.main(rest[1:])
+    print("error: usage: lifeseq bench pipeline|ctr|generative|serving [...]", file=sys.stderr)
     return 2
 
 

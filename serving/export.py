@@ -321,10 +321,10 @@ def _check_no_pickle(path: Path) -> None:
                 raise ExportError(f"{path}: {name} stores pickled tensors; export refuses them")
 
 
-def _shape_names(example: torch.Tensor, spec: dict[int, Any] | None) -> list[int | str]:
+def _shape_names(example: torch.Tensor, spec: Any) -> list[int | str]:
     """A tensor's shape with its dynamic dimensions named (`events`, `candidates`, `length`)."""
-    dim = (spec or {}).get(0)
-    return [dim.__name__ if i == 0 and dim is not None else n for i, n in enumerate(example.shape)]
+    name = getattr(spec.get(0), "__name__", None) if isinstance(spec, dict) else None
+    return [name if i == 0 and name else n for i, n in enumerate(example.shape)]
 
 
 def export_dense(root: Path, model: torch.nn.Module) -> dict[str, Any]:
@@ -355,8 +355,8 @@ def export_dense(root: Path, model: torch.nn.Module) -> dict[str, Any]:
                 full = _example_ctr_request(model, n, 4)
                 example = {k: full[k] for k in scorer.input_names}
                 shapes = {
-                    k: None if k == "request_ts" else
-                    {0: candidates if "target" in k else (events if n else None)}
+                    k: {0: torch.export.Dim.STATIC} if k == "request_ts" else
+                    {0: candidates if "target" in k else (events if n else torch.export.Dim.STATIC)}
                     for k in example
                 }  # fmt: skip
                 variants[name] = (example, shapes)

@@ -17,6 +17,7 @@ Malformed requests raise `RequestError` naming the field; nothing is guessed.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -118,18 +119,25 @@ def _sequence(name: str, value: Any) -> Sequence[Any]:
 
 
 def _raw_ids(name: str, value: Any) -> list[str]:
+    """The raw ids as strings (ints as their decimal strings)."""
     values = _sequence(name, value)
-    out = []
+    types = set(map(type, values))
+    if types <= {str}:
+        return list(values)
+    if types <= {int} or (isinstance(values, np.ndarray) and values.dtype.kind in "iu"):
+        return list(map(str, values))
     for i, raw in enumerate(values):
         if isinstance(raw, bool) or not isinstance(raw, str | numbers.Integral):
             raise RequestError(f"{name}[{i}]: expected a string or integer id, got {raw!r}")
-        out.append(str(raw))
-    return out
+    return [str(raw) for raw in values]
 
 
 def _timestamps(name: str, value: Any, request_ts: Any) -> tuple[np.ndarray, int]:
     values = _sequence(name, value)
-    for i, ts in enumerate(values):
+    integers = set(map(type, values)) <= {int} or (
+        isinstance(values, np.ndarray) and values.dtype.kind in "iu"
+    )
+    for i, ts in enumerate(() if integers else values):
         if isinstance(ts, bool) or not isinstance(ts, numbers.Integral):
             raise RequestError(f"{name}[{i}]: expected integer epoch seconds, got {ts!r}")
     if isinstance(request_ts, bool) or not isinstance(request_ts, numbers.Integral):
@@ -163,24 +171,25 @@ class Vocab:
 
     def __init__(self, path: Path) -> None:
         table = pq.read_table(path)
-        self.ids = dict(zip(table["raw_id"].to_pylist(), table["id"].to_pylist(), strict=True))
-        self.raw = {i: r for r, i in self.ids.items()}
-        self.category = (
-            dict(zip(table["id"].to_pylist(), table["category_id"].to_pylist(), strict=True))
-            if "category_id" in table.column_names
-            else None
-        )
+        raw_ids, ids = table["raw_id"].to_pylist(), table["id"].to_pylist()
+        self.ids = dict(zip(raw_ids, ids, strict=True))
+        self.raw = dict(zip(ids, raw_ids, strict=True))
+        self.category: np.ndarray | None = None
+        if "category_id" in table.column_names:
+            self.category = np.full(max(ids, default=1) + 1, OOV_ID, dtype=np.int64)
+            self.category[np.asarray(ids, dtype=np.int64)] = table["category_id"].to_numpy()
 
     def lookup(self, raw: list[str]) -> tuple[np.ndarray, int]:
         """(n,) int64 ids of `raw` ids (OOV → 1) and how many were unknown."""
-        ids = np.fromiter((self.ids.get(r, OOV_ID) for r in raw), dtype=np.int64, count=len(raw))
+        found = map(self.ids.get, raw, itertools.repeat(OOV_ID))
+        ids = np.fromiter(found, dtype=np.int64, count=len(raw))
         return ids, int((ids == OOV_ID).sum())
 
     def categories(self, item_ids: np.ndarray) -> np.ndarray:
         """(n,) category ids of item ids (OOV item → OOV category)."""
         assert self.category is not None
-        get = self.category.get
-        return np.fromiter((get(int(i), OOV_ID) for i in item_ids), np.int64, len(item_ids))
+        inside = item_ids < self.category.shape[0]
+        return np.where(inside, self.category[np.where(inside, item_ids, 0)], OOV_ID)
 
 
 class Scorer:
@@ -242,7 +251,7 @@ class Scorer:
         ts, request_ts = _timestamps("history_ts", request.history_ts, request.request_ts)
         _same_length(history_items=items, history_behaviors=behaviors, history_ts=ts)
         candidates = _raw_ids("candidates", request.candidates)
-        if not candidates:
+        if len(candidates) == 0:
             raise RequestError("candidates: empty; send at least one item to score")
         keep = slice(max(len(items) - self.max_history, 0), None)
         items, behaviors, ts = items[keep], behaviors[keep], ts[keep]
@@ -306,7 +315,7 @@ class Scorer:
         items = _raw_ids("history_items", request.history_items)
         ts, request_ts = _timestamps("history_ts", request.history_ts, request.request_ts)
         _same_length(history_items=items, history_ts=ts)
-        if not items:
+        if len(items) == 0:
             raise RequestError("history_items: empty; a next-item request needs a history")
         item_ids, oov = self.vocab["item"].lookup(items)
         seq_ids, seq_ts = item_ids[-self.max_len :], ts[-self.max_len :]

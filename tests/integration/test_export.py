@@ -449,3 +449,22 @@ def test_export_command_line(exports, tmp_path: Path) -> None:
     missing = _export_cli("--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "not a lifeseq sharded checkpoint" in missing.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_serving_benchmark_times_every_cell(exports) -> None:
+    from jobs import bench_serving
+
+    payload = bench_serving.run(
+        [exports["twin"][1], exports["hstu"][1]], [10, 100], [3], requests=4, warmup=1
+    )
+    ctr, generative = payload["results"]
+    assert [(c["history"], c["events_used"], c["candidates"]) for c in ctr["cells"]] == [
+        (10, 10, 3), (100, MAX_HISTORY, 3)
+    ]  # fmt: skip
+    assert [(c["history"], c["events_used"]) for c in generative["cells"]] == [
+        (10, 10),
+        (100, MAX_LEN),
+    ]
+    for cell in ctr["cells"] + generative["cells"]:
+        assert 0 < cell["p50_ms"] <= cell["p99_ms"] and cell["requests"] == 4
+    assert "| twin | 100 (64) | 3 |" in bench_serving.markdown(payload["results"])
