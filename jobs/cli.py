@@ -4,7 +4,7 @@ lifeseq synth --out DIR --users N --seed S       synthetic lifelong events (Parq
 lifeseq build --config C --input IN --output OUT  Spark build: quarantine, vocab, lifelong, shards
 lifeseq train {fit,validate,test} ...           LightningCLI training (see jobs/train.py)
 lifeseq export --ckpt CKPT --out DIR              checkpoint → embedding shards, .pt2, manifest
-lifeseq demo [--workdir DIR]                      synth → build on a small synthetic set
+lifeseq demo [--workdir DIR]                      synth → build → train → evaluate → export → serve
 lifeseq bench pipeline [...]                      pipeline benchmark (Spark vs single-process)
 lifeseq bench ctr [...]                           lifelong CTR models: quality, speed, latency
 lifeseq bench generative [...]                    HSTU vs SASRec: MovieLens quality, speed
@@ -13,34 +13,8 @@ lifeseq bench serving --export DIR [...]          scorer latency p50/p99 per req
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-
-
-def _demo(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lifeseq demo", description="synth → build on synthetic data"
-    )
-    parser.add_argument("--workdir", default="out/demo", help="where data and outputs go")
-    parser.add_argument("--events", type=int, default=1_000_000, help="synthetic events")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--config", default="configs/pipeline/synthetic.yaml")
-    args = parser.parse_args(argv)
-    from jobs import build_lifelong, synth
-
-    events_dir = f"{args.workdir}/events"
-    print(f"[1/2] lifeseq synth --events {args.events} --seed {args.seed} --out {events_dir}")
-    code = synth.main(
-        ["--out", events_dir, "--events", str(args.events), "--seed", str(args.seed), "--overwrite"]
-    )
-    if code:
-        return code
-    build_dir = f"{args.workdir}/build"
-    print(f"[2/2] lifeseq build --config {args.config} --input {events_dir} --output {build_dir}")
-    return build_lifelong.main(
-        ["--config", args.config, "--input", events_dir, "--output", build_dir, "--overwrite"]
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return export.main(rest)
     if command == "demo":
         logging.basicConfig(level=logging.WARNING)
-        return _demo(rest)
+        from jobs import demo
+
+        return demo.main(rest)
     if rest[:1] == ["pipeline"]:
         from jobs import bench_pipeline
 

@@ -171,6 +171,22 @@ def load_model(ckpt: Path, schema: FeatureSchema, hparams: dict[str, Any]) -> to
     return model.eval()
 
 
+def load_trained_model(
+    ckpt: str | Path, data_root: str | None = None
+) -> tuple[torch.nn.Module, LifeseqDataModule]:
+    """The checkpoint's whole model (plain-torch tables, every tensor loaded by DCP), in eval
+    mode, and its data module: the reference the export must match, and what offline analyses
+    (e.g. `lifeseq demo`'s per-target scores) run. Holds every table in memory."""
+    ckpt = Path(ckpt)
+    tree, _ = read_checkpoint_tree(ckpt)
+    data = data_module(tree, data_root)
+    model = instantiate_module(tree["hyper_parameters"]).build_model(data.schema)
+    state = model.state_dict()
+    load_tensors(ckpt, {STATE_PREFIX + k: v for k, v in state.items()})
+    model.load_state_dict(state)
+    return model.eval(), data
+
+
 # --- writing ----------------------------------------------------------------------------------
 
 

@@ -33,6 +33,8 @@ from serving.artifacts import ExportError, ShardedRows, read_manifest, verify_fi
 PAD_ID = 0
 OOV_ID = 1
 FIRST_ITEM_ID = 2
+#: Extra items the float32 pass of `recommend` keeps beyond 4·k for the float64 re-score.
+PRESELECT_MARGIN = 64
 
 
 class RequestError(ValueError):
@@ -332,6 +334,10 @@ class Scorer:
         """The top-k next items (HSTU / SASRec exports): inner product with every item's
         L2-normalized embedding, ids below 2 (padding, OOV) and, by default, the history left out.
 
+        A float32 pass over each index shard keeps its best max(4k, k + 64) items; those are
+        re-scored with float64 accumulation (as evaluation's `top_k_items`), so the returned
+        scores and order match it, ties broken by the lower id.
+
         Raises:
             RequestError: a malformed request, k out of range, or a CTR export.
         """
@@ -342,20 +348,21 @@ class Scorer:
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise RequestError(f"k: expected a positive integer, got {k!r}")
         user, history_ids, oov = self.user_embedding(request)
-        query = user.numpy().astype(np.float64)
+        query32 = user.numpy().astype(np.float32)
+        query64 = query32.astype(np.float64)
         index = self.caches["item_index"]
         excluded = np.unique(history_ids) if request.exclude_history else np.empty(0, np.int64)
+        shortlist = max(4 * k, k + PRESELECT_MARGIN)
         best_ids, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
         for start, shard in zip(index.starts, index.shards, strict=True):
-            scores = (np.asarray(shard, dtype=np.float64) @ query).astype(np.float32)
             ids = np.arange(start, start + shard.shape[0], dtype=np.int64)
-            keep = (ids >= FIRST_ITEM_ID) & ~np.isin(ids, excluded)
-            ids, scores = ids[keep], scores[keep]
-            if ids.size > k:
-                top = np.argpartition(-scores, k - 1)[:k]
-                ids, scores = ids[top], scores[top]
-            best_ids = np.concatenate([best_ids, ids])
-            best_scores = np.concatenate([best_scores, scores])
+            keep = np.flatnonzero((ids >= FIRST_ITEM_ID) & ~np.isin(ids, excluded))
+            rough = shard @ query32  # float32 pass over the shard picks a shortlist ...
+            if keep.size > shortlist:
+                keep = keep[np.argpartition(-rough[keep], shortlist - 1)[:shortlist]]
+            exact = np.asarray(shard[keep], dtype=np.float64) @ query64  # ... scored in float64
+            best_ids = np.concatenate([best_ids, ids[keep]])
+            best_scores = np.concatenate([best_scores, exact.astype(np.float32)])
         if best_ids.size < k:
             raise RequestError(f"k={k}: only {best_ids.size} candidate items remain; lower k")
         order = np.lexsort((best_ids, -best_scores))[:k]

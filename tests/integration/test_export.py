@@ -39,11 +39,11 @@ from models.embeddings import torchrec_available
 from models.retrieval import top_k_items
 from pipeline.sample_codec import UserSample
 from serving.artifacts import ExportError, read_manifest, sha256_file
-from serving.export import STATE_PREFIX, data_module, export_checkpoint, instantiate_module
+from serving.export import data_module, export_checkpoint, instantiate_module, load_trained_model
 from serving.scorer import CtrRequest, NextItemRequest, RequestError, Scorer
 from tests.distributed.test_train_job import REPO_ROOT, torchrun
 from tests.unit.test_dataset import VOCAB, write_out_dir
-from trainers.checkpoint import load_tensors, read_checkpoint_tree, save_checkpoint
+from trainers.checkpoint import read_checkpoint_tree, save_checkpoint
 
 pytestmark = [
     pytest.mark.integration,
@@ -106,13 +106,7 @@ def config_hparams(path: str, arch: dict[str, Any]) -> tuple[dict[str, Any], dic
 
 def reference_model(ckpt: Path) -> tuple[torch.nn.Module, Any]:
     """The checkpoint's model with every tensor loaded by DCP (eval mode), and its data module."""
-    tree, _ = read_checkpoint_tree(ckpt)
-    data = data_module(tree, None)
-    model = instantiate_module(tree["hyper_parameters"]).build_model(data.schema)
-    state = model.state_dict()
-    load_tensors(ckpt, {STATE_PREFIX + k: v for k, v in state.items()})
-    model.load_state_dict(state)
-    return model.eval(), data
+    return load_trained_model(ckpt)
 
 
 def save_model(ckpt: Path, model: torch.nn.Module, tree: dict[str, Any]) -> None:

@@ -1,0 +1,394 @@
+"""`lifeseq demo` (`make demo`): the whole path on synthetic data with one command.
+
+    lifeseq demo [--workdir out/demo] [--events 2000000] [--ctr-steps 60] [--hstu-epochs 6]
+
+1. `lifeseq synth`: lifelong synthetic events (Parquet).
+2. `lifeseq build`: the Spark build (local Spark): quarantine, vocabularies, lifelong table,
+   time-split CTR targets, WebDataset shards.
+3. `jobs/train.py fit` + `test` (LightningCLI subprocesses, Lightning's progress bars) of TWIN
+   (`configs/ctr/twin.yaml`), DIN-100 (`configs/ctr/din.yaml`) for `--ctr-steps` steps and HSTU
+   (`configs/generative/hstu.yaml`) for `--hstu-epochs` epochs, on the same build.
+4. Per-target test scores of DIN-100 and TWIN (in-process, from the checkpoints), grouped by
+   how many events back the target's category last occurred in its history.
+5. `lifeseq export` of the three models, a few requests of a test user through
+   `serving.Scorer`, and the scorer's latency (`jobs.bench_serving`).
+
+Writes `WORKDIR/report.md` (the final table, also printed), `WORKDIR/report.json` and
+`WORKDIR/plots/*.png` (each model's training curves; test AUC of DIN-100 vs TWIN by gap).
+Runs are short demonstrations, not tuned results: `lifeseq bench ctr` / `bench generative`
+measure the models properly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jobs.bench_report import newest_csv, read_metrics_csv, train_throughput
+from trainers.checkpoint import read_checkpoint_tree
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STAGES = 7
+#: Gap buckets (events since the target's category last occurred in its window).
+GAP_BUCKETS = ((0, 100, "< 100 (DIN-100 sees it)"), (100, 1000, "100 – 999"),
+               (1000, None, "≥ 1,000"))  # fmt: skip
+NO_SAME_CATEGORY = "never in history"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo runs (see the module docstring)."""
+
+    workdir: Path
+    events: int = 2_000_000
+    seed: int = 7
+    pipeline_config: str = "configs/pipeline/synthetic.yaml"
+    ctr_steps: int = 60
+    hstu_epochs: int = 6
+    latency_requests: int = 20
+
+
+class Stages:
+    """Prints `[k/N] title` headers and records each stage's seconds."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.seconds: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def begin(self, number: int, title: str) -> None:
+        """Close the running stage and announce the next."""
+        self.end()
+        elapsed = time.monotonic() - self.started
+        print(f"\n[{number}/{STAGES}] {title}   (t = {elapsed:.0f} s)", flush=True)
+        self._current = (title.split(":")[0], time.monotonic())
+
+    def end(self) -> None:
+        """Record the running stage's duration."""
+        if self._current is not None:
+            name, start = self._current
+            self.seconds[name] = round(time.monotonic() - start, 1)
+            self._current = None
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _train(args: list[str], quiet: bool) -> None:
+    """Run `jobs/train.py` with `args`; Lightning's progress bar passes through unless `quiet`.
+
+    Raises:
+        RuntimeError: a nonzero exit (the last lines of its output are printed).
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, str(REPO_ROOT / "jobs" / "train.py"), *args]
+    output = subprocess.PIPE if quiet else None
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=output, text=True)
+    if proc.returncode != 0:
+        print((proc.stdout or "")[-3000:], (proc.stderr or "")[-3000:], file=sys.stderr)
+        raise RuntimeError(f"jobs/train.py {args[0]} exited {proc.returncode}: {' '.join(args)}")
+
+
+def fit_and_test(
+    name: str, config: str, build: Path, run: Path, length: list[str], checkpoint: str
+) -> dict[str, Any]:
+    """Fit `config` on `build` into `run`, test `checkpoint`; the logged numbers.
+
+    Returns:
+        steps, fit seconds, median training samples/s and every `test/*` metric.
+    """
+    shutil.rmtree(run, ignore_errors=True)
+    common = ["--config", str(REPO_ROOT / config), "--data.root", str(build),
+              "--trainer.default_root_dir", str(run), "--trainer.enable_model_summary", "false"]  # fmt: skip
+    started = time.monotonic()
+    _train(["fit", *common, *length], quiet=False)
+    fit_s = time.monotonic() - started
+    series = read_metrics_csv(newest_csv(run))
+    ckpt = run / "checkpoints" / checkpoint
+    steps = int(read_checkpoint_tree(ckpt)[0]["global_step"])
+    _train(["test", *common, "--ckpt_path", str(ckpt), "--trainer.enable_progress_bar", "false"],
+           quiet=True)  # fmt: skip
+    tested = read_metrics_csv(newest_csv(run))
+    metrics = {
+        k.removeprefix("test/"): v[-1][1] for k, v in tested.items() if k.startswith("test/")
+    }
+    return {"name": name, "config": config, "steps": steps, "fit_s": round(fit_s, 1),
+            "train_samples_per_s": train_throughput(series, max(steps, 1)),
+            "checkpoint": str(ckpt), "test": metrics, "run": str(run)}  # fmt: skip
+
+
+# --- AUC by gap -------------------------------------------------------------------------------
+
+
+def test_predictions(ckpt: Path, build: Path) -> dict[str, np.ndarray]:
+    """Every test target's logit and label, and its gap: events between the end of its window
+    and the last event of its category (-1: none in the window)."""
+    from features.dataset import LifeseqDataset
+    from serving.export import load_trained_model
+
+    model, data = load_trained_model(ckpt, str(build))
+    dataset = LifeseqDataset.from_manifest(
+        str(build), "test", batch_size=16, max_history=data.feature_config.max_history,
+        shuffle=False,
+    )  # fmt: skip
+    logits, labels, gaps = [], [], []
+    with torch.no_grad():
+        for batch in dataset.iter_worker(0):
+            logits.append(model(batch).logits.numpy())
+            labels.append(batch.label.numpy())
+            categories = batch.history["category"].values.numpy()
+            offsets = batch.history["category"].offsets.numpy()
+            for j in range(batch.num_targets):
+                start = offsets[int(batch.target_user[j])]
+                lo = start + int(batch.target_hist_start[j])
+                hi = start + int(batch.target_hist_len[j])
+                same = np.flatnonzero(categories[lo:hi] == int(batch.target_category[j]))
+                gaps.append(hi - lo - 1 - int(same[-1]) if same.size else -1)
+    return {"logit": np.concatenate(logits), "label": np.concatenate(labels),
+            "gap": np.asarray(gaps, dtype=np.int64)}  # fmt: skip
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    if labels.min(initial=1) == labels.max(initial=0):
+        return None
+    from torchmetrics.functional.classification import binary_auroc
+
+    return float(binary_auroc(torch.from_numpy(scores), torch.from_numpy(labels).long()))
+
+
+def auc_by_gap(predictions: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """Per gap bucket: target count, positive share and each model's AUC."""
+    gap = next(iter(predictions.values()))["gap"]
+    label = next(iter(predictions.values()))["label"]
+    rows = []
+    buckets = [(lo, hi, name) for lo, hi, name in GAP_BUCKETS] + [(-1, 0, NO_SAME_CATEGORY)]
+    for lo, hi, name in buckets:
+        mask = (gap >= lo) & (gap < (hi if hi is not None else np.iinfo(np.int64).max))
+        row: dict[str, Any] = {"bucket": name, "targets": int(mask.sum()),
+                               "positive_share": float(label[mask].mean()) if mask.any() else None}  # fmt: skip
+        for model, p in predictions.items():
+            row[model] = _auc(p["logit"][mask], p["label"][mask]) if mask.any() else None
+        rows.append(row)
+    return rows
+
+
+def plot_auc_by_gap(rows: list[dict[str, Any]], models: list[str], path: Path) -> None:
+    """Grouped bars: each model's test AUC per gap bucket (target counts under the labels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    x = np.arange(len(rows))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        values = [r[model] if r[model] is not None else np.nan for r in rows]
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
+    ax.set_xticks(x, [f"{r['bucket']}\n{r['targets']:,} targets" for r in rows])
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("test AUC")
+    ax.set_xlabel("events since the target's category last occurred in its history")
+    ax.set_title("DIN-100 vs TWIN by gap to the last same-category event")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+
+def example_requests(exports: dict[str, Path], build: Path) -> list[str]:
+    """Score the first test user's first targets with each CTR export and ask HSTU for its top
+    5; the printed lines."""
+    from features.dataset import LifeseqDataset
+    from serving.scorer import CtrRequest, NextItemRequest, Scorer
+
+    dataset = LifeseqDataset.from_manifest(str(build), "test", batch_size=1, max_history=100_000,
+                                           shuffle=False)  # fmt: skip
+    batch = next(iter(dataset.iter_worker(0)))
+    lines = []
+    scorers = {name: Scorer.load(path) for name, path in exports.items()}
+    any_scorer = next(iter(scorers.values()))
+    item_raw, behavior_raw = any_scorer.vocab["item"].raw, any_scorer.vocab["behavior"].raw
+    end = int(batch.target_hist_len[0])
+    same_prefix = torch.nonzero(batch.target_hist_len == end).flatten()[:5]
+    history = {k: batch.history[k].values.numpy()[:end] for k in ("item", "behavior", "ts")}
+    items = [item_raw[int(i)] for i in history["item"]]
+    behaviors = [behavior_raw[int(b)] for b in history["behavior"]]
+    candidates = [item_raw.get(int(i), "?") for i in batch.target_item[same_prefix].tolist()]
+    request_ts = int(max(history["ts"][-1], batch.target_ts[same_prefix].max()))
+    lines.append(f"first test user: {len(items):,} events; candidates {candidates}, "
+                 f"labels {batch.label[same_prefix].int().tolist()}")  # fmt: skip
+    for name, scorer in scorers.items():
+        if scorer.family == "ctr":
+            scores = scorer.score(CtrRequest(items, behaviors, history["ts"].tolist(), candidates,
+                                             request_ts))  # fmt: skip
+            lines.append(f"  {name:8s} P(click) {np.round(scores.probabilities, 3).tolist()}")
+        else:
+            recs = scorer.recommend(NextItemRequest(items, history["ts"].tolist(), request_ts, k=5))
+            lines.append(f"  {name:8s} top-5 next items {recs.items}")
+    return lines
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """The final Markdown report."""
+    data, runs = report["data"], report["runs"]
+    lines = ["| | value |", "|---|---|"]
+    lines.append(f"| events (synthetic) | {data['events']:,} of {data['users']:,} users |")
+    lines.append(f"| vocab | item {data['vocab']['item']:,}, category {data['vocab']['category']:,}"
+                 f", behavior {data['vocab']['behavior']} |")  # fmt: skip
+    for split in ("train", "valid", "test"):
+        s = data["splits"][split]
+        lines.append(f"| {split} targets | {s['targets']:,} ({s['positives']:,} positive), "
+                     f"{s['samples']:,} users |")  # fmt: skip
+    lines += ["", "| model | steps | train samples/s | test | export MB | p50 / p99 ms, 1K events"
+              " × 100 | p50 / p99 ms, 10K × 100 |", "|---|---:|---:|---|---:|---|---|"]  # fmt: skip
+    for name, run in runs.items():
+        test = run["test"]
+        if "auc" in test:
+            quality = f"AUC {_fmt(test['auc'])}, GAUC {_fmt(test.get('gauc'))}"
+        else:
+            quality = f"HR@10 {_fmt(test.get('hr@10'))}, NDCG@10 {_fmt(test.get('ndcg@10'))}"
+        latency = {c["history"]: c for c in run.get("latency", [])}
+        cells = [f"{_fmt(latency[h]['p50_ms'], '.1f')} / {_fmt(latency[h]['p99_ms'], '.1f')}"
+                 if h in latency else "–" for h in (1000, 10_000)]  # fmt: skip
+        lines.append(f"| {name} | {run['steps']} | {_fmt(run['train_samples_per_s'], ',.0f')} | "
+                     f"{quality} | {_fmt(run.get('export_mb'), '.1f')} | {cells[0]} | {cells[1]} |")  # fmt: skip
+    lines += ["", "| gap to last same-category event | targets | positives | DIN-100 AUC | TWIN AUC |",
+              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for row in report["auc_by_gap"]:
+        lines.append(f"| {row['bucket']} | {row['targets']:,} | {_fmt(row['positive_share'], '.0%')} "
+                     f"| {_fmt(row.get('din'))} | {_fmt(row.get('twin'))} |")  # fmt: skip
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in report["stage_seconds"].items())
+    lines += ["", f"time: {report['total_s']:.0f} s ({stages})"]
+    return "\n".join(lines)
+
+
+def run(settings: DemoSettings) -> dict[str, Any]:
+    """Run every stage (see the module docstring); the report."""
+    from jobs import bench_serving, build_lifelong, synth
+    from serving.export import export_checkpoint
+
+    work = settings.workdir
+    events, build, plots = work / "events", work / "build", work / "plots"
+    stages = Stages()
+    stages.begin(1, f"synth: lifeseq synth --events {settings.events:,} --seed {settings.seed}")
+    if synth.main(["--out", str(events), "--events", str(settings.events), "--seed",
+                   str(settings.seed), "--overwrite"]):  # fmt: skip
+        raise RuntimeError("lifeseq synth failed")
+    stages.begin(2, f"build: lifeseq build --config {settings.pipeline_config} (local Spark)")
+    if build_lifelong.main(["--config", settings.pipeline_config, "--input", str(events),
+                            "--output", str(build), "--overwrite"]):  # fmt: skip
+        raise RuntimeError("lifeseq build failed")
+    steps = str(settings.ctr_steps)
+    ctr_length = ["--trainer.max_steps", steps, "--trainer.val_check_interval", steps]
+    hstu_length = ["--trainer.max_epochs", str(settings.hstu_epochs),
+                   "--trainer.check_val_every_n_epoch", str(settings.hstu_epochs)]  # fmt: skip
+    runs: dict[str, dict[str, Any]] = {}
+    stages.begin(3, f"train: TWIN and DIN-100 ({steps} steps each), HSTU "
+                    f"({settings.hstu_epochs} epochs); test each")  # fmt: skip
+    for name, config, length, ckpt in (
+        ("twin", "configs/ctr/twin.yaml", ctr_length, "last.ckpt"),
+        ("din", "configs/ctr/din.yaml", ctr_length, "last.ckpt"),
+        ("hstu", "configs/generative/hstu.yaml", hstu_length, "last.ckpt"),
+    ):
+        print(f"--- {name}: jobs/train.py fit --config {config} {' '.join(length)}", flush=True)
+        runs[name] = fit_and_test(name, config, build, work / "runs" / name, length, ckpt)
+        print(f"--- {name}: test {json.dumps(runs[name]['test'])}", flush=True)
+        curves = newest_csv(Path(runs[name]["run"])).parent.parent / "version_0"
+        if (curves / "training_curves.png").is_file():
+            plots.mkdir(parents=True, exist_ok=True)
+            shutil.copy(curves / "training_curves.png", plots / f"{name}_training_curves.png")
+    stages.begin(4, "evaluate: DIN-100 vs TWIN test AUC by gap to the last same-category event")
+    predictions = {n: test_predictions(Path(runs[n]["checkpoint"]), build) for n in ("din", "twin")}
+    gap_rows = auc_by_gap(predictions)
+    plot_auc_by_gap(gap_rows, ["din", "twin"], plots / "auc_by_gap.png")
+    stages.begin(5, "export: lifeseq export of TWIN, DIN-100, HSTU")
+    exports = {}
+    for name, result in runs.items():
+        exports[name] = work / "export" / name
+        manifest = export_checkpoint(
+            result["checkpoint"], exports[name], str(build), overwrite=True
+        )
+        result["export_mb"] = sum(e["bytes"] for e in manifest["files"].values()) / 1e6
+        print(f"exported {name} to {exports[name]} ({result['export_mb']:.1f} MB)", flush=True)
+    stages.begin(6, "serve: a test user's requests through serving.Scorer")
+    for line in example_requests(exports, build):
+        print(line)
+    stages.begin(7, f"latency: serving.Scorer p50/p99, {settings.latency_requests} requests per "
+                    "cell")  # fmt: skip
+    latency = bench_serving.run(list(exports.values()), [1000, 10_000], [100],
+                                requests=settings.latency_requests, warmup=3)  # fmt: skip
+    for name, result in zip(exports, latency["results"], strict=True):
+        runs[name]["latency"] = result["cells"]
+    stages.end()
+    manifest = json.loads((build / "manifest.json").read_text())
+    report = {
+        "settings": {k: str(v) for k, v in asdict(settings).items()},
+        "data": {
+            "events": settings.events,
+            "users": manifest["splits"]["train"]["samples"],
+            "vocab": manifest["vocab"],
+            "splits": {
+                s: {k: manifest["splits"][s][k] for k in ("samples", "targets", "positives")}
+                for s in ("train", "valid", "test")
+            },  # fmt: skip
+        },
+        "runs": runs,
+        "auc_by_gap": gap_rows,
+        "stage_seconds": stages.seconds,
+        "total_s": round(time.monotonic() - stages.started, 1),
+        "latency_settings": latency["settings"],
+    }
+    table = report_table(report)
+    (work / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    (work / "report.md").write_text(table + "\n")
+    print("\n" + table)
+    print(f"\nwrote {work / 'report.md'}, {work / 'report.json'}, {plots}/*.png")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run the demo; exit code."""
+    parser = argparse.ArgumentParser(prog="lifeseq demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default="out/demo", type=Path)
+    parser.add_argument("--events", type=int, default=DemoSettings.events)
+    parser.add_argument("--seed", type=int, default=DemoSettings.seed)
+    parser.add_argument("--config", default=DemoSettings.pipeline_config, help="pipeline config")
+    parser.add_argument("--ctr-steps", type=int, default=DemoSettings.ctr_steps)
+    parser.add_argument("--hstu-epochs", type=int, default=DemoSettings.hstu_epochs)
+    parser.add_argument("--latency-requests", type=int, default=DemoSettings.latency_requests)
+    args = parser.parse_args(argv)
+    settings = DemoSettings(args.workdir, args.events, args.seed, args.config, args.ctr_steps,
+                            args.hstu_epochs, args.latency_requests)  # fmt: skip
+    try:
+        run(settings)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
