@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -380,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hstu-epochs", type=int, default=DemoSettings.hstu_epochs)
     parser.add_argument("--latency-requests", type=int, default=DemoSettings.latency_requests)
     args = parser.parse_args(argv)
+    # one process reads the (maybe multi-rank) checkpoint: DCP's notice says just that
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
     settings = DemoSettings(args.workdir, args.events, args.seed, args.config, args.ctr_steps,
                             args.hstu_epochs, args.latency_requests)  # fmt: skip
     try:

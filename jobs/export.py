@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="lifeseq build output (default: the run's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
+    # one process reads the (maybe multi-rank) checkpoint: DCP's notice says just that
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         manifest = export_checkpoint(args.ckpt, args.out, args.data, overwrite=args.overwrite)

@@ -97,7 +97,8 @@ def verify_files(root: Path, manifest: dict[str, Any], checksums: bool = True) -
 
 @dataclass(frozen=True)
 class ShardedRows:
-    """A table stored as row-range `.npy` shards, memory-mapped (nothing read until used).
+    """A table stored as row-range `.npy` shards, memory-mapped copy-on-write (nothing read
+    until used; the files are never written).
 
     Attributes:
         rows: total rows.
@@ -124,7 +125,8 @@ class ShardedRows:
             if entry["start"] != expected:
                 raise ExportError(f"{root}: shard {entry['file']} starts at row {entry['start']}, "
                                   f"expected {expected}; the export is incomplete")  # fmt: skip
-            array = np.load(Path(root) / entry["file"], mmap_mode="r", allow_pickle=False)
+            # copy-on-write map: writable for torch.from_numpy, never written back to the file
+            array = np.load(Path(root) / entry["file"], mmap_mode="c", allow_pickle=False)
             if array.shape[0] != entry["end"] - entry["start"]:
                 raise ExportError(f"{root}/{entry['file']}: {array.shape[0]} rows, expected "
                                   f"{entry['end'] - entry['start']}")  # fmt: skip

@@ -348,21 +348,21 @@ class Scorer:
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise RequestError(f"k: expected a positive integer, got {k!r}")
         user, history_ids, oov = self.user_embedding(request)
-        query32 = user.numpy().astype(np.float32)
-        query64 = query32.astype(np.float64)
+        query32, query64 = user.float(), user.double()
         index = self.caches["item_index"]
         excluded = np.unique(history_ids) if request.exclude_history else np.empty(0, np.int64)
         shortlist = max(4 * k, k + PRESELECT_MARGIN)
         best_ids, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
         for start, shard in zip(index.starts, index.shards, strict=True):
+            rows = torch.from_numpy(shard)  # torch, not numpy BLAS: one thread pool per process
             ids = np.arange(start, start + shard.shape[0], dtype=np.int64)
             keep = np.flatnonzero((ids >= FIRST_ITEM_ID) & ~np.isin(ids, excluded))
-            rough = shard @ query32  # float32 pass over the shard picks a shortlist ...
-            if keep.size > shortlist:
+            if keep.size > shortlist:  # a float32 pass over the shard picks a shortlist ...
+                rough = (rows @ query32).numpy()
                 keep = keep[np.argpartition(-rough[keep], shortlist - 1)[:shortlist]]
-            exact = np.asarray(shard[keep], dtype=np.float64) @ query64  # ... scored in float64
+            exact = rows[torch.from_numpy(keep)].double() @ query64  # ... scored in float64
             best_ids = np.concatenate([best_ids, ids[keep]])
-            best_scores = np.concatenate([best_scores, exact.astype(np.float32)])
+            best_scores = np.concatenate([best_scores, exact.float().numpy()])
         if best_ids.size < k:
             raise RequestError(f"k={k}: only {best_ids.size} candidate items remain; lower k")
         order = np.lexsort((best_ids, -best_scores))[:k]
