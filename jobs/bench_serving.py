@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from jobs.bench_report import git_commit, write_json
@@ -45,7 +44,7 @@ START_TS = 1_700_000_000
 
 
 def _raw_ids(scorer: Scorer, vocab: str) -> np.ndarray:
-    return np.asarray(pq.read_table(scorer.root / f"vocab/{vocab}.parquet")["raw_id"].to_pylist())
+    return np.asarray(list(scorer.vocab[vocab].ids))
 
 
 def ctr_requests(

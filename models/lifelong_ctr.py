@@ -363,8 +363,13 @@ class LifelongCtrModel(LifelongCtrUnits):
         out = self.embeddings(
             {"target_item": Jagged(items, ones), "target_category": Jagged(categories, ones)}
         )
-        inherent = torch.cat([out["target_item"].values, out["target_category"].values], dim=1)
-        return self.attention.keys(inherent)
+        return self.item_keys(out["target_item"].values, out["target_category"].values)
+
+    def item_keys(self, item_rows: torch.Tensor, category_rows: torch.Tensor) -> torch.Tensor:
+        """(M, H, dh) ESU keys of items from their (M, D) item and category embedding rows
+        (`item_key_cache` without the lookup; export reads the rows from checkpoint shards)."""
+        assert self.attention is not None, "item_keys: long_term 'none' has no target attention"
+        return self.attention.keys(torch.cat([item_rows, category_rows], dim=1))
 
     # --- forward / loss -------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ no pickled weights, which export checks). Nothing here is unpickled.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 from dataclasses import dataclass
@@ -46,8 +45,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_entry(root: Path, path: Path) -> dict[str, Any]:
-    """Manifest entry of `path` (inside `root`): relative path, bytes, sha256."""
+def file_entry(path: Path) -> dict[str, Any]:
+    """Manifest entry of `path`: bytes and sha256."""
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
@@ -139,10 +138,6 @@ class ShardedRows:
         if len(widths) != 1:
             raise ExportError(f"{root}: shards of different widths {sorted(widths)}")
         return ShardedRows(rows, widths.pop(), tuple(starts), tuple(shards))
-
-    def shard_of(self, row: int) -> int:
-        """Index of the shard holding `row`."""
-        return bisect.bisect_right(self.starts, row) - 1
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         """(n, width) float32 copy of rows `ids` (int64, in [0, rows))."""

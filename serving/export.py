@@ -40,6 +40,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from features.schema import FeatureSchema
 from models.ctr_request import CtrRequestModel
@@ -47,7 +48,8 @@ from models.generative import L2_EPS, GenerativeModel
 from models.generative_request import GenerativeRequestModel
 from models.lifelong_ctr import LifelongCtrModel
 from serving.artifacts import EXPORT_FORMAT_VERSION, MANIFEST_FILE, ExportError, file_entry
-from trainers.checkpoint import METADATA_FILE, load_tensors, read_checkpoint_tree
+from serving.scorer import Vocab
+from trainers.checkpoint import JsonFileSystemReader, load_tensors, read_checkpoint_tree
 from trainers.data import LifeseqDataModule
 from trainers.platform_module import PlatformModule
 
@@ -71,26 +73,25 @@ class Chunk:
     length: int
 
 
-def tensor_chunks(ckpt: Path, fqn: str) -> list[Chunk]:
-    """The stored chunks of checkpoint tensor `fqn`, in row order.
+def tensor_chunks(ckpt: Path, metadata: Metadata, fqn: str) -> list[Chunk]:
+    """The stored chunks of checkpoint tensor `fqn`, in row order (`metadata`: the checkpoint's
+    DCP index, `JsonFileSystemReader.read_metadata`).
 
     Raises:
         ExportError: `fqn` is not in the checkpoint, or a chunk is stored with a transform.
     """
-    index = json.loads((ckpt / METADATA_FILE).read_text())
-    entry = index["state_dict_metadata"].get(fqn)
-    if entry is None:
+    entry = metadata.state_dict_metadata.get(fqn)
+    if not isinstance(entry, TensorStorageMetadata):
         raise ExportError(f"{ckpt}: no tensor {fqn!r}; is this the checkpoint of this model?")
+    sizes = {tuple(c.offsets): tuple(c.sizes) for c in entry.chunks}
     chunks = []
-    by_offset = {tuple(c["offsets"]): c["sizes"] for c in entry["chunks"]}
-    for item in index["storage_data"]:
-        if item["fqn"] != fqn:
+    for index, info in (metadata.storage_data or {}).items():
+        if index.fqn != fqn:
             continue
-        if item["transform_descriptors"]:
+        if info.transform_descriptors:
             raise ExportError(f"{ckpt}: {fqn} is stored with transforms; unsupported")
-        offsets = tuple(item["offset"])
-        chunks.append(Chunk(offsets, tuple(by_offset[offsets]), item["relative_path"],
-                            item["byte_offset"], item["length"]))  # fmt: skip
+        offsets = tuple(index.offset)
+        chunks.append(Chunk(offsets, sizes[offsets], info.relative_path, info.offset, info.length))
     return sorted(chunks, key=lambda c: c.offsets)
 
 
@@ -105,10 +106,10 @@ def read_chunk(ckpt: Path, chunk: Chunk) -> torch.Tensor:
     return tensor.narrow(0, 0, chunk.sizes[0]) if tensor.shape[0] != chunk.sizes[0] else tensor
 
 
-def row_shards(ckpt: Path, fqn: str) -> list[tuple[int, int, list[Chunk]]]:
+def row_shards(ckpt: Path, metadata: Metadata, fqn: str) -> list[tuple[int, int, list[Chunk]]]:
     """`(start, end, chunks)` per row range of a 2-D table; several chunks = column shards."""
     ranges: dict[tuple[int, int], list[Chunk]] = defaultdict(list)
-    for chunk in tensor_chunks(ckpt, fqn):
+    for chunk in tensor_chunks(ckpt, metadata, fqn):
         start = chunk.offsets[0]
         ranges[(start, start + chunk.sizes[0])].append(chunk)
     return [(s, e, sorted(c, key=lambda c: c.offsets[1])) for (s, e), c in sorted(ranges.items())]
@@ -204,10 +205,11 @@ def _range_name(prefix: str, start: int, end: int) -> str:
 def export_tables(ckpt: Path, root: Path, model: torch.nn.Module) -> dict[str, Any]:
     """Write every embedding-collection table shard by shard; returns the manifest section."""
     tables = {}
+    metadata = JsonFileSystemReader(str(ckpt)).read_metadata()
     for spec in model.config.tables():  # type: ignore[union-attr,operator]
         fqn = f"{STATE_PREFIX}embeddings.collections.d{spec.embedding_dim}.embeddings.{spec.name}.weight"
         shards = []
-        for start, end, chunks in row_shards(ckpt, fqn):
+        for start, end, chunks in row_shards(ckpt, metadata, fqn):
             rows = read_rows(ckpt, chunks)
             if start == 0:
                 rows[0] = 0.0  # padding id 0 embeds to zeros
@@ -221,13 +223,9 @@ def export_tables(ckpt: Path, root: Path, model: torch.nn.Module) -> dict[str, A
 
 
 def _item_categories(vocab_dir: Path, rows: int) -> np.ndarray:
-    """(rows,) int64 category id of every item id (OOV for ids the vocab lacks)."""
-    table = pq.read_table(vocab_dir / "item.parquet", columns=["id", "category_id"])
-    categories = np.ones(rows, dtype=np.int64)
+    """(rows,) int64 category id of every item id (OOV for ids the vocab lacks; 0 for padding)."""
+    categories = Vocab(vocab_dir / "item.parquet").categories(np.arange(rows, dtype=np.int64))
     categories[0] = 0
-    ids = table["id"].to_numpy()
-    keep = ids < rows
-    categories[ids[keep]] = table["category_id"].to_numpy()[keep]
     return categories
 
 
@@ -256,8 +254,7 @@ def export_item_caches(
             for shard in item["shards"]:
                 rows = torch.from_numpy(np.load(root / shard["file"]))
                 ids = torch.from_numpy(categories[shard["start"] : shard["end"]])
-                inherent = torch.cat([rows, category_rows[ids]], dim=1)
-                keys = model.attention.keys(inherent).flatten(1)
+                keys = model.item_keys(rows, category_rows[ids]).flatten(1)
                 name = _range_name("cache/twin_item_keys", shard["start"], shard["end"])
                 shards.append({**shard, "file": _save_npy(root, name, keys.numpy())})
         heads, head_dim = model.attention.heads, model.attention.head_dim
@@ -457,7 +454,7 @@ def export_checkpoint(
         "caches": caches,
         "dense": dense,
         "vocab": vocab,
-        "files": {str(p.relative_to(tmp)): file_entry(tmp, p) for p in files},
+        "files": {str(p.relative_to(tmp)): file_entry(p) for p in files},
     }
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     if out.exists():

@@ -104,11 +104,6 @@ def config_hparams(path: str, arch: dict[str, Any]) -> tuple[dict[str, Any], dic
     return {"_class_path": config["model"]["class_path"], **init}, dict(config["data"])
 
 
-def reference_model(ckpt: Path) -> tuple[torch.nn.Module, Any]:
-    """The checkpoint's model with every tensor loaded by DCP (eval mode), and its data module."""
-    return load_trained_model(ckpt)
-
-
 def save_model(ckpt: Path, model: torch.nn.Module, tree: dict[str, Any]) -> None:
     """A one-process checkpoint of `model` with the hyper-parameters of `tree`."""
     save_checkpoint(
@@ -156,7 +151,7 @@ def twin_two_rank(out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def twin_one_rank(out: Path, twin_two_rank: Path) -> Path:
-    model, _ = reference_model(twin_two_rank)
+    model, _ = load_trained_model(twin_two_rank)
     tree, _ = read_checkpoint_tree(twin_two_rank)
     ckpt = out.parent / "twin1.ckpt"
     save_model(ckpt, model, tree)
@@ -255,7 +250,7 @@ CASES = [(0, 120, 30), (1, 1, 1), (2, 5, 7), (3, 0, 4), (4, 300, 100)]
 @pytest.mark.parametrize("family", CTR_FAMILIES)
 def test_ctr_export_scores_like_the_trained_model(exports, family: str) -> None:
     ckpt, root = exports[family]
-    model, _ = reference_model(ckpt)
+    model, _ = load_trained_model(ckpt)
     scorer = Scorer.load(root)
     assert scorer.family == "ctr" and scorer.name == family
     for seed, history, candidates in CASES:
@@ -274,7 +269,7 @@ def test_ctr_export_scores_like_the_trained_model(exports, family: str) -> None:
 @pytest.mark.parametrize("family", ("hstu", "sasrec"))
 def test_generative_export_recommends_like_the_trained_model(exports, family: str) -> None:
     ckpt, root = exports[family]
-    model, _ = reference_model(ckpt)
+    model, _ = load_trained_model(ckpt)
     scorer = Scorer.load(root)
     assert scorer.family == "generative" and scorer.name == family
     for seed, history in ((0, 1), (1, 7), (2, MAX_LEN), (3, 150)):
@@ -331,7 +326,7 @@ def test_two_rank_export_equals_one_rank_export(exports) -> None:
 
 def test_trained_twin_item_cache_equals_the_models_keys(exports) -> None:
     ckpt, root = exports["twin"]
-    model, _ = reference_model(ckpt)
+    model, _ = load_trained_model(ckpt)
     items = torch.arange(2, VOCAB["item"])
     with torch.no_grad():
         expected = model.item_key_cache(items, torch.from_numpy(item_category(items.numpy())))
