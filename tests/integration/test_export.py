@@ -457,3 +457,16 @@ def test_serving_benchmark_times_every_cell(exports) -> None:
     for cell in ctr["cells"] + generative["cells"]:
         assert 0 < cell["p50_ms"] <= cell["p99_ms"] and cell["requests"] == 4
     assert "| twin | 100 (64) | 3 |" in bench_serving.markdown(payload["results"])
+
+
+def test_loading_and_scoring_an_export_never_unpickles(exports, monkeypatch) -> None:
+    import pickle
+
+    def no_pickle(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pickle used while reading an export")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, no_pickle)
+    ctr = Scorer.load(exports["twin"][1]).score(ctr_case(0, 50, 5)[0])
+    recs = Scorer.load(exports["hstu"][1]).recommend(next_item_case(0, 10)[0])
+    assert ctr.logits.shape == (5,) and len(recs.items) == 20
