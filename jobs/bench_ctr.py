@@ -1,9 +1,9 @@
-"""Lifelong CTR benchmark: quality, training throughput and scoring latency of the six models.
+"""Lifelong CTR benchmark: quality, training throughput and scoring latency of every CTR model.
 
 On one fixed synthetic dataset (`jobs.synth`, seed 7, built once with the Spark pipeline and
 `configs/pipeline/ctr_bench.yaml`, reused while its parameters are unchanged) it runs, for each
-of `configs/ctr/{din,sim_hard,sim_soft,eta,twin,full}.yaml` (identical but for
-`model.init_args.arch.long_term`):
+model config `configs/ctr/NAME.yaml` (every file there but `base.yaml`, which each is merged
+onto: DIN-100 alone, or with one long-term unit):
 
 * `jobs/train.py fit` for one epoch (or `--steps` steps; a subprocess per model, one after
   another — CTR models over-fit item ids when trained for several epochs), then
@@ -21,7 +21,7 @@ full / TWIN latency ratio at 10K) and, with `--out FILE.json`, writes the number
 commit and machine. Exits nonzero when any model failed (the others still run).
 
     python -m jobs.bench_ctr [--quick] [--out bench_out/ctr.json] [--workdir bench_out/ctr]
-        [--models din,sim_hard,sim_soft,eta,twin,full] [--steps N]
+        [--models din,twin,...] [--steps N]
         [--skip-latency] [--skip-train]
 
 Dataset: 1,000 users of at most 5,000 events (`--quick`: 300 users). Validation runs once, at
@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from features.batch import CtrBatch, collate_ctr
 from features.schema import FeatureConfig, FeatureSchema
@@ -59,13 +58,15 @@ from jobs.bench_report import (
     train_throughput,
     write_json,
 )
-from models.lifelong_ctr import ArchConfig, LifelongCtrConfig, LifelongCtrModel
+from jobs.run_config import load_run_config
 from pipeline.sample_codec import UserSample
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_CONFIG = REPO_ROOT / "configs" / "pipeline" / "ctr_bench.yaml"
 MODEL_CONFIGS = REPO_ROOT / "configs" / "ctr"
-MODELS = ("din", "sim_hard", "sim_soft", "eta", "twin", "full")
+BASE_CONFIG = MODEL_CONFIGS / "base.yaml"
+#: Every model config of the family (`configs/ctr/*.yaml` but the base): a new file is a new row.
+MODELS = tuple(sorted(p.stem for p in MODEL_CONFIGS.glob("*.yaml") if p != BASE_CONFIG))
 BASELINE = "din"
 SYNTH_SEED = 7
 #: `jobs.synth` sizes of the full and the `--quick` dataset.
@@ -234,7 +235,7 @@ def train_commands(
     """The `fit` and `test` command lines of one model: one epoch (validated at its end), or
     `steps` steps (validated at the last one)."""
     common = [
-        "--config", str(MODEL_CONFIGS / f"{model}.yaml"), "--data.root", str(build),
+        *config_args(model), "--data.root", str(build),
         "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     script = [sys.executable, str(REPO_ROOT / "jobs" / "train.py")]
@@ -325,12 +326,21 @@ def latency_batch(
     return collate_ctr([sample], max_history=length)
 
 
-def load_model_config(model: str) -> tuple[ArchConfig, FeatureConfig]:
-    """`model.init_args.arch` and the data's `FeatureConfig` of `configs/ctr/{model}.yaml`."""
-    config = yaml.safe_load((MODEL_CONFIGS / f"{model}.yaml").read_text())
-    data = config["data"]
-    features = FeatureConfig(embedding_dim=data["embedding_dim"], max_history=data["max_history"])
-    return ArchConfig(**config["model"]["init_args"]["arch"]), features
+def config_args(model: str) -> list[str]:
+    """`--config` arguments of a model: the family's base, then the model's file."""
+    return ["--config", str(BASE_CONFIG), "--config", str(MODEL_CONFIGS / f"{model}.yaml")]
+
+
+def build_model(model: str, build: Path) -> torch.nn.Module:
+    """A fresh `model` (its config, the torch embedding backend) for the build's schema."""
+    run = load_run_config(
+        [BASE_CONFIG, MODEL_CONFIGS / f"{model}.yaml"],
+        ["--model.init_args.embedding.backend", "torch", "--data.root", str(build)],
+    )
+    features = FeatureConfig(
+        embedding_dim=run.data["embedding_dim"], max_history=run.data["max_history"]
+    )
+    return run.module.build_model(FeatureSchema.from_manifest(str(build), features))
 
 
 def time_forward(model: torch.nn.Module, batch: CtrBatch) -> float:
@@ -347,11 +357,9 @@ def time_forward(model: torch.nn.Module, batch: CtrBatch) -> float:
 
 def model_latency(model_name: str, build: Path) -> dict[str, dict[str, float]]:
     """ms per request and per target of a fresh `model_name` model at each `LATENCY_LENGTHS`."""
-    arch, features = load_model_config(model_name)
-    schema = FeatureSchema.from_manifest(str(build), features)
-    config = LifelongCtrConfig.from_schema(schema, arch, backend="torch", seed=0)
-    model = LifelongCtrModel(config).eval()
-    vocab = {name: schema.tables[name].num_embeddings for name in ("item", "category", "behavior")}
+    model = build_model(model_name, build).eval()
+    dims = model.dims
+    vocab = {"item": dims.item_rows, "category": dims.category_rows, "behavior": dims.behavior_rows}
     per_request, per_target = {}, {}
     for length in LATENCY_LENGTHS:
         ms = 1000 * time_forward(model, latency_batch(vocab, length, seed=length))
@@ -504,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "steps": steps if steps is not None else "one epoch",
             "models": args.models,
-            "model_configs": {n: f"configs/ctr/{n}.yaml" for n in args.models},
+            "model_configs": {
+                n: ["configs/ctr/base.yaml", f"configs/ctr/{n}.yaml"] for n in args.models
+            },
             "throughput_skips_first_fraction": WARMUP_FRACTION,
             "latency": {
                 "lengths": list(LATENCY_LENGTHS),

@@ -1,4 +1,5 @@
-"""Generative retrieval benchmark: SASRec vs HSTU quality on MovieLens and training speed.
+"""Sequential recommendation benchmark: quality of every sequential model on MovieLens and
+training speed.
 
 Quality, per dataset (MovieLens-100K always, read out of the `recbole==1.2.1` wheel fetched
 with `pip download --no-deps` into the cache, see `jobs.movielens_data`; MovieLens-1M with
@@ -6,9 +7,9 @@ with `pip download --no-deps` into the cache, see `jobs.movielens_data`; MovieLe
 
 * `lifeseq build` with `configs/pipeline/movielens.yaml` (leave-one-out: last item = test,
   second-to-last = valid; every rating is a positive), built once and reused;
-* for each model, `jobs/train.py fit` with `configs/generative/{sasrec,hstu,hstu_large}.yaml`
-  (subprocesses,
-  one after the other), validating every `check_val_every_n_epoch` epochs and keeping the best
+* for each model config `configs/sequential/NAME.yaml` (every file there but `base.yaml`, which
+  each is merged onto; `--models` picks some), `jobs/train.py fit` (subprocesses, one after the
+  other), validating every `check_val_every_n_epoch` epochs and keeping the best
   `val/ndcg@10` checkpoint, then `jobs/train.py test` on that checkpoint: HR@10/50, NDCG@10/50
   and MRR of full ranking with history items excluded, from the CSV logger.
 
@@ -19,12 +20,11 @@ optimizer) of `SPEED_REPEATS` steps after `SPEED_WARMUP`, and training tokens/s.
 unless CUDA is present (then also bf16 autocast and peak memory).
 
 Prints Markdown tables and, with `--out FILE.json`, writes
-`{"ml-100k": {"sasrec": {"hr@10": .., "ndcg@10": .., "mrr": ..}, "hstu": {...}, "hstu_large":
-{...}}, ...}` plus
+`{"ml-100k": {"sasrec": {"hr@10": .., "ndcg@10": .., "mrr": ..}, "hstu": {...}, ...}, ...}` plus
 speed, settings, commit and machine. Exits nonzero when a model failed (the others still run).
 
     python -m jobs.bench_generative [--out bench_out/generative.json] [--ml1m PATH/ratings.dat]
-        [--workdir bench_out/generative] [--epochs N] [--models sasrec,hstu,hstu_large] [--skip-speed]
+        [--workdir bench_out/generative] [--epochs N] [--models sasrec,hstu,...] [--skip-speed]
         [--skip-quality] [--cache DIR] [--seed N]
 """
 
@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from features.batch import GenerativeBatch, collate_generative
+from features.schema import FeatureConfig, FeatureSchema, expected_members
 from jobs.bench_report import (
     git_commit,
     newest_csv,
@@ -57,14 +57,15 @@ from jobs.bench_report import (
     write_json,
 )
 from jobs.movielens_data import fetch_ml100k
-from models.generative import GenerativeArch, GenerativeConfig, GenerativeModel
-from models.sampled_softmax import SoftmaxLossConfig
-from pipeline.sample_codec import UserSample
+from jobs.run_config import load_run_config
+from pipeline.sample_codec import SCHEMA_VERSION, UserSample
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_CONFIG = REPO_ROOT / "configs" / "pipeline" / "movielens.yaml"
-MODEL_CONFIGS = REPO_ROOT / "configs" / "generative"
-MODELS = ("sasrec", "hstu", "hstu_large")
+MODEL_CONFIGS = REPO_ROOT / "configs" / "sequential"
+BASE_CONFIG = MODEL_CONFIGS / "base.yaml"
+#: Every model config of the family (`configs/sequential/*.yaml` but the base).
+MODELS = tuple(sorted(p.stem for p in MODEL_CONFIGS.glob("*.yaml") if p != BASE_CONFIG))
 METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")
 #: Input formats of `configs/pipeline/movielens.yaml` per dataset.
 FORMATS = {"ml-100k": "recbole_inter", "ml-1m": "movielens_dat"}
@@ -141,8 +142,9 @@ def train_commands(
     known (its `--ckpt_path` is the last element). `seed` replaces the configs' seeds (global,
     model initialisation, data order)."""
     config = str(MODEL_CONFIGS / f"{model}.yaml")
-    common = ["--config", config, "--data.root", str(build), "--trainer.default_root_dir",
-              str(run_dir), "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    common = ["--config", str(BASE_CONFIG), "--config", config, "--data.root", str(build),
+              "--trainer.default_root_dir", str(run_dir),
+              "--trainer.enable_progress_bar", "false"]  # fmt: skip
     fit = [sys.executable, str(REPO_ROOT / "jobs" / "train.py"), "fit", *common]
     if epochs is not None:
         fit += ["--trainer.max_epochs", str(epochs)]
@@ -231,25 +233,27 @@ def speed_batch(length: int, rows: int, seed: int = 0) -> GenerativeBatch:
     return collate_generative(samples, max_len=length)
 
 
-def load_arch(model: str) -> tuple[GenerativeArch, SoftmaxLossConfig, int]:
-    """`arch`, `loss` and `data.embedding_dim` of `configs/generative/{model}.yaml`."""
-    config = yaml.safe_load((MODEL_CONFIGS / f"{model}.yaml").read_text())
-    init = config["model"]["init_args"]
-    return (
-        GenerativeArch(**init["arch"]),
-        SoftmaxLossConfig(**init["loss"]),
-        int(config["data"]["embedding_dim"]),
+def speed_module(model_name: str, length: int, device: torch.device) -> Any:
+    """The task module of `model_name`'s config (torch embedding backend) with its model built
+    for a catalog of `SPEED_ITEMS` items and rows of up to `length` events."""
+    run = load_run_config(
+        [BASE_CONFIG, MODEL_CONFIGS / f"{model_name}.yaml"],
+        ["--model.init_args.embedding.backend", "torch", "--data.root", "unused"],
     )
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "members": expected_members(with_value=False),
+        "vocab": {"item": SPEED_ITEMS, "category": 3, "behavior": 3},
+    }
+    features = FeatureConfig(embedding_dim=run.data["embedding_dim"], max_len=length)
+    run.module.setup_model(FeatureSchema.from_manifest_dict(manifest, features))
+    return run.module.to(device).train()
 
 
 def time_training_steps(model_name: str, length: int, device: torch.device) -> dict[str, float]:
     """Median step seconds and tokens/s of `model_name` at rows of `length` events."""
-    arch, loss, dim = load_arch(model_name)
-    config = GenerativeConfig(
-        arch=arch, loss=loss, item_rows=SPEED_ITEMS, embedding_dim=dim, max_len=length,
-        backend="torch", seed=0,
-    )  # fmt: skip
-    model = GenerativeModel(config).to(device).train()
+    module = speed_module(model_name, length, device)
+    model = module.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rows = max(1, SPEED_TOKENS // length)
     batch = speed_batch(length, rows).to(device)
@@ -258,7 +262,7 @@ def time_training_steps(model_name: str, length: int, device: torch.device) -> d
         torch.cuda.reset_peak_memory_stats(device)
     for step in range(SPEED_WARMUP + SPEED_REPEATS):
         start = time.perf_counter()
-        loss = model.loss(model(batch), batch)
+        loss = module.training_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -401,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     payload["settings"] = {
         "epochs": args.epochs or "from the configs",
         "seed": args.seed if args.seed is not None else "from the configs (0)",
-        "model_configs": {m: f"configs/generative/{m}.yaml" for m in models},
+        "model_configs": {
+            m: ["configs/sequential/base.yaml", f"configs/sequential/{m}.yaml"] for m in models
+        },
         "pipeline_config": "configs/pipeline/movielens.yaml",
         "speed": {"lengths": list(SPEED_LENGTHS), "tokens_per_batch": SPEED_TOKENS,
                   "warmup": SPEED_WARMUP, "repeats": SPEED_REPEATS, "items": SPEED_ITEMS},

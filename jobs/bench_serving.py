@@ -9,12 +9,12 @@ program, sigmoid. Each cell is `--requests` distinct requests timed one at a tim
 
 * CTR exports: every (history, candidates) pair of `--histories` × `--candidates`; the history is
   cut to the model's `max_history` as in training (the table shows the events actually used).
-* Generative exports: every history length, top-10 over the whole catalog (the candidates
+* Sequential exports: every history length, top-10 over the whole catalog (the candidates
   column reads `all`); the history is cut to `max_len`.
 
 Alongside the end-to-end time, `model p50` is the exported program alone, timed in a second pass
 right after preparing each request's inputs (the rest is id checks, lookup and row gathering;
-generative: the user embedding, without the catalog scan). Other jobs on the machine inflate the numbers; the
+sequential: the user embedding, without the catalog scan). Other jobs on the machine inflate the numbers; the
 1-minute load average before timing is recorded.
 
     python -m jobs.bench_serving --export EXPORT [--export EXPORT2 ...] [--out bench_out/serving.json]

@@ -4,10 +4,11 @@ lifeseq synth --out DIR --users N --seed S       synthetic lifelong events (Parq
 lifeseq build --config C --input IN --output OUT  Spark build: quarantine, vocab, lifelong, shards
 lifeseq train {fit,validate,test} ...           LightningCLI training (see jobs/train.py)
 lifeseq export --ckpt CKPT --out DIR              checkpoint → embedding shards, .pt2, manifest
+lifeseq migrate PATH --out NEW                    a config/checkpoint from before the model zoo → today's
 lifeseq demo [--workdir DIR]                      synth → build → train → evaluate → export → serve
 lifeseq bench pipeline [...]                      pipeline benchmark (Spark vs single-process)
 lifeseq bench ctr [...]                           lifelong CTR models: quality, speed, latency
-lifeseq bench generative [...]                    HSTU vs SASRec: MovieLens quality, speed
+lifeseq bench generative [...]                    sequential models: MovieLens quality, speed
 lifeseq bench serving --export DIR [...]          scorer latency p50/p99 per request
 """
 
@@ -20,7 +21,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `lifeseq <command> ...` to the job modules."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("synth", "build", "train", "export", "demo", "bench")
+    commands = ("synth", "build", "train", "export", "migrate", "demo", "bench")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__)
         if argv and argv[0] not in ("-h", "--help"):
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import export
 
         return export.main(rest)
+    if command == "migrate":
+        from jobs import migrate
+
+        return migrate.main(rest)
     if command == "demo":
         logging.basicConfig(level=logging.WARNING)
         from jobs import demo

@@ -6,8 +6,9 @@
 2. `lifeseq build`: the Spark build (local Spark): quarantine, vocabularies, lifelong table,
    time-split CTR targets, WebDataset shards.
 3. `jobs/train.py fit` + `test` (LightningCLI subprocesses, Lightning's progress bars) of TWIN
-   (`configs/ctr/twin.yaml`), DIN-100 (`configs/ctr/din.yaml`) for `--ctr-steps` steps and HSTU
-   (`configs/generative/hstu.yaml`) for `--hstu-epochs` epochs, on the same build.
+   (`configs/ctr/base.yaml` + `twin.yaml`), DIN-100 (+ `din.yaml`) for `--ctr-steps` steps and
+   HSTU (`configs/sequential/base.yaml` + `hstu.yaml`) for `--hstu-epochs` epochs, on the same
+   build.
 4. Per-target test scores of DIN-100 and TWIN (in-process, from the checkpoints), grouped by
    how many events back the target's category last occurred in its history.
 5. `lifeseq export` of the three models, a few requests of a test user through
@@ -102,16 +103,18 @@ def _train(args: list[str], quiet: bool) -> None:
 
 
 def fit_and_test(
-    name: str, config: str, build: Path, run: Path, length: list[str], checkpoint: str
+    name: str, configs: list[str], build: Path, run: Path, length: list[str], checkpoint: str
 ) -> dict[str, Any]:
-    """Fit `config` on `build` into `run`, test `checkpoint`; the logged numbers.
+    """Fit `configs` (a base and a model file) on `build` into `run`, test `checkpoint`; the
+    logged numbers.
 
     Returns:
         steps, fit seconds, median training samples/s and every `test/*` metric.
     """
     shutil.rmtree(run, ignore_errors=True)
-    common = ["--config", str(REPO_ROOT / config), "--data.root", str(build),
-              "--trainer.default_root_dir", str(run), "--trainer.enable_model_summary", "false"]  # fmt: skip
+    common = [*(a for c in configs for a in ("--config", str(REPO_ROOT / c))),
+              "--data.root", str(build), "--trainer.default_root_dir", str(run),
+              "--trainer.enable_model_summary", "false"]  # fmt: skip
     started = time.monotonic()
     _train(["fit", *common, *length], quiet=False)
     fit_s = time.monotonic() - started
@@ -124,7 +127,7 @@ def fit_and_test(
     metrics = {
         k.removeprefix("test/"): v[-1][1] for k, v in tested.items() if k.startswith("test/")
     }
-    return {"name": name, "config": config, "steps": steps, "fit_s": round(fit_s, 1),
+    return {"name": name, "config": configs, "steps": steps, "fit_s": round(fit_s, 1),
             "train_samples_per_s": train_throughput(series, max(steps, 1)),
             "checkpoint": str(ckpt), "test": metrics, "run": str(run)}  # fmt: skip
 
@@ -309,13 +312,15 @@ def run(settings: DemoSettings) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
     stages.begin(3, f"train: TWIN and DIN-100 ({steps} steps each), HSTU "
                     f"({settings.hstu_epochs} epochs); test each")  # fmt: skip
-    for name, config, length, ckpt in (
-        ("twin", "configs/ctr/twin.yaml", ctr_length, "last.ckpt"),
-        ("din", "configs/ctr/din.yaml", ctr_length, "last.ckpt"),
-        ("hstu", "configs/generative/hstu.yaml", hstu_length, "last.ckpt"),
-    ):
-        print(f"--- {name}: jobs/train.py fit --config {config} {' '.join(length)}", flush=True)
-        runs[name] = fit_and_test(name, config, build, work / "runs" / name, length, ckpt)
+    for name, configs, length, ckpt in (
+        ("twin", ["configs/ctr/base.yaml", "configs/ctr/twin.yaml"], ctr_length, "last.ckpt"),
+        ("din", ["configs/ctr/base.yaml", "configs/ctr/din.yaml"], ctr_length, "last.ckpt"),
+        ("hstu", ["configs/sequential/base.yaml", "configs/sequential/hstu.yaml"], hstu_length,
+         "last.ckpt"),
+    ):  # fmt: skip
+        flags = " ".join(f"--config {c}" for c in configs)
+        print(f"--- {name}: jobs/train.py fit {flags} {' '.join(length)}", flush=True)
+        runs[name] = fit_and_test(name, configs, build, work / "runs" / name, length, ckpt)
         print(f"--- {name}: test {json.dumps(runs[name]['test'])}", flush=True)
         curves = newest_csv(Path(runs[name]["run"])).parent.parent / "version_0"
         if (curves / "training_curves.png").is_file():

@@ -1,5 +1,12 @@
-"""`lifeseq train`: LightningCLI over any `PlatformModule` (`CtrModule`, `LifelongCtrModule`,
-`GenerativeModule`) + `LifeseqDataModule` (fit, validate, test).
+"""`lifeseq train`: LightningCLI over any task (`PlatformModule`: `trainers.tasks.ctr.CtrModule`,
+`trainers.tasks.next_item.NextItemModule`, `trainers.tasks.masked_item.MaskedItemModule`) with a
+zoo model chosen by `class_path`, + `LifeseqDataModule` (fit, validate, test). A family's
+configs are a base plus a per-model file, passed in that order:
+
+    lifeseq train fit --config configs/ctr/base.yaml --config configs/ctr/twin.yaml --data.root OUT
+
+A misspelt `class_path` is refused with the valid choices; a config from before the model zoo
+with the command that migrates it (`lifeseq migrate`).
 
 One process (CPU, gloo process group of size 1):
 
@@ -36,6 +43,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `torchrun jobs/train.py` runs this file as a script
@@ -54,8 +62,87 @@ def _torchrun_layout() -> tuple[int, int]:
     return local, max(1, world // max(1, local))
 
 
+#: What jsonargparse's message says when a `class_path` does not resolve.
+CLASS_PATH_ERRORS = (
+    "has no attribute", "No module named", "Import path", "not a subclass", "dot import path",
+)  # fmt: skip
+#: The zoo's interfaces (`models.interfaces`), whose implementations `class_path` names.
+INTERFACES = ("SequenceEncoder", "LongTermUnit", "CtrModel", "InputFeatures")
+
+
+class LifeseqArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors about a zoo `class_path` list the valid choices."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Add the valid choices of the interface a bad `class_path` was meant for."""
+        hint = choices_hint(message)
+        super().error(f"{message}{hint}", ex)
+
+
+def choices_hint(message: str) -> str:
+    """The valid class paths of the zoo interface whose `class_path` failed to resolve in
+    `message`, as an appended line ('' when none did, or the list is already there)."""
+    from models import interfaces
+    from models.zoo import choices
+
+    positions = [message.find(sign) for sign in CLASS_PATH_ERRORS if sign in message]
+    if not positions:
+        return ""
+    before = message[: min(positions)]
+    named = [
+        (before.rfind(f"interfaces.{n}"), n) for n in INTERFACES if f"interfaces.{n}" in before
+    ]
+    if not named:
+        return ""
+    name = max(named)[1]
+    if f"Valid {name} class paths" in message:
+        return ""
+    return f"\nValid {name} class paths: {', '.join(choices(getattr(interfaces, name)))}"
+
+
+def legacy_config_error(argv: list[str]) -> str | None:
+    """A message when a `--config` file or the `--ckpt_path` checkpoint is from before the
+    model zoo (`trainers.legacy`), saying how to migrate it."""
+    import json
+
+    import yaml
+
+    from trainers.legacy import is_legacy
+
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == "--ckpt_path" and (Path(value) / "checkpoint.json").is_file():
+            try:
+                tree = json.loads((Path(value) / "checkpoint.json").read_text()).get("tree", {})
+            except json.JSONDecodeError:
+                continue
+            path = (tree.get("hyper_parameters") or {}).get("_class_path")
+            if is_legacy(path):
+                return (
+                    f"error: {value}: a checkpoint from before the model zoo (by {path}); "
+                    f"convert it with `lifeseq migrate {value} --out NEW.ckpt` and pass "
+                    "--ckpt_path NEW.ckpt"
+                )
+        if flag != "--config" or not Path(value).is_file():
+            continue
+        try:
+            config = yaml.safe_load(Path(value).read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        model = config.get("model") if isinstance(config, dict) else None
+        path = model.get("class_path") if isinstance(model, dict) else None
+        if is_legacy(path):
+            return (
+                f"error: {value}: model.class_path {path} is from before the model zoo; "
+                f"convert it with `lifeseq migrate {value} --out NEW.yaml` (a checkpoint too: "
+                "`lifeseq migrate CKPT --out NEW.ckpt`), or use today's configs, e.g. "
+                "--config configs/ctr/base.yaml --config configs/ctr/twin.yaml"
+            )
+    return None
+
+
 class LifeseqCLI(LightningCLI):
-    """LightningCLI with torchrun-derived device counts and default CSV + TensorBoard loggers."""
+    """LightningCLI with torchrun-derived device counts, default CSV + TensorBoard loggers and
+    the zoo's valid choices in `class_path` errors."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         devices, nodes = _torchrun_layout()
@@ -90,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    legacy = legacy_config_error(list(sys.argv[1:] if argv is None else argv))
+    if legacy:
+        print(legacy, file=sys.stderr)
+        return 1
     LifeseqCLI(
         PlatformModule,
         LifeseqDataModule,
@@ -97,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         args=argv,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"parser_mode": "yaml"},
+        parser_class=LifeseqArgumentParser,
     )
     _shutdown_process_group()
     return 0

@@ -5,8 +5,9 @@
     EXPORT/
       manifest.json                        format, versions, model config, every file's sha256
       tables/{table}/{start}-{end}.npy     embedding rows [start, end) of one checkpoint shard
-      cache/twin_item_keys/{start}-{end}.npy   TWIN: ESU keys of items [start, end), (n, H·dh)
-      cache/item_index/{start}-{end}.npy   generative: L2-normalized item embeddings (n, d)
+      cache/{name}/{start}-{end}.npy       item caches the model declares, rows [start, end):
+                                           TWIN's ESU keys (n, H·dh), the sequential models'
+                                           L2-normalized item index (n, d)
       dense/model.pt2                      `torch.export` program of the request model
       dense/model_no_history.pt2           CTR: the same program for a user with no history
       vocab/{item,category,behavior}.parquet   raw_id → id (item: + category_id)
@@ -26,8 +27,8 @@ from typing import Any
 import numpy as np
 
 MANIFEST_FILE = "manifest.json"
-#: Format version of `manifest.json`.
-EXPORT_FORMAT_VERSION = 1
+#: Format version of `manifest.json` (2: the model zoo's generic `request` section).
+EXPORT_FORMAT_VERSION = 2
 #: Files hashed per read when checksumming.
 _BLOCK = 1 << 22
 
@@ -66,7 +67,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
     version = manifest.get("format_version")
     if version != EXPORT_FORMAT_VERSION:
         raise ExportError(
-            f"{path}: format_version {version!r}, this lifeseq reads {EXPORT_FORMAT_VERSION}"
+            f"{path}: format_version {version!r}, this lifeseq reads {EXPORT_FORMAT_VERSION}; "
+            "re-export the checkpoint with this lifeseq (lifeseq export)"
         )
     return manifest
 

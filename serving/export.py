@@ -4,20 +4,28 @@
     lifeseq export --ckpt RUN/checkpoints/last.ckpt --out EXPORT [--data OUT]
 
 * The model is rebuilt from the checkpoint's hyper-parameters (`_class_path` + init args, as
-  LightningCLI saved them) and the data's feature schema, on the `meta` device: no embedding
-  table is ever allocated whole. Dense weights are loaded from the checkpoint.
+  LightningCLI saved them; a checkpoint from before the model zoo is translated by
+  `trainers.legacy`) and the data's feature schema, on the `meta` device: no embedding table
+  is ever allocated whole. Dense weights are loaded from the checkpoint.
+* Nothing here knows a model: every model is a `models.interfaces.SparseDenseModel` — the
+  tables it declares (`embeddings`) and its dense part (`dense`) — and says how it is served
+  (`serving_spec`: the request program, its inputs and where serving gets each). A model
+  that cannot be served (submodules outside the two parts, no request program, a program
+  `torch.export` cannot trace) is refused here with its name and the reason.
 * Embedding tables are copied chunk by chunk from the sharded checkpoint: each chunk DCP wrote
   (one rank's row-wise shard) is read alone (`torch.load(weights_only=True)` of its byte
   range) and written as one `.npy` of rows [start, end), so a process holds one shard at a
   time. Column-wise shards of a row range are joined first. Row 0 (padding) is written as
   zeros: the models embed id 0 to zeros whatever the row holds.
-* Derived per-item files are written per item shard: TWIN's ESU keys (its serving cache; the
-  category table is read whole — it is small) and the generative models' L2-normalized item
-  embeddings (their retrieval index).
-* The dense request model (`models.ctr_request` / `models.generative_request`) is traced by
-  `torch.export` with dynamic history and candidate counts into `dense/model.pt2`.
+* Item caches the model declares (`item_caches`: TWIN's ESU keys, the sequential models'
+  L2-normalized item index) are written per item shard (an item's category comes from the
+  item vocabulary; the category table is read whole — it is small).
+* The request program is traced by `torch.export` with dynamic sizes into `dense/*.pt2` (one
+  file per `ProgramVariant`, e.g. CTR's `model` and `model_no_history`); the manifest's
+  `request` section lists its inputs and their sources, which is all the scorer reads.
 * Vocabularies are read from the pipeline output (`OUT/vocab/`) into one Parquet file each.
-* `manifest.json` lists versions, the model config, shapes, dtypes and every file's sha256.
+* `manifest.json` lists versions, the model (class paths and configs), shapes, dtypes and
+  every file's sha256.
 
 The export is written to `EXPORT.tmp-*` and renamed into place when complete.
 """
@@ -39,27 +47,21 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from features.schema import FeatureSchema
-from models.ctr_request import CtrRequestModel
-from models.generative import L2_EPS, GenerativeModel
-from models.generative_request import GenerativeRequestModel
-from models.lifelong_ctr import LifelongCtrModel
+from models.interfaces import ExportUnsupported, ServingSpec, SparseDenseModel, class_path
 from serving.artifacts import EXPORT_FORMAT_VERSION, MANIFEST_FILE, ExportError, file_entry
 from serving.scorer import Vocab
 from trainers.checkpoint import JsonFileSystemReader, load_tensors, read_checkpoint_tree
 from trainers.data import LifeseqDataModule
+from trainers.legacy import checkpoint_names, migrate_hparams
 from trainers.platform_module import PlatformModule
 
 logger = logging.getLogger(__name__)
 
 STATE_PREFIX = "/state_dict/model."
 VOCABS = ("item", "category", "behavior")
-#: Largest history and candidate counts the exported CTR program accepts.
-MAX_EVENTS = 1 << 22
-MAX_CANDIDATES = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +130,11 @@ def instantiate_module(hparams: dict[str, Any]) -> PlatformModule:
     embedding backend (export reads tables from the checkpoint itself)."""
     from jsonargparse import ArgumentParser
 
-    class_path = hparams.get("_class_path")
-    if not class_path:
+    if not hparams.get("_class_path"):
         raise ExportError("checkpoint hyper_parameters have no _class_path (not a LightningCLI "
                           "run?); train with lifeseq train")  # fmt: skip
+    hparams = migrate_hparams(hparams)
+    class_path = hparams["_class_path"]
     init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}
     init_args["embedding"] = {**(init_args.get("embedding") or {}), "backend": "torch"}
     parser = ArgumentParser(exit_on_error=False)
@@ -153,37 +156,51 @@ def data_module(tree: dict[str, Any], data_root: str | None) -> LifeseqDataModul
     return data
 
 
-def load_model(ckpt: Path, schema: FeatureSchema, hparams: dict[str, Any]) -> torch.nn.Module:
+def load_model(ckpt: Path, schema: FeatureSchema, hparams: dict[str, Any]) -> SparseDenseModel:
     """The trained model, dense weights loaded, embedding tables left on `meta`.
 
     Raises:
-        ExportError: a model family export does not support, or dense weights missing.
+        ExportError: a model export cannot split into tables and a dense part, or dense
+            weights missing.
     """
     module = instantiate_module(hparams)
     with torch.device("meta"):
         model = module.build_model(schema)
-    if not isinstance(model, LifelongCtrModel | GenerativeModel):
-        raise ExportError(f"export supports LifelongCtrModule and GenerativeModule checkpoints, "
-                          f"not {type(module).__name__}")  # fmt: skip
+    check_exportable(model)
     dense = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()
              if not k.startswith("embeddings.")}  # fmt: skip
-    load_tensors(ckpt, {STATE_PREFIX + k: v for k, v in dense.items()})
+    names = checkpoint_names(hparams, list(dense))
+    load_tensors(ckpt, {STATE_PREFIX + names[k]: v for k, v in dense.items()})
     model.load_state_dict(dense, strict=False, assign=True)
     return model.eval()
 
 
+def check_exportable(model: torch.nn.Module) -> None:
+    """Raise `ExportError` naming the model and the reason when it cannot be served: not a
+    `SparseDenseModel`, or submodules outside its `embeddings` and `dense` parts."""
+    if not isinstance(model, SparseDenseModel):
+        raise ExportError(f"{class_path(model)}: export needs a model split into embedding "
+                          "tables and a dense part (models.interfaces.SparseDenseModel)")  # fmt: skip
+    try:
+        model.check_split()
+    except ExportUnsupported as err:
+        raise ExportError(str(err)) from None
+
+
 def load_trained_model(
     ckpt: str | Path, data_root: str | None = None
-) -> tuple[torch.nn.Module, LifeseqDataModule]:
+) -> tuple[SparseDenseModel, LifeseqDataModule]:
     """The checkpoint's whole model (plain-torch tables, every tensor loaded by DCP), in eval
     mode, and its data module: the reference the export must match, and what offline analyses
     (e.g. `lifeseq demo`'s per-target scores) run. Holds every table in memory."""
     ckpt = Path(ckpt)
     tree, _ = read_checkpoint_tree(ckpt)
     data = data_module(tree, data_root)
-    model = instantiate_module(tree["hyper_parameters"]).build_model(data.schema)
+    hparams = tree["hyper_parameters"]
+    model = instantiate_module(hparams).build_model(data.schema)
     state = model.state_dict()
-    load_tensors(ckpt, {STATE_PREFIX + k: v for k, v in state.items()})
+    names = checkpoint_names(hparams, list(state))
+    load_tensors(ckpt, {STATE_PREFIX + names[k]: v for k, v in state.items()})
     model.load_state_dict(state)
     return model.eval(), data
 
@@ -202,11 +219,11 @@ def _range_name(prefix: str, start: int, end: int) -> str:
     return f"{prefix}/{start:012d}-{end:012d}.npy"
 
 
-def export_tables(ckpt: Path, root: Path, model: torch.nn.Module) -> dict[str, Any]:
+def export_tables(ckpt: Path, root: Path, model: SparseDenseModel) -> dict[str, Any]:
     """Write every embedding-collection table shard by shard; returns the manifest section."""
     tables = {}
     metadata = JsonFileSystemReader(str(ckpt)).read_metadata()
-    for spec in model.config.tables():  # type: ignore[union-attr,operator]
+    for spec in model.embeddings.tables:
         fqn = f"{STATE_PREFIX}embeddings.collections.d{spec.embedding_dim}.embeddings.{spec.name}.weight"
         shards = []
         for start, end, chunks in row_shards(ckpt, metadata, fqn):
@@ -230,37 +247,39 @@ def _item_categories(vocab_dir: Path, rows: int) -> np.ndarray:
 
 
 def export_item_caches(
-    root: Path, model: torch.nn.Module, tables: dict[str, Any]
+    root: Path, model: SparseDenseModel, tables: dict[str, Any]
 ) -> dict[str, Any]:
-    """TWIN: ESU keys per item; generative: L2-normalized item embeddings (per item shard)."""
+    """Every item cache the model declares (`SparseDenseModel.item_caches`: TWIN's ESU keys,
+    the sequential models' L2-normalized item index), per item shard. An item's category rows
+    come from the item vocabulary's `category_id` and the exported category table."""
     item = tables["item"]
     caches: dict[str, Any] = {}
-    if isinstance(model, GenerativeModel):
-        shards = []
-        for shard in item["shards"]:
-            rows = torch.from_numpy(np.load(root / shard["file"]))
-            normalized = F.normalize(rows, dim=-1, eps=L2_EPS)
-            name = _range_name("cache/item_index", shard["start"], shard["end"])
-            shards.append({**shard, "file": _save_npy(root, name, normalized.numpy())})
-        caches["item_index"] = {"rows": item["rows"], "width": item["dim"], "shards": shards}
-    elif isinstance(model, LifelongCtrModel) and model.config.arch.long_term == "twin":
-        assert model.attention is not None
+    declared = model.item_caches()
+    if not declared:
+        return caches
+    category_rows: torch.Tensor | None = None
+    categories: np.ndarray | None = None
+    if "category" in tables:
         categories = _item_categories(root / "vocab", item["rows"])
         category_rows = torch.from_numpy(
             np.concatenate([np.load(root / s["file"]) for s in tables["category"]["shards"]])
         )
+    for name, cache in declared.items():
         shards = []
         with torch.no_grad():
             for shard in item["shards"]:
                 rows = torch.from_numpy(np.load(root / shard["file"]))
-                ids = torch.from_numpy(categories[shard["start"] : shard["end"]])
-                keys = model.item_keys(rows, category_rows[ids]).flatten(1)
-                name = _range_name("cache/twin_item_keys", shard["start"], shard["end"])
-                shards.append({**shard, "file": _save_npy(root, name, keys.numpy())})
-        heads, head_dim = model.attention.heads, model.attention.head_dim
-        caches["twin_item_keys"] = {
-            "rows": item["rows"], "width": heads * head_dim, "heads": heads,
-            "head_dim": head_dim, "category_source": "vocab/item.parquet category_id",
+                if category_rows is not None and categories is not None:
+                    ids = torch.from_numpy(categories[shard["start"] : shard["end"]])
+                    their_categories = category_rows[ids]
+                else:
+                    their_categories = rows.new_zeros(rows.shape[0], 0)
+                values = cache.compute(rows, their_categories).reshape(rows.shape[0], -1)
+                file = _range_name(f"cache/{name}", shard["start"], shard["end"])
+                shards.append({**shard, "file": _save_npy(root, file, values.numpy())})
+        caches[name] = {
+            "rows": item["rows"], "width": int(np.prod(cache.row_shape)),
+            "row_shape": list(cache.row_shape), "feeds_request": cache.feeds_request,
             "shards": shards,
         }  # fmt: skip
     return caches
@@ -291,39 +310,6 @@ def export_vocabs(data_root: Path, root: Path) -> dict[str, Any]:
     return section
 
 
-def _example_ctr_request(
-    model: LifelongCtrModel, events: int, candidates: int
-) -> dict[str, torch.Tensor]:
-    d = model.config.embedding_dim
-    generator = torch.Generator().manual_seed(0)
-
-    def ids(n: int, high: int) -> torch.Tensor:
-        return torch.randint(1, max(high, 2), (n,), generator=generator)
-
-    request = {
-        "event_item": ids(events, model.config.item_rows),
-        "event_category": ids(events, model.config.category_rows),
-        "event_behavior": ids(events, model.config.behavior_rows),
-        "event_ts": torch.arange(events, dtype=torch.int64) * 100 + 1_700_000_000,
-        "event_item_emb": torch.randn(events, d, generator=generator),
-        "event_category_emb": torch.randn(events, d, generator=generator),
-        "target_item": ids(candidates, model.config.item_rows),
-        "target_category": ids(candidates, model.config.category_rows),
-        "target_item_emb": torch.randn(candidates, d, generator=generator),
-        "target_category_emb": torch.randn(candidates, d, generator=generator),
-        "request_ts": torch.tensor([1_700_000_000 + 100 * events]),
-    }
-    for name in ("gsu_event_item_emb", "gsu_event_category_emb"):
-        request[name] = torch.randn(events, d, generator=generator)
-    for name in ("gsu_target_item_emb", "gsu_target_category_emb"):
-        request[name] = torch.randn(candidates, d, generator=generator)
-    if model.attention is not None:
-        request["event_keys"] = torch.randn(
-            events, model.attention.heads, model.attention.head_dim, generator=generator
-        )
-    return request
-
-
 def _check_no_pickle(path: Path) -> None:
     """Refuse a `.pt2` whose weights or constants are stored pickled."""
     import zipfile
@@ -334,71 +320,99 @@ def _check_no_pickle(path: Path) -> None:
                 raise ExportError(f"{path}: {name} stores pickled tensors; export refuses them")
 
 
-def _shape_names(example: torch.Tensor, spec: Any) -> list[int | str]:
-    """A tensor's shape with its dynamic dimensions named (`events`, `candidates`, `length`)."""
-    name = getattr(spec.get(0), "__name__", None) if isinstance(spec, dict) else None
-    return [name if i == 0 and name else n for i, n in enumerate(example.shape)]
+def _dynamic_shapes(spec: ServingSpec, static: tuple[str, ...]) -> dict[str, Any]:
+    """`torch.export` dynamic shapes of the spec's inputs: named dims dynamic within
+    `spec.dims` unless `static`, integer dims static."""
+    dims = {name: torch.export.Dim(name, min=low, max=high)
+            for name, (low, high) in spec.dims.items()}  # fmt: skip
+    return {
+        i.name: {
+            axis: torch.export.Dim.STATIC if (not isinstance(n, str) or n in static) else dims[n]
+            for axis, n in enumerate(i.shape)
+        }
+        for i in spec.inputs
+    }
 
 
-def export_dense(root: Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Trace the request model with `torch.export`; returns the manifest section."""
+def export_dense(root: Path, model: SparseDenseModel) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trace the model's request program (`serving_spec`) with `torch.export`, one program
+    per variant; returns the manifest's `dense` and `request` sections.
+
+    Raises:
+        ExportError: the model has no request program, or tracing it failed (naming the model).
+    """
+    name = model_label(model)
+    try:
+        spec = model.serving_spec()
+    except (ExportUnsupported, NotImplementedError) as err:
+        raise ExportError(f"{name}: cannot be exported: {err}") from None
     dense_dir = root / "dense"
     dense_dir.mkdir(parents=True, exist_ok=True)
     programs: dict[str, Any] = {}
+    scorer = spec.program.eval()
     with torch.no_grad():
-        if isinstance(model, GenerativeModel):
-            scorer: torch.nn.Module = GenerativeRequestModel(model).eval()
-            n = min(8, model.config.max_len)
-            example = {
-                "item_emb": torch.randn(n, model.config.embedding_dim),
-                "key_ts": torch.arange(n, dtype=torch.int64),
-                "query_ts": torch.arange(1, n + 1, dtype=torch.int64),
-            }
-            length = torch.export.Dim("length", min=1, max=model.config.max_len)
-            shapes = {k: {0: length} for k in example}
-            variants = {"model": (example, shapes)}
-        else:
-            assert isinstance(model, LifelongCtrModel)
-            cached = model.config.arch.long_term == "twin"
-            scorer = CtrRequestModel(model, cached_keys=cached).eval()
-            events = torch.export.Dim("events", min=1, max=MAX_EVENTS)
-            candidates = torch.export.Dim("candidates", min=1, max=MAX_CANDIDATES)
-            variants = {}
-            for name, n in (("model", 8), ("model_no_history", 0)):
-                full = _example_ctr_request(model, n, 4)
-                example = {k: full[k] for k in scorer.input_names}
-                shapes = {
-                    k: {0: torch.export.Dim.STATIC} if k == "request_ts" else
-                    {0: candidates if "target" in k else (events if n else torch.export.Dim.STATIC)}
-                    for k in example
-                }  # fmt: skip
-                variants[name] = (example, shapes)
-        for name, (example, shapes) in variants.items():
-            program = torch.export.export(scorer, (example,), dynamic_shapes=(shapes,))
-            path = dense_dir / f"{name}.pt2"
+        for variant in spec.variants:
+            example = spec.example(variant.sizes)
+            shapes = _dynamic_shapes(spec, variant.static)
+            try:
+                program = torch.export.export(scorer, (example,), dynamic_shapes=(shapes,))
+            except Exception as err:  # noqa: BLE001 (any tracing failure is the model's)
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ExportError(
+                    f"{name}: torch.export of its request program failed ({first}); the dense "
+                    "part must trace with dynamic sizes (see models.interfaces.ServingSpec)"
+                ) from err
+            path = dense_dir / f"{variant.name}.pt2"
             torch.export.save(program, path)
             _check_no_pickle(path)
-            programs[name] = {
-                "file": f"dense/{name}.pt2",
+            programs[variant.name] = {
+                "file": f"dense/{variant.name}.pt2",
+                "static": {dim: variant.sizes[dim] for dim in variant.static},
                 "inputs": {
-                    k: {
-                        "dtype": str(v.dtype).removeprefix("torch."),
-                        "shape": _shape_names(v, shapes[k]),
+                    i.name: {
+                        "dtype": i.dtype,
+                        "shape": [variant.sizes[n] if n in variant.static else n for n in i.shape],
                     }
-                    for k, v in example.items()
+                    for i in spec.inputs
                 },  # fmt: skip
             }
-    return programs
+    request = {
+        "family": spec.family,
+        "inputs": [dataclasses.asdict(i) for i in spec.inputs],
+        "dims": {k: list(v) for k, v in spec.dims.items()},
+    }
+    return programs, request
 
 
-def _model_section(model: torch.nn.Module, data: LifeseqDataModule) -> dict[str, Any]:
-    config = dataclasses.asdict(model.config)  # type: ignore[call-overload]
-    if isinstance(model, GenerativeModel):
-        return {"family": "generative", "name": model.config.arch.encoder, "config": config,
-                "max_len": model.config.max_len}  # fmt: skip
-    assert isinstance(model, LifelongCtrModel)
-    return {"family": "ctr", "name": model.config.arch.long_term, "config": config,
-            "max_history": data.feature_config.max_history}  # fmt: skip
+def _model_section(
+    model: SparseDenseModel, data: LifeseqDataModule, hparams: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "family": model.family,
+        "name": _model_name(model),
+        "task": hparams.get("_class_path"),
+        "model": model.describe(),
+        "max_len": model.describe().get("max_len"),  # events a request may carry
+        "max_history": data.feature_config.max_history,
+    }
+
+
+def model_label(model: SparseDenseModel) -> str:
+    """The zoo class paths a model is made of (`LifelongCtr + Twin`, an encoder's path), for
+    messages."""
+    described = model.describe()
+    parts = [described.get("encoder") or described.get("class_path") or class_path(model)]
+    if isinstance(described.get("long_term"), dict):
+        parts.append(described["long_term"]["class_path"])
+    return " + ".join(str(p) for p in parts)
+
+
+def _model_name(model: SparseDenseModel) -> str:
+    """The zoo model's class name (the long-term unit's for `LifelongCtr`)."""
+    described = model.describe()
+    inner = described.get("long_term") or described
+    path = inner.get("class_path") or inner.get("encoder") or class_path(model.dense)
+    return str(path).rsplit(".", 1)[-1]
 
 
 def export_checkpoint(
@@ -433,7 +447,7 @@ def export_checkpoint(
     vocab = export_vocabs(Path(data.root), tmp)
     tables = export_tables(ckpt, tmp, model)
     caches = export_item_caches(tmp, model, tables)
-    dense = export_dense(tmp, model)
+    dense, request = export_dense(tmp, model)
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     manifest = {
         "format_version": EXPORT_FORMAT_VERSION,
@@ -449,10 +463,11 @@ def export_checkpoint(
             "epoch": tree.get("epoch"),
             "schema_hash": data.schema.hash(),
         },  # fmt: skip
-        "model": _model_section(model, data),
+        "model": _model_section(model, data, migrate_hparams(tree["hyper_parameters"])),
         "tables": tables,
         "caches": caches,
         "dense": dense,
+        "request": request,
         "vocab": vocab,
         "files": {str(p.relative_to(tmp)): file_entry(p) for p in files},
     }

@@ -8,9 +8,11 @@ trained model's numbers.
 
 Requests carry raw ids (as in the event logs); the exported vocabularies map them, unknown ids
 to the OOV id 1. An item's category is the item vocabulary's `category_id`. Histories keep the
-most recent `max_history` (CTR) / `max_len` (generative) events, as training did. Embedding rows
-are read from the memory-mapped table shards; the dense model runs as the exported
-`torch.export` program (`dense/*.pt2`); TWIN reads its events' keys from the per-item cache.
+most recent `max_history` (CTR) / `max_len` (sequential) events, as training did. The dense
+model runs as the exported `torch.export` program (`dense/*.pt2`); its inputs are filled as the
+manifest's `request` section says, whatever the model: id fields of the request, embedding
+rows of a feature's table (memory-mapped shards) at a field's ids, or rows of an item cache
+(e.g. TWIN's ESU keys) at the history's items.
 
 Malformed requests raise `RequestError` naming the field; nothing is guessed.
 """
@@ -62,7 +64,7 @@ class CtrRequest:
 
 @dataclass(frozen=True)
 class NextItemRequest:
-    """One user's history, for the top-k next items (generative models).
+    """One user's history, for the top-k next items (sequential models).
 
     Attributes:
         history_items: raw item ids, oldest first (at least one).
@@ -216,6 +218,12 @@ class Scorer:
             name: torch.export.load(root / spec["file"]).module()
             for name, spec in manifest["dense"].items()
         }
+        self.request_inputs: list[dict[str, Any]] = manifest["request"]["inputs"]
+        self.feature_table = {
+            feature: name
+            for name, spec in manifest["tables"].items()
+            for feature in spec["features"]
+        }
         self.max_history = int(model.get("max_history") or 0)
         self.max_len = int(model.get("max_len") or 0)
 
@@ -240,6 +248,40 @@ class Scorer:
     def _rows(self, table: str, ids: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.tables[table].take(ids))
 
+    def program_inputs(self, ids: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """The request program's input dict from the request's id fields (`ids`), as the
+        manifest's `request.inputs` say: `ids:FIELD`, `table:FEATURE@FIELD`, `cache:NAME@FIELD`.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for spec in self.request_inputs:
+            kind, _, what = spec["source"].partition(":")
+            name, _, field_name = what.partition("@")
+            if kind == "ids":
+                out[spec["name"]] = torch.from_numpy(ids[name])
+            elif kind == "table":
+                out[spec["name"]] = self._rows(self.feature_table[name], ids[field_name])
+            elif kind == "cache":
+                rows = torch.from_numpy(self.caches[name].take(ids[field_name]))
+                shape = self.manifest["caches"][name]["row_shape"]
+                out[spec["name"]] = rows.view(-1, *shape)
+            else:
+                raise ExportError(f"manifest request input {spec['name']!r}: unknown source "
+                                  f"{spec['source']!r}; re-export with this lifeseq")  # fmt: skip
+        return out
+
+    def _program(self, sizes: dict[str, int]) -> torch.nn.Module:
+        """The exported program for a request of `sizes`: one whose static dims match (e.g.
+        `model_no_history` for a history of 0 events), else the dynamic one."""
+        fallback = None
+        for name, spec in self.manifest["dense"].items():
+            static = spec.get("static") or {}
+            if static and all(sizes.get(dim) == size for dim, size in static.items()):
+                return self.programs[name]
+            if not static and fallback is None:
+                fallback = self.programs[name]
+        assert fallback is not None, "export has no dynamic program"
+        return fallback
+
     def ctr_inputs(self, request: CtrRequest) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
         """The exported program's input dict for `request`, and its OOV counts.
 
@@ -261,50 +303,37 @@ class Scorer:
         event_item, oov_items = item_vocab.lookup(items)
         event_behavior, oov_behaviors = self.vocab["behavior"].lookup(behaviors)
         target_item, oov_candidates = item_vocab.lookup(candidates)
-        event_category = item_vocab.categories(event_item)
-        target_category = item_vocab.categories(target_item)
-        inputs = {
-            "event_item": torch.from_numpy(event_item),
-            "event_category": torch.from_numpy(event_category),
-            "event_behavior": torch.from_numpy(event_behavior),
-            "event_ts": torch.from_numpy(ts),
-            "event_item_emb": self._rows("item", event_item),
-            "event_category_emb": self._rows("category", event_category),
-            "target_item": torch.from_numpy(target_item),
-            "target_category": torch.from_numpy(target_category),
-            "target_item_emb": self._rows("item", target_item),
-            "target_category_emb": self._rows("category", target_category),
-            "request_ts": torch.tensor([request_ts], dtype=torch.int64),
+        ids = {
+            "event_item": event_item,
+            "event_category": item_vocab.categories(event_item),
+            "event_behavior": event_behavior,
+            "event_ts": ts,
+            "target_item": target_item,
+            "target_category": item_vocab.categories(target_item),
+            "request_ts": np.array([request_ts], dtype=np.int64),
         }
-        if "twin_item_keys" in self.caches:
-            spec = self.manifest["caches"]["twin_item_keys"]
-            keys = self.caches["twin_item_keys"].take(event_item)
-            inputs["event_keys"] = torch.from_numpy(keys).view(-1, spec["heads"], spec["head_dim"])
-        if "gsu_item" in self.tables:
-            inputs["gsu_event_item_emb"] = self._rows("gsu_item", event_item)
-            inputs["gsu_event_category_emb"] = self._rows("gsu_category", event_category)
-            inputs["gsu_target_item_emb"] = self._rows("gsu_item", target_item)
-            inputs["gsu_target_category_emb"] = self._rows("gsu_category", target_category)
         oov = {"history_items": oov_items, "history_behaviors": oov_behaviors,
                "candidates": oov_candidates}  # fmt: skip
-        return inputs, oov
+        return self.program_inputs(ids), oov
 
     def score(self, request: CtrRequest) -> CtrScores:
         """CTR scores of the request's candidates (SIM / ETA / TWIN / DIN exports).
 
         Raises:
-            RequestError: a malformed request, or an export of a generative model.
+            RequestError: a malformed request, or an export of a sequential model.
         """
         if self.family != "ctr":
             raise RequestError(f"score: this export is a {self.family} model ({self.name}); "
                                "use recommend()")  # fmt: skip
         inputs, oov = self.ctr_inputs(request)
-        program = self.programs["model" if inputs["event_item"].numel() else "model_no_history"]
+        sizes = {"events": int(inputs["event_item"].numel()),
+                 "candidates": int(inputs["target_item"].numel())}  # fmt: skip
+        program = self._program(sizes)
         with torch.no_grad():
             logits = program(inputs).numpy().astype(np.float32)
         return CtrScores(logits, 1.0 / (1.0 + np.exp(-logits)), oov)
 
-    # --- generative -------------------------------------------------------------------------
+    # --- sequential -------------------------------------------------------------------------
 
     def user_embedding(self, request: NextItemRequest) -> tuple[torch.Tensor, np.ndarray, int]:
         """(d,) user embedding of the request, the history's item ids and the OOV count.
@@ -321,17 +350,17 @@ class Scorer:
             raise RequestError("history_items: empty; a next-item request needs a history")
         item_ids, oov = self.vocab["item"].lookup(items)
         seq_ids, seq_ts = item_ids[-self.max_len :], ts[-self.max_len :]
-        key_ts = torch.from_numpy(seq_ts)
-        inputs = {
-            "item_emb": self._rows("item", seq_ids),
-            "key_ts": key_ts,
-            "query_ts": torch.cat([key_ts[1:], torch.tensor([request_ts])]),
+        ids = {
+            "sequence_item": seq_ids,
+            "key_ts": seq_ts,
+            "query_ts": np.append(seq_ts[1:], np.int64(request_ts)),
         }
+        inputs = self.program_inputs(ids)
         with torch.no_grad():
-            return self.programs["model"](inputs), item_ids, oov
+            return self._program({"length": len(seq_ids)})(inputs), item_ids, oov
 
     def recommend(self, request: NextItemRequest) -> Recommendations:
-        """The top-k next items (HSTU / SASRec exports): inner product with every item's
+        """The top-k next items (sequential exports): inner product with every item's
         L2-normalized embedding, ids below 2 (padding, OOV) and, by default, the history left out.
 
         A float32 pass over each index shard keeps its best max(4k, k + 64) items; those are
@@ -341,7 +370,7 @@ class Scorer:
         Raises:
             RequestError: a malformed request, k out of range, or a CTR export.
         """
-        if self.family != "generative":
+        if self.family != "sequential":
             raise RequestError(f"recommend: this export is a {self.family} model ({self.name}); "
                                "use score()")  # fmt: skip
         k = request.k

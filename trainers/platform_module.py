@@ -1,15 +1,18 @@
 """`PlatformModule`: what every lifeseq LightningModule shares, whatever it predicts.
 
 * `configure_model()` (every rank, process group up): builds the model from the data module's
-  `FeatureSchema` (`build_model`, overridden per model family) and, with
-  `embedding.backend: torchrec`, shards it with `trainers.sharding.shard_model` on the
-  strategy's device and world process group. With `torch`, the strategy DDP-wraps the module.
+  `FeatureSchema` (`build_model`: the task builds its composite from the zoo model YAML chose)
+  and, with `embedding.backend: torchrec`, shards it with `trainers.sharding.shard_model` on
+  the strategy's device and world process group. With `torch`, the strategy DDP-wraps it.
+* `self.model` is what the forward runs (possibly wrapped by DMP/DDP); `self.core` is the
+  model inside the wrappers, the one way to reach its methods (`item_table`, ...).
 * `configure_optimizers()`: one optimizer. TorchRec backend: the fused embedding optimizer
   (from `sharding:`, it steps inside backward) combined with the dense optimizer in a
   `CombinedOptimizer`; torch backend: the dense optimizer over every parameter.
 * Checkpoints carry the feature-schema hash and every rank's RNG states (`trainers.run_state`).
 * `training_step`/`validation_step`/`test_step` delegate to `_shared_step(batch, stage)`, and the
-  epoch ends to `_log_eval(stage)`; subclasses (`CtrModule`, `GenerativeModule`) define both.
+  epoch ends to `_log_eval(stage)`; the tasks (`trainers/tasks/`: CTR, next-item, masked-item)
+  define both: a LightningModule is this platform + a task + a zoo model.
 
 Gradient semantics: embedding rows of the torchrec backend are updated *inside* `backward()` by
 the fused optimizer, so `trainer.gradient_clip_val` and `trainer.accumulate_grad_batches` act on
@@ -29,9 +32,10 @@ import torch.distributed as dist
 from torch import nn
 
 from features.schema import FeatureSchema
-from models.embeddings import BACKENDS
+from models.blocks.embeddings import BACKENDS
+from models.interfaces import ModelDims, SparseDenseModel
 from trainers import run_state
-from trainers.sharding import ShardingConfig, shard_model
+from trainers.sharding import ShardingConfig, combined_optimizer, shard_model
 
 DENSE_OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -86,32 +90,6 @@ class DenseOptimizerConfig:
         return lambda params: cls(params, lr=lr, weight_decay=wd)
 
 
-def combined_optimizer(dmp: nn.Module, dense: DenseOptimizerConfig) -> torch.optim.Optimizer:
-    """`trainers.sharding.combined_optimizer`, with a closure-safe `step`.
-
-    TorchRec's `CombinedOptimizer.step(closure)` hands the closure to every inner optimizer,
-    which would run Lightning's forward/backward closure once per optimizer; this one calls
-    it once, then steps the dense part (the fused part already stepped in backward).
-    """
-    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-    class _ClosureOnceCombinedOptimizer(CombinedOptimizer):
-        def step(self, closure: Any = None) -> Any:
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
-            super().step()
-            return loss
-
-    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    optimizers: list[Any] = [dmp.fused_optimizer]
-    if dense_params:
-        optimizers.append(KeyedOptimizerWrapper(dense_params, dense.factory()))
-    return _ClosureOnceCombinedOptimizer(optimizers)
-
-
 class PlatformModule(L.LightningModule):
     """Model building, sharding, optimizers and checkpoint extras shared by every model family.
 
@@ -143,12 +121,13 @@ class PlatformModule(L.LightningModule):
 
     # --- model ----------------------------------------------------------------------------
 
-    def build_model(self, schema: FeatureSchema) -> nn.Module:
-        """The unsharded model for `schema`'s tables (overridden per model family)."""
-        raise NotImplementedError(f"{type(self).__name__}.build_model")
+    def model_dims(self, schema: FeatureSchema) -> ModelDims:
+        """The sizes, backend and seed the zoo model is built with."""
+        return ModelDims.from_schema(schema, backend=self.embedding.backend, seed=self.seed)
 
-    def on_model_built(self, model: nn.Module) -> None:
-        """Hook after `build_model`, before sharding (e.g. to keep a reference to `model.loss`)."""
+    def build_model(self, schema: FeatureSchema) -> SparseDenseModel:
+        """The unsharded model for `schema`'s tables (the task's composite of its zoo model)."""
+        raise NotImplementedError(f"{type(self).__name__}.build_model")
 
     def _resolve_schema(self) -> FeatureSchema:
         if self._schema is not None:
@@ -166,8 +145,7 @@ class PlatformModule(L.LightningModule):
         """Build the model and, for `embedding.backend: torchrec`, shard it (every rank)."""
         if self.model is not None:
             return
-        model = self.build_model(self._resolve_schema())
-        self.on_model_built(model)
+        model: nn.Module = self.build_model(self._resolve_schema())
         if self.embedding.backend == "torchrec":
             if not dist.is_initialized():
                 raise RuntimeError(
@@ -178,10 +156,29 @@ class PlatformModule(L.LightningModule):
             model = shard_model(model, self.sharding, device, dist.group.WORLD)
         self.model = model
 
+    def setup_model(self, schema: FeatureSchema) -> SparseDenseModel:
+        """Build the model for `schema` outside a Trainer (benchmarks, hand-written loops);
+        returns it. The torchrec backend needs a process group (see `configure_model`)."""
+        self._schema = schema
+        self.model = None
+        self.configure_model()
+        return self.core
+
     def forward(self, batch: Any) -> Any:
-        """The model's output for `batch`."""
+        """The model's output for `batch` (through the DMP/DDP wrappers)."""
         assert self.model is not None, "configure_model() has not run"
         return self.model(batch)
+
+    @property
+    def core(self) -> SparseDenseModel:
+        """The model inside the DistributedModelParallel / DDP wrappers (sharded tables
+        included)."""
+        assert self.model is not None, "configure_model() has not run"
+        module = self.model
+        while not isinstance(module, SparseDenseModel) and hasattr(module, "module"):
+            module = module.module
+        assert isinstance(module, SparseDenseModel), type(module)
+        return module
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Parameters updated by the dense optimizer (not by a fused embedding optimizer)."""
@@ -201,6 +198,13 @@ class PlatformModule(L.LightningModule):
     def _log_eval(self, stage: str) -> None:
         """Log and reset the `stage` metrics at the end of an evaluation epoch (overridden)."""
         raise NotImplementedError(f"{type(self).__name__}._log_eval")
+
+    def log_train_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Record a training step's loss (`train/loss`, rank-local, per step; `last_loss` for
+        the callbacks) and return it."""
+        self.last_loss = loss.detach()
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=1)
+        return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
@@ -243,7 +247,7 @@ class PlatformModule(L.LightningModule):
         """Dense optimizer combined with the fused sparse one (torchrec) or alone (torch)."""
         assert self.model is not None
         if self.embedding.backend == "torchrec":
-            return combined_optimizer(self.model, self.dense_optimizer)
+            return combined_optimizer(self.model, self.dense_optimizer.factory())
         return self.dense_optimizer.factory()(self.dense_parameters())
 
     def configure_gradient_clipping(

@@ -1,6 +1,6 @@
 """Full-ranking metrics of next-item recommendation from target ranks: HR@K, NDCG@K, MRR.
 
-Input is the 0-based rank of each target among the candidate items (`models.retrieval.
+Input is the 0-based rank of each target among the candidate items (`models.blocks.retrieval.
 target_ranks`), one relevant item per target, as in the SASRec/HSTU evaluation protocol:
 
 - `hr@K`: hit rate, the share of targets with rank < K;

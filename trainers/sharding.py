@@ -3,7 +3,7 @@
 `shard_model(model, cfg, device)`:
 
 1. finds the `torchrec.EmbeddingCollection`s in `model` (those inside
-   `models.embeddings.TorchRecEmbeddingCollection`);
+   `models.blocks.embeddings.TorchRecEmbeddingCollection`);
 2. attaches the fused sparse optimizer to their weights with
    `torch.distributed.optim._apply_optimizer_in_backward` (what the deprecated
    `torchrec.optim.apply_optimizer_in_backward` forwards to) — before wrapping, because the
@@ -327,7 +327,7 @@ def shard_model(
 
     Args:
         model: a module containing `torchrec.EmbeddingCollection`s (e.g. through
-            `models.embeddings.TorchRecEmbeddingCollection`) and any dense layers.
+            `models.blocks.embeddings.TorchRecEmbeddingCollection`) and any dense layers.
         cfg: sharding types, planner constraints and the fused optimizer.
         device: compute device of this rank (`cpu` with gloo, `cuda:{local_rank}` with nccl).
         pg: process group (default: the world).
@@ -422,7 +422,7 @@ def shard_model(
     plan = planner.collective_plan(model, sharders, pg)
     # Not TorchRec's default static-graph DDP: its first all-reduce hooks onto the tensors of
     # the forward output, which it cannot find inside a dataclass output (CtrOutput,
-    # GenerativeOutput), and then dense gradients are silently never averaged over ranks.
+    # SequenceOutput), and then dense gradients are silently never averaged over ranks.
     dmp = DistributedModelParallel(
         model,
         env=ShardingEnv.from_process_group(pg),
@@ -549,20 +549,34 @@ def combined_optimizer(
 ) -> Any:
     """One `CombinedOptimizer` over the fused embedding optimizer and a dense optimizer.
 
+    Its `step(closure)` calls the closure once, then steps the dense part (the fused part
+    already stepped in backward): TorchRec's own `CombinedOptimizer.step(closure)` hands the
+    closure to every inner optimizer, which would run Lightning's forward/backward closure once
+    per optimizer.
+
     Args:
         dmp: the sharded model from `shard_model`.
         dense_factory: builds the dense optimizer from parameters, e.g.
             `lambda params: torch.optim.Adam(params, lr=1e-3)`.
 
     Returns:
-        `torchrec.optim.keyed.CombinedOptimizer`; `step()`/`zero_grad()` act on the dense part
-        (the fused part already stepped in backward) and `state_dict()` holds both.
+        A `torchrec.optim.keyed.CombinedOptimizer`; `step()`/`zero_grad()` act on the dense
+        part and `state_dict()` holds both.
     """
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    class _ClosureOnceCombinedOptimizer(CombinedOptimizer):
+        def step(self, closure: Any = None) -> Any:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            super().step()
+            return loss
 
     dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     optimizers: list[Any] = [dmp.fused_optimizer]
     if dense_params:
         optimizers.append(KeyedOptimizerWrapper(dense_params, dense_factory))
-    return CombinedOptimizer(optimizers)
+    return _ClosureOnceCombinedOptimizer(optimizers)

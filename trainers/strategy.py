@@ -50,6 +50,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from trainers import checkpoint as ckpt
+from trainers.legacy import is_legacy
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,13 @@ class TorchRecStrategy(DDPStrategy):
             FileNotFoundError: `checkpoint_path` is not a checkpoint directory.
         """
         tree, saved = ckpt.read_checkpoint_tree(checkpoint_path)
+        old_module = (tree.get("hyper_parameters") or {}).get("_class_path")
+        if is_legacy(old_module):
+            raise ValueError(
+                f"{checkpoint_path}: written before the model zoo (by {old_module}); convert it "
+                f"with `lifeseq migrate {checkpoint_path} --out NEW.ckpt` and load NEW.ckpt "
+                "(its config: `lifeseq migrate RUN/config.yaml --out NEW.yaml`)"
+            )
         module = self.lightning_module
         assert module is not None
         targets: dict[str, Any] = {}

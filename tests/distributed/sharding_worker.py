@@ -34,7 +34,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from features.jagged import Jagged  # noqa: E402
-from models.embeddings import EmbeddingTableSpec, build_embeddings  # noqa: E402
+from models.blocks.embeddings import EmbeddingTableSpec, build_embeddings  # noqa: E402
 
 SEED = 7
 WORLD_SIZE = 2

@@ -1,6 +1,7 @@
-"""The lifelong CTR configs (`configs/ctr/*.yaml`) through `jobs/train.py` (LightningCLI):
-every config fits and validates in one process (TorchRec backend), and TWIN and SIM soft (extra
-GSU tables) train under `torchrun` with 2 ranks, learn, and test at 1 rank.
+"""The lifelong CTR configs (`configs/ctr/base.yaml` + `configs/ctr/NAME.yaml`) through
+`jobs/train.py` (LightningCLI): every model config fits and validates in one process (TorchRec
+backend), and TWIN and SIM soft (extra GSU tables) train under `torchrun` with 2 ranks, learn,
+and test at 1 rank.
 
 Data: `write_out_dir` shards with 120-event histories (a user's positive target has category 2,
 the negative category 3, so a few dozen steps separate them).
@@ -8,12 +9,14 @@ the negative category 3, so a few dozen steps separate them).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from models.embeddings import torchrec_available
+from models.blocks.embeddings import torchrec_available
 from tests.distributed.test_train_job import REPO_ROOT, logged, metrics, torchrun, train_losses
 from tests.unit.test_dataset import write_out_dir
 
@@ -22,7 +25,13 @@ pytestmark = [
     pytest.mark.skipif(not torchrec_available(), reason="torchrec not importable"),
 ]
 
-CONFIGS = ("din", "sim_hard", "sim_soft", "eta", "twin", "full")
+CONFIG_DIR = REPO_ROOT / "configs" / "ctr"
+#: Every model config of the family (each file but the base, which each is merged onto).
+CONFIGS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "base"))
+#: Small-model overrides: the lifelong frame's config, and the long-term unit's (the keys its
+#: config has: DIN-100 has no unit, full attention no top_k).
+FRAME = {"short_term_len": 16}
+LONG_TERM = {"top_k": 8, "chunk": 32}
 SIZES = {"train": [12, 9, 14, 7, 10, 8, 11, 9], "valid": [10, 6], "test": [8]}
 
 
@@ -33,15 +42,39 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def model_overrides(config: str) -> list[str]:
+    """`FRAME` and the `LONG_TERM` keys the config's long-term unit has, as CLI overrides."""
+    frame = "--model.init_args.model.init_args"
+    args = [a for k, v in FRAME.items() for a in (f"{frame}.config.{k}", str(v))]
+    model = yaml.safe_load((CONFIG_DIR / f"{config}.yaml").read_text())["model"]
+    unit = model["init_args"]["model"]["init_args"].get("long_term")
+    if unit is not None:
+        keys = unit["init_args"]["config"]
+        args += [
+            a for k, v in LONG_TERM.items() if k in keys
+            for a in (f"{frame}.long_term.init_args.config.{k}", str(v))
+        ]  # fmt: skip
+    return args
+
+
+def test_overrides_follow_each_configs_long_term_unit() -> None:
+    frame = "--model.init_args.model.init_args"
+    assert model_overrides("din") == [f"{frame}.config.short_term_len", "16"]
+    assert model_overrides("full")[2:] == [f"{frame}.long_term.init_args.config.chunk", "32"]
+    assert model_overrides("twin")[2:] == [
+        f"{frame}.long_term.init_args.config.top_k", "8",
+        f"{frame}.long_term.init_args.config.chunk", "32",
+    ]  # fmt: skip
+
+
 def _args(subcommand: str, config: str, out: Path, run: Path, *extra: str) -> list[str]:
     return [
         str(REPO_ROOT / "jobs" / "train.py"), subcommand,
-        "--config", str(REPO_ROOT / "configs" / "ctr" / f"{config}.yaml"),
+        "--config", str(CONFIG_DIR / "base.yaml"), "--config", str(CONFIG_DIR / f"{config}.yaml"),
         "--data.root", str(out), "--trainer.default_root_dir", str(run),
         "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
         "--data.num_workers", "0", "--data.max_history", "64",
-        "--model.init_args.arch.short_term_len", "16", "--model.init_args.arch.top_k", "8",
-        "--model.init_args.arch.chunk", "32", *extra,
+        *model_overrides(config), *extra,
     ]  # fmt: skip
 
 
@@ -66,7 +99,15 @@ def test_every_ctr_config_fits_and_validates_in_one_process(out: Path, config: s
     users = [float(r["val/gauc_users"]) for r in rows if r.get("val/gauc_users")]
     assert len(gauc) == 1 and 0.0 <= gauc[0] <= 1.0
     assert users == [16.0]  # every valid user has one positive and one negative target
-    assert (run / "checkpoints" / "last.ckpt" / "checkpoint.json").is_file()
+    tree = json.loads((run / "checkpoints" / "last.ckpt" / "checkpoint.json").read_text())["tree"]
+    frame = tree["hyper_parameters"]["model"]["init_args"]
+    assert frame["config"]["short_term_len"] == FRAME["short_term_len"]  # the overrides applied
+    unit = frame["long_term"]
+    assert (unit is None) == (config == "din")
+    if unit is not None:
+        assert {k: unit["init_args"]["config"].get(k) for k in LONG_TERM} == {
+            k: v if k != "top_k" or config != "full" else None for k, v in LONG_TERM.items()
+        }
 
 
 @pytest.mark.parametrize("config", ["twin", "sim_soft"])

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.embeddings import torchrec_available
+from models.blocks.embeddings import torchrec_available
 from tests.unit.test_dataset import write_out_dir
 
 pytestmark = [

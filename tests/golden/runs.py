@@ -37,7 +37,7 @@ class GoldenRun:
         name: key in the fixture.
         data: `ctr` (`noisy_ctr_sample`: labels that depend on the target's category in the
             window, with noise, so no model saturates) or `next_item` (planted-rule chains,
-            `tests.distributed.test_generative_train`).
+            `tests.distributed.test_sequential_train`).
         args: `jobs/train.py` arguments after the subcommand (configs and overrides).
     """
 
@@ -51,40 +51,45 @@ _CTR_COMMON = (
     "--trainer.max_epochs", "null", "--trainer.check_val_every_n_epoch", "null",
     "--data.batch_size", "8", "--data.num_workers", "0", "--data.max_history", "64",
 )  # fmt: skip
-_CTR_ARCH = (
-    "--model.init_args.arch.short_term_len", "16", "--model.init_args.arch.top_k", "8",
-    "--model.init_args.arch.chunk", "32",
-)  # fmt: skip
+_FRAME = "--model.init_args.model.init_args"
+_UNIT = f"{_FRAME}.long_term.init_args.config"
 _NEXT_COMMON = (
     "--trainer.max_epochs", "4", "--trainer.check_val_every_n_epoch", "2",
     "--data.batch_size", "16", "--data.num_workers", "0", "--data.max_len", "32",
     "--data.embedding_dim", "16", "--data.eval_batch_size", "16",
     "--model.init_args.loss.uniform_negatives", "16",
 )  # fmt: skip
+_ENCODER = "--model.init_args.encoder.init_args.config"
+CONFIGS = REPO_ROOT / "configs"
 
 
-def _ctr(config: str) -> GoldenRun:
-    path = str(REPO_ROOT / "configs" / "ctr" / f"{config}.yaml")
-    return GoldenRun(config, "ctr", ("--config", path, *_CTR_COMMON, *_CTR_ARCH))
+def _ctr(name: str) -> GoldenRun:
+    unit = {
+        "din": (),
+        "full": (f"{_UNIT}.chunk", "32"),
+    }.get(name, (f"{_UNIT}.top_k", "8", f"{_UNIT}.chunk", "32"))
+    return GoldenRun(
+        name, "ctr",
+        ("--config", str(CONFIGS / "ctr" / "base.yaml"),
+         "--config", str(CONFIGS / "ctr" / f"{name}.yaml"), *_CTR_COMMON,
+         f"{_FRAME}.config.short_term_len", "16", *unit),
+    )  # fmt: skip
+
+
+def _sequential(name: str, *overrides: str) -> GoldenRun:
+    return GoldenRun(
+        name, "next_item",
+        ("--config", str(CONFIGS / "sequential" / "base.yaml"),
+         "--config", str(CONFIGS / "sequential" / f"{name}.yaml"), *_NEXT_COMMON, *overrides),
+    )  # fmt: skip
 
 
 RUNS: tuple[GoldenRun, ...] = (
-    GoldenRun(
-        "smoke", "ctr",
-        ("--config", str(REPO_ROOT / "configs" / "smoke.yaml"), *_CTR_COMMON),
-    ),
+    GoldenRun("smoke", "ctr", ("--config", str(CONFIGS / "smoke.yaml"), *_CTR_COMMON)),
     *(_ctr(name) for name in ("din", "sim_hard", "sim_soft", "eta", "twin", "full")),
-    GoldenRun(
-        "hstu", "next_item",
-        ("--config", str(REPO_ROOT / "configs" / "generative" / "hstu.yaml"), *_NEXT_COMMON,
-         "--model.init_args.arch.attention_dim", "8", "--model.init_args.arch.linear_dim", "8"),
-    ),
-    GoldenRun(
-        "sasrec", "next_item",
-        ("--config", str(REPO_ROOT / "configs" / "generative" / "sasrec.yaml"), *_NEXT_COMMON,
-         "--model.init_args.arch.ffn_dim", "16"),
-    ),
-)  # fmt: skip
+    _sequential("hstu", f"{_ENCODER}.attention_dim", "8", f"{_ENCODER}.linear_dim", "8"),
+    _sequential("sasrec", f"{_ENCODER}.ffn_dim", "16"),
+)
 
 
 #: Manifest vocab sizes of the `ctr` data.
@@ -127,7 +132,7 @@ def noisy_ctr_sample(user: int, split: str) -> UserSample:
 
 def write_data(kind: str, root: Path) -> Path:
     """The run's input shards under `root` (deterministic)."""
-    from tests.distributed import test_generative_train as gen
+    from tests.distributed import test_sequential_train as gen
     from tests.unit.test_dataset import write_out_dir
 
     out = root / kind

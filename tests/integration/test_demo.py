@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models.embeddings import torchrec_available
+from models.blocks.embeddings import torchrec_available
 from tests.conftest import REPO_ROOT
 
 pytestmark = [

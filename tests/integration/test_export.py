@@ -3,12 +3,13 @@
 * TWIN is trained for a few steps under `torchrun` with 2 ranks (TorchRec, row-wise sharded
   item table); the same weights are re-saved from one process; both checkpoints export to the
   same table rows, item-key cache and scores, the 2-rank one shard by shard (two item files).
-* Every other family (DIN, SIM hard / soft, ETA, full attention, HSTU, SASRec) is a checkpoint
-  of its configured model with seeded random weights (tables scaled up so scores spread),
-  written by the platform's own `save_checkpoint`.
+* Every other model (the smoke model, DIN, SIM hard / soft, ETA, full attention, HSTU, SASRec
+  and the masked-item SASRec) is a checkpoint of its configured model (the family's base YAML
+  merged with the model's, as LightningCLI does) with seeded random weights (tables scaled up
+  so scores spread), written by the platform's own `save_checkpoint`.
 * The reference is the model rebuilt from the checkpoint with every tensor loaded by DCP, in
-  eval mode, on the batch the data loader would build (`collate_ctr` / `collate_generative`):
-  the scorer's numbers must match it within 1e-5.
+  eval mode, on the batch the data loader would build (`collate_ctr` / `collate_generative`),
+  queried as its task evaluates it: the scorer's numbers must match it within 1e-5.
 * Damaged exports (a flipped byte, a truncated or missing file, no manifest) and malformed
   requests must raise `ExportError` / `RequestError` naming the problem.
 
@@ -30,13 +31,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 
 from features.batch import collate_ctr, collate_generative
 from features.jagged import Jagged
-from models.embeddings import torchrec_available
-from models.retrieval import top_k_items
+from models.blocks.embeddings import torchrec_available
+from models.blocks.retrieval import top_k_items
+from models.interfaces import SparseDenseModel
+from models.sequential import SequenceStep
 from pipeline.sample_codec import UserSample
 from serving.artifacts import ExportError, read_manifest, sha256_file
 from serving.export import data_module, export_checkpoint, instantiate_module, load_trained_model
@@ -44,6 +46,9 @@ from serving.scorer import CtrRequest, NextItemRequest, RequestError, Scorer
 from tests.distributed.test_train_job import REPO_ROOT, torchrun
 from tests.unit.test_dataset import VOCAB, write_out_dir
 from trainers.checkpoint import read_checkpoint_tree, save_checkpoint
+from trainers.tasks.masked_item import masked_query_rows
+from trainers.tasks.next_item import target_queries
+from trainers.tasks.sequential import ranked_targets
 
 pytestmark = [
     pytest.mark.integration,
@@ -55,11 +60,30 @@ SIZES = {"train": [12, 9, 14, 7, 10, 8, 11, 9], "valid": [10, 6], "test": [8]}
 MAX_HISTORY = 64
 MAX_LEN = 48
 TOL = 1e-5
-CTR_ARCH = {"short_term_len": 16, "top_k": 8, "chunk": 32}
-GENERATIVE_ARCH = {
+#: Lifelong CTR overrides: the frame's config, and the long-term unit's (keys its config has).
+CTR_FRAME = {"short_term_len": 16}
+LONG_TERM = {"top_k": 8, "chunk": 32}
+#: Config files (under configs/, merged in order) of every exported model.
+CONFIGS = {
+    "smoke": ("smoke.yaml",),
+    **{name: ("ctr/base.yaml", f"ctr/{name}.yaml")
+       for name in ("din", "sim_hard", "sim_soft", "eta", "twin", "full")},
+    **{name: ("sequential/base.yaml", f"sequential/{name}.yaml")
+       for name in ("hstu", "sasrec", "cloze")},
+}  # fmt: skip
+#: Sequential encoder config overrides.
+ENCODER = {
     "hstu": {"attention_dim": 8, "linear_dim": 8, "blocks": 2, "heads": 2},
     "sasrec": {"ffn_dim": 16, "blocks": 2, "heads": 2},
+    "cloze": {"ffn_dim": 16, "blocks": 2, "heads": 2},
 }
+#: The export's model name (`manifest["model"]["name"]`, `Scorer.name`): the zoo class's name,
+#: the long-term unit's for a lifelong CTR model.
+NAMES = {
+    "smoke": "SmokeCtr", "din": "LifelongCtr", "sim_hard": "SimHard", "sim_soft": "SimSoft",
+    "eta": "Eta", "twin": "Twin", "twin_one_rank": "Twin", "full": "FullAttention",
+    "hstu": "Hstu", "sasrec": "SasRec", "cloze": "SasRec",
+}  # fmt: skip
 TABLE_SCALE = 50.0  # random-init tables are ~1e-2; scaled so candidates score differently
 
 
@@ -95,11 +119,43 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- checkpoints ------------------------------------------------------------------------------
 
 
-def config_hparams(path: str, arch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model hyper_parameters as LightningCLI saves them, data hyper_parameters) of a config."""
-    config = yaml.safe_load((REPO_ROOT / "configs" / path).read_text())
-    init = copy.deepcopy(config["model"]["init_args"])
-    init["arch"] = {**init["arch"], **arch}
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged into `base` as repeated `--config` files merge: nested mappings key by
+    key, anything else replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def model_overrides(name: str, init: dict[str, Any]) -> dict[str, Any]:
+    """The small-model overrides of model `name` (its `model.init_args` is `init`) as a
+    `model.init_args` fragment: CTR_FRAME and the LONG_TERM keys its unit's config has for a
+    lifelong CTR model, ENCODER for a sequential one, none for the smoke model."""
+    if name in ENCODER:
+        return {"encoder": {"init_args": {"config": ENCODER[name]}}}
+    if name == "smoke":
+        return {}
+    long_term = init["model"]["init_args"].get("long_term")
+    frame: dict[str, Any] = {"config": CTR_FRAME}
+    if long_term is not None:
+        unit = long_term["init_args"]["config"]
+        frame["long_term"] = {"init_args": {"config": {
+            k: v for k, v in LONG_TERM.items() if k in unit
+        }}}  # fmt: skip
+    return {"model": {"init_args": frame}}
+
+
+def config_hparams(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model hyper_parameters as LightningCLI saves them, data hyper_parameters) of model
+    `name`'s merged config files, small-model overrides applied, torch embedding backend."""
+    config: dict[str, Any] = {}
+    for path in CONFIGS[name]:
+        config = merge(config, yaml.safe_load((REPO_ROOT / "configs" / path).read_text()))
+    init = merge(config["model"]["init_args"], model_overrides(name, config["model"]["init_args"]))
     init["embedding"] = {"backend": "torch"}
     return {"_class_path": config["model"]["class_path"], **init}, dict(config["data"])
 
@@ -118,16 +174,16 @@ def save_model(ckpt: Path, model: torch.nn.Module, tree: dict[str, Any]) -> None
     )
 
 
-def random_checkpoint(ckpt: Path, out: Path, config: str, arch: dict[str, Any]) -> Path:
-    """A checkpoint of `config`'s model (arch overridden) with seeded random weights."""
-    hparams, data = config_hparams(config, arch)
+def random_checkpoint(ckpt: Path, out: Path, name: str) -> Path:
+    """A checkpoint of model `name` (`config_hparams`) with seeded random weights."""
+    hparams, data = config_hparams(name)
     data |= {"root": str(out), "num_workers": 0, "max_history": MAX_HISTORY, "max_len": MAX_LEN,
              "embedding_dim": 16}  # fmt: skip
     tree = {"hyper_parameters": hparams, "datamodule_hyper_parameters": data}
     model = instantiate_module(hparams).build_model(data_module(tree, None).schema)
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.startswith("embeddings."):
+        for param_name, param in model.named_parameters():
+            if param_name.startswith("embeddings."):
                 param.mul_(TABLE_SCALE)
     save_model(ckpt, model, tree)
     return ckpt
@@ -138,12 +194,16 @@ def twin_two_rank(out: Path) -> Path:
     run = out.parent / "twin2"
     args = [
         str(REPO_ROOT / "jobs" / "train.py"), "fit",
+        "--config", str(REPO_ROOT / "configs" / "ctr" / "base.yaml"),
         "--config", str(REPO_ROOT / "configs" / "ctr" / "twin.yaml"),
         "--data.root", str(out), "--trainer.default_root_dir", str(run),
         "--trainer.enable_progress_bar", "false", "--data.num_workers", "0",
         "--data.max_history", str(MAX_HISTORY), "--data.batch_size", "4",
         "--trainer.max_steps", "8", "--trainer.val_check_interval", "8",
-        *[a for k, v in CTR_ARCH.items() for a in (f"--model.init_args.arch.{k}", str(v))],
+        *[a for k, v in CTR_FRAME.items()
+          for a in (f"--model.init_args.model.init_args.config.{k}", str(v))],
+        *[a for k, v in LONG_TERM.items()
+          for a in (f"--model.init_args.model.init_args.long_term.init_args.config.{k}", str(v))],
     ]  # fmt: skip
     torchrun(2, args, "twin 2-rank fit")
     return run / "checkpoints" / "last.ckpt"
@@ -164,12 +224,9 @@ def exports(out: Path, twin_two_rank: Path, twin_one_rank: Path) -> dict[str, tu
     root = out.parent
     result = {}
     ckpts = {"twin": twin_two_rank, "twin_one_rank": twin_one_rank}
-    for long_term in ("none", "sim_hard", "sim_soft", "eta", "full"):
-        config = "ctr/din.yaml" if long_term == "none" else f"ctr/{long_term}.yaml"
-        ckpts[long_term] = random_checkpoint(root / f"{long_term}.ckpt", out, config, CTR_ARCH)
-    for encoder, arch in GENERATIVE_ARCH.items():
-        config = f"generative/{encoder}.yaml"
-        ckpts[encoder] = random_checkpoint(root / f"{encoder}.ckpt", out, config, arch)
+    for name in CONFIGS:
+        if name != "twin":
+            ckpts[name] = random_checkpoint(root / f"{name}.ckpt", out, name)
     for name, ckpt in ckpts.items():
         export_checkpoint(ckpt, root / f"export_{name}")
         result[name] = (ckpt, root / f"export_{name}")
@@ -230,20 +287,29 @@ def next_item_case(seed: int, history: int) -> tuple[NextItemRequest, UserSample
     return request, sample
 
 
-def next_item_expected(model: torch.nn.Module, sample: UserSample, k: int) -> tuple:
+def next_item_expected(model: SparseDenseModel, sample: UserSample, k: int) -> tuple:
+    """Top-k (scores, ids) of the user query the model's task evaluates: the position after the
+    last event (next-item), or a mask appended at the request time (masked-item)."""
     with torch.no_grad():
         batch = collate_generative([sample], max_len=MAX_LEN)
-        query = model.target_queries(model(batch), batch)
-        table = dict(model.named_parameters())["embeddings.collections.d16.embeddings.item.weight"]
+        no_candidates = torch.zeros(0, dtype=torch.int64)
+        if model.dense.mask is None:
+            items, ts = batch.sequence["item"], batch.sequence["ts"].values
+            output = model(SequenceStep(items, ts, batch.query_ts().values, no_candidates))
+            query = target_queries(output, batch)
+        else:
+            items, ts, mask = masked_query_rows(batch, ranked_targets(batch))
+            query = model(SequenceStep(items, ts, ts, no_candidates, mask)).user[mask]
         history = torch.from_numpy(np.unique(sample.history["item"]))
-        scores, ids = top_k_items(query, F.normalize(table, dim=-1, eps=1e-6), k,
+        scores, ids = top_k_items(query, model.item_table(), k,
                                   Jagged(history, torch.tensor([history.numel()])))  # fmt: skip
     return scores[0].numpy(), ids[0].numpy()
 
 
 # --- round trips ------------------------------------------------------------------------------
 
-CTR_FAMILIES = ("none", "sim_hard", "sim_soft", "eta", "twin", "full")
+CTR_FAMILIES = ("smoke", "din", "sim_hard", "sim_soft", "eta", "twin", "full")
+SEQUENTIAL_FAMILIES = ("hstu", "sasrec", "cloze")
 CASES = [(0, 120, 30), (1, 1, 1), (2, 5, 7), (3, 0, 4), (4, 300, 100)]
 
 
@@ -252,7 +318,7 @@ def test_ctr_export_scores_like_the_trained_model(exports, family: str) -> None:
     ckpt, root = exports[family]
     model, _ = load_trained_model(ckpt)
     scorer = Scorer.load(root)
-    assert scorer.family == "ctr" and scorer.name == family
+    assert scorer.family == "ctr" and scorer.name == NAMES[family]
     for seed, history, candidates in CASES:
         request, sample = ctr_case(seed, history, candidates)
         scores = scorer.score(request)
@@ -266,12 +332,13 @@ def test_ctr_export_scores_like_the_trained_model(exports, family: str) -> None:
         assert scores.oov["history_items"] == (1 if history > 3 else 0)
 
 
-@pytest.mark.parametrize("family", ("hstu", "sasrec"))
-def test_generative_export_recommends_like_the_trained_model(exports, family: str) -> None:
+@pytest.mark.parametrize("family", SEQUENTIAL_FAMILIES)
+def test_sequential_export_recommends_like_the_trained_model(exports, family: str) -> None:
     ckpt, root = exports[family]
     model, _ = load_trained_model(ckpt)
     scorer = Scorer.load(root)
-    assert scorer.family == "generative" and scorer.name == family
+    assert scorer.family == "sequential" and scorer.name == NAMES[family]
+    assert (model.dense.mask is not None) == (family == "cloze")
     for seed, history in ((0, 1), (1, 7), (2, MAX_LEN), (3, 150)):
         request, sample = next_item_case(seed, history)
         recs = scorer.recommend(request)
@@ -291,16 +358,42 @@ def test_manifest_lists_versions_shapes_and_every_files_checksum(exports) -> Non
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == sha256_file(root / name)
         assert entry["bytes"] == (root / name).stat().st_size
+    assert manifest["format_version"] == 2
     assert manifest["versions"]["torch"] == torch.__version__
+    assert (manifest["model"]["family"], manifest["model"]["name"]) == ("ctr", "Twin")
     item = manifest["tables"]["item"]
     assert (item["rows"], item["dim"], item["dtype"]) == (VOCAB["item"], 16, "float32")
     keys = manifest["caches"]["twin_item_keys"]
-    assert keys["width"] == keys["heads"] * keys["head_dim"]
+    assert keys["row_shape"] == [4, 16]  # the ESU's heads x head_dim of configs/ctr/twin.yaml
+    assert keys["width"] == 4 * 16 and keys["feeds_request"]
     assert manifest["model"]["max_history"] == MAX_HISTORY
     inputs = manifest["dense"]["model"]["inputs"]
-    assert inputs["event_keys"]["shape"] == ["events", keys["heads"], keys["head_dim"]]
+    assert inputs["twin_item_keys"]["shape"] == ["events", *keys["row_shape"]]
     assert inputs["target_item"] == {"dtype": "int64", "shape": ["candidates"]}
+    assert inputs["history_item_rows"] == {"dtype": "float32", "shape": ["events", 16]}
+    assert manifest["dense"]["model_no_history"]["inputs"]["event_item"]["shape"] == [0]
+    request = manifest["request"]
+    assert request["family"] == "ctr"
+    assert [i["name"] for i in request["inputs"]] == list(inputs)  # the program's inputs
+    sources = {i["name"]: i["source"] for i in request["inputs"]}
+    assert sources["event_item"] == "ids:event_item"
+    assert sources["target_category_rows"] == "table:target_category@target_category"
+    assert sources["twin_item_keys"] == "cache:twin_item_keys@event_item"
     assert manifest["vocab"]["item"]["entries"] == VOCAB["item"] - 2
+
+
+def test_sequential_manifest_lists_its_program_inputs(exports) -> None:
+    manifest = read_manifest(exports["hstu"][1])
+    assert manifest["format_version"] == 2
+    assert manifest["model"]["family"] == manifest["request"]["family"] == "sequential"
+    assert manifest["model"]["max_len"] == MAX_LEN
+    assert {i["name"]: i["source"] for i in manifest["request"]["inputs"]} == {
+        "sequence_item_rows": "table:sequence_item@sequence_item",
+        "key_ts": "ids:key_ts",
+        "query_ts": "ids:query_ts",
+    }
+    assert manifest["dense"]["model"]["inputs"]["sequence_item_rows"]["shape"] == ["length", 16]
+    assert manifest["caches"]["item_index"]["row_shape"] == [16]
 
 
 def _rows(root: Path, entries: list[dict[str, Any]]) -> np.ndarray:
@@ -328,8 +421,16 @@ def test_trained_twin_item_cache_equals_the_models_keys(exports) -> None:
     ckpt, root = exports["twin"]
     model, _ = load_trained_model(ckpt)
     items = torch.arange(2, VOCAB["item"])
+    categories = torch.from_numpy(item_category(items.numpy()))
+    ones = torch.ones_like(items)
     with torch.no_grad():
-        expected = model.item_key_cache(items, torch.from_numpy(item_category(items.numpy())))
+        rows = model.embeddings(
+            {"target_item": Jagged(items, ones), "target_category": Jagged(categories, ones)}
+        )
+        item_rows, category_rows = rows["target_item"].values, rows["target_category"].values
+        expected = model.dense.long_term.item_keys(item_rows, category_rows)
+        declared = model.item_caches()["twin_item_keys"].compute(item_rows, category_rows)
+    np.testing.assert_array_equal(declared.numpy(), expected.numpy())
     cache = _rows(root, read_manifest(root)["caches"]["twin_item_keys"]["shards"])[2:]
     np.testing.assert_allclose(cache, expected.flatten(1).numpy(), rtol=0, atol=TOL)
 
@@ -398,7 +499,7 @@ def _ctr(**changes: Any) -> CtrRequest:
     ],
 )
 def test_malformed_ctr_requests_are_rejected_naming_the_field(exports, request_, message) -> None:
-    scorer = Scorer.load(exports["none"][1], checksums=False)
+    scorer = Scorer.load(exports["din"][1], checksums=False)
     with pytest.raises(RequestError, match=message):
         scorer.score(request_)
 
@@ -414,7 +515,7 @@ def test_malformed_next_item_requests_are_rejected(exports) -> None:
     with pytest.raises(RequestError, match="use recommend"):
         scorer.score(_ctr())
     with pytest.raises(RequestError, match="use score"):
-        Scorer.load(exports["none"][1], checksums=False).recommend(NextItemRequest(["i2"], [1], 5))
+        Scorer.load(exports["din"][1], checksums=False).recommend(NextItemRequest(["i2"], [1], 5))
     recs = scorer.recommend(NextItemRequest(["nope", "i2"], [1, 2], 5, k=3))
     assert recs.oov == {"history_items": 1} and len(recs.items) == 3
 
@@ -428,11 +529,11 @@ def _export_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_export_command_line(exports, tmp_path: Path) -> None:
-    ckpt, _ = exports["none"]
+    ckpt, _ = exports["din"]
     target = tmp_path / "cli"
     done = _export_cli("--ckpt", str(ckpt), "--out", str(target))
     assert done.returncode == 0, done.stderr
-    assert "exported ctr model none" in done.stdout and (target / "manifest.json").is_file()
+    assert "exported ctr model LifelongCtr" in done.stdout and (target / "manifest.json").is_file()
     again = _export_cli("--ckpt", str(ckpt), "--out", str(target))
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
     missing = _export_cli("--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
@@ -456,7 +557,7 @@ def test_serving_benchmark_times_every_cell(exports) -> None:
     ]
     for cell in ctr["cells"] + generative["cells"]:
         assert 0 < cell["p50_ms"] <= cell["p99_ms"] and cell["requests"] == 4
-    assert "| twin | 100 (64) | 3 |" in bench_serving.markdown(payload["results"])
+    assert "| Twin | 100 (64) | 3 |" in bench_serving.markdown(payload["results"])
 
 
 def test_loading_and_scoring_an_export_never_unpickles(exports, monkeypatch) -> None:

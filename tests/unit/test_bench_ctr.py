@@ -93,15 +93,55 @@ def test_latency_batch_is_one_user_with_whole_history_windows(length: int) -> No
 
 def test_latency_batch_runs_through_a_model() -> None:
     """The batch is a valid model input (fresh tiny DIN + TWIN, torch backend)."""
-    from models.lifelong_ctr import ArchConfig, LifelongCtrConfig, LifelongCtrModel
+    import functools
+
+    from models.ctr import CtrRecommender
+    from models.interfaces import ModelDims
+    from models.zoo.ctr.lifelong import LifelongCtr, LifelongCtrConfig
+    from models.zoo.long_term.twin import Twin, TwinConfig
 
     batch = bench_ctr.latency_batch({"item": 50, "category": 5, "behavior": 6}, 30, targets=100)
-    for unit in ("none", "twin"):
-        arch = ArchConfig(long_term=unit, short_term_len=8, top_k=4, chunk=16)
-        config = LifelongCtrConfig(50, 5, 6, 32, embedding_dim=4, arch=arch, backend="torch")
+    dims = ModelDims(item_rows=50, category_rows=5, behavior_rows=6, embedding_dim=4,
+                     max_history=32, backend="torch")  # fmt: skip
+    twin = functools.partial(Twin, config=TwinConfig(top_k=4, chunk=16))
+    for long_term in (None, twin):
+        factory = functools.partial(
+            LifelongCtr, config=LifelongCtrConfig(short_term_len=8), long_term=long_term
+        )
         with torch.no_grad():
-            logits = LifelongCtrModel(config).eval()(batch).logits
+            logits = CtrRecommender(dims, factory).eval()(batch).logits
         assert logits.shape == (100,)
+
+
+def test_models_are_the_config_files() -> None:
+    """`MODELS`: every `configs/ctr/*.yaml` but the base; `config_args` passes the base first."""
+    files = sorted(p.stem for p in bench_ctr.MODEL_CONFIGS.glob("*.yaml"))
+    assert list(bench_ctr.MODELS) == [name for name in files if name != "base"]
+    assert {"din", "sim_hard", "sim_soft", "eta", "twin", "full"} <= set(bench_ctr.MODELS)
+    base, twin = bench_ctr.BASE_CONFIG, bench_ctr.MODEL_CONFIGS / "twin.yaml"
+    assert bench_ctr.config_args("twin") == ["--config", str(base), "--config", str(twin)]
+
+
+@pytest.mark.parametrize("name", ["din", "twin"])
+def test_build_model_follows_the_config(name: str, tmp_path: Path) -> None:
+    """`build_model`: a fresh torch-backend model of the config for a build's vocabulary, which
+    scores a latency batch."""
+    from features.schema import expected_members
+    from pipeline.sample_codec import SCHEMA_VERSION
+
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "members": expected_members(with_value=False),
+        "vocab": {"item": 40, "category": 6, "behavior": 5},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    model = bench_ctr.build_model(name, tmp_path).eval()
+    assert (model.dims.item_rows, model.dims.category_rows, model.dims.backend) == (40, 6, "torch")
+    assert (model.dense.long_term is None) == (name == "din")
+    vocab = {"item": 40, "category": 6, "behavior": 5}
+    with torch.no_grad():
+        logits = model(bench_ctr.latency_batch(vocab, 20, targets=10)).logits
+    assert logits.shape == (10,) and bool(torch.isfinite(logits).all())
 
 
 def test_markdown_table_deltas_and_ratio() -> None:
@@ -195,7 +235,8 @@ def test_dataset_summary() -> None:
 
 def test_train_commands() -> None:
     fit, test = bench_ctr.train_commands("twin", Path("/b"), Path("/r/twin"), 20)
-    assert fit[2:4] == ["fit", "--config"] and fit[4].endswith("configs/ctr/twin.yaml")
+    assert fit[2:7] == ["fit", *bench_ctr.config_args("twin")]
+    assert fit[4].endswith("configs/ctr/base.yaml") and fit[6].endswith("configs/ctr/twin.yaml")
     assert fit[-4:] == ["--trainer.max_steps", "20", "--trainer.val_check_interval", "20"]
     assert "--trainer.limit_val_batches" not in fit
     assert test[2] == "test" and test[-2:] == ["--ckpt_path", "/r/twin/checkpoints/last.ckpt"]

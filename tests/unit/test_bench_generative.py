@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from jobs import bench_generative
 
@@ -18,21 +19,70 @@ def test_speed_batch_labels_every_position() -> None:
     assert (batch.sequence["ts"].values.view(3, 7).diff(dim=1) > 0).all()
 
 
+def test_models_are_the_config_files() -> None:
+    """`MODELS`: every `configs/sequential/*.yaml` but the base, which each is merged onto."""
+    files = sorted(p.stem for p in bench_generative.MODEL_CONFIGS.glob("*.yaml"))
+    assert list(bench_generative.MODELS) == [name for name in files if name != "base"]
+    assert {"cloze", "hstu", "hstu_large", "sasrec"} <= set(bench_generative.MODELS)
+    assert bench_generative.BASE_CONFIG == bench_generative.MODEL_CONFIGS / "base.yaml"
+
+
 def test_configs_load_and_differ_only_in_the_encoder() -> None:
-    hstu, hstu_loss, hstu_dim = bench_generative.load_arch("hstu")
-    sasrec, sasrec_loss, sasrec_dim = bench_generative.load_arch("sasrec")
-    assert (hstu.encoder, sasrec.encoder) == ("hstu", "sasrec")
-    assert hstu_loss == sasrec_loss and hstu_dim == sasrec_dim == 50
-    assert (hstu.blocks, hstu.heads, hstu.dropout) == (sasrec.blocks, sasrec.heads, sasrec.dropout)
-    large, large_loss, _ = bench_generative.load_arch("hstu_large")
+    """hstu / sasrec / hstu_large share base.yaml's task, loss, features and dims; cloze swaps
+    the task for the masked-item one over a bidirectional SASRec."""
+    from models.zoo.sequence.hstu import Hstu
+    from models.zoo.sequence.sasrec import SasRec
+    from trainers.tasks.masked_item import MaskedItemModule
+    from trainers.tasks.next_item import NextItemModule
+
+    cpu = torch.device("cpu")
+    names = ("hstu", "sasrec", "hstu_large", "cloze")
+    modules = {name: bench_generative.speed_module(name, 16, cpu) for name in names}
+    hstu, sasrec = modules["hstu"], modules["sasrec"]
+    encoders = {name: module.sequential.dense.encoder for name, module in modules.items()}
+    assert isinstance(encoders["hstu"], Hstu) and isinstance(encoders["sasrec"], SasRec)
+    assert type(hstu) is type(sasrec) is type(modules["hstu_large"]) is NextItemModule
+    assert hstu.loss_config == sasrec.loss_config == modules["hstu_large"].loss_config
+    assert hstu.loss_config.uniform_negatives == 128 and hstu.loss_config.temperature == 0.05
+    assert hstu.sequential.dims == sasrec.sequential.dims
+    assert (hstu.sequential.dims.embedding_dim, hstu.sequential.dims.item_rows) == (
+        50, bench_generative.SPEED_ITEMS,
+    )  # fmt: skip
+    hstu_config, sasrec_config = encoders["hstu"].config, encoders["sasrec"].config
+    assert (hstu_config.blocks, hstu_config.heads, hstu_config.dropout) == (
+        sasrec_config.blocks, sasrec_config.heads, sasrec_config.dropout,
+    )  # fmt: skip
+    assert hstu.sequential.dense.features.dropout.p == sasrec.sequential.dense.features.dropout.p
+    large = encoders["hstu_large"].config
     assert (large.blocks, large.heads, large.attention_dim, large.linear_dim) == (8, 2, 25, 25)
-    assert large_loss == hstu_loss
+    assert isinstance(modules["cloze"], MaskedItemModule)
+    assert isinstance(encoders["cloze"], SasRec) and not encoders["cloze"].causal
+    assert encoders["sasrec"].causal and encoders["hstu"].causal
+    assert modules["cloze"].loss_config == hstu.loss_config
+
+
+@pytest.mark.parametrize("name", bench_generative.MODELS)
+def test_speed_module_takes_a_training_step(name: str) -> None:
+    """`speed_module` builds each config's model (torch backend) and its training loss on a
+    speed batch is finite and differentiable."""
+    module = bench_generative.speed_module(name, 8, torch.device("cpu"))
+    assert module.training and module.embedding.backend == "torch"
+    loss = module.training_loss(bench_generative.speed_batch(length=8, rows=2))
+    assert loss.ndim == 0 and bool(torch.isfinite(loss))
+    loss.backward()
+    grads = [p.grad for p in module.model.parameters() if p.requires_grad]
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in grads)
 
 
 def test_train_commands_override_epochs_and_end_with_the_checkpoint_flag(tmp_path: Path) -> None:
     fit, test = bench_generative.train_commands("hstu", tmp_path / "b", tmp_path / "r", 7)
     assert fit[2] == "fit" and fit[-2:] == ["--trainer.max_epochs", "7"]
-    assert str(bench_generative.MODEL_CONFIGS / "hstu.yaml") in fit
+    config = fit.index("--config")
+    assert fit[config : config + 4] == [
+        "--config", str(bench_generative.BASE_CONFIG),
+        "--config", str(bench_generative.MODEL_CONFIGS / "hstu.yaml"),
+    ]  # fmt: skip
+    assert str(bench_generative.MODEL_CONFIGS / "hstu.yaml") in test
     assert test[2] == "test" and test[-1] == "--ckpt_path"
     fit, _ = bench_generative.train_commands("sasrec", tmp_path / "b", tmp_path / "r", None)
     assert "--trainer.max_epochs" not in fit and "--seed_everything" not in fit

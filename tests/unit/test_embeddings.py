@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from features.jagged import Jagged
-from models.embeddings import (
+from models.blocks.embeddings import (
     PADDING_ID,
     EmbeddingTableSpec,
     TorchEmbeddingCollection,
@@ -275,7 +275,7 @@ def test_load_table_weights_errors_name_the_table() -> None:
 
 
 def test_torch_backend_runs_where_torchrec_and_fbgemm_cannot_be_imported() -> None:
-    """Our GPU test machine has torch only: models.embeddings must import and run there."""
+    """Our GPU test machine has torch only: models.blocks.embeddings must import and run there."""
     import subprocess
     import sys
     from pathlib import Path
@@ -286,7 +286,7 @@ def test_torch_backend_runs_where_torchrec_and_fbgemm_cannot_be_imported() -> No
         "sys.modules['fbgemm_gpu'] = None\n"
         "import torch\n"
         "from features.jagged import Jagged\n"
-        "from models.embeddings import EmbeddingTableSpec, build_embeddings, torchrec_available\n"
+        "from models.blocks.embeddings import EmbeddingTableSpec, build_embeddings, torchrec_available\n"
         "assert not torchrec_available()\n"
         "t = [EmbeddingTableSpec('item', 5, 4, ('item',))]\n"
         "out = build_embeddings(t, backend='torch', seed=0)("

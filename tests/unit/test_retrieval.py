@@ -1,4 +1,4 @@
-"""Tests of full-ranking retrieval (`models.retrieval`): target ranks and top-k items.
+"""Tests of full-ranking retrieval (`models.blocks.retrieval`): target ranks and top-k items.
 
 References are brute force: the full (T, V) score matrix in one product, and a Python loop
 over queries that builds each candidate set explicitly. Hand-made cases use 1-D embeddings,
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from features.jagged import Jagged
-from models.retrieval import target_ranks, top_k_items
+from models.blocks.retrieval import target_ranks, top_k_items
 
 pytestmark = pytest.mark.unit
 
@@ -21,7 +21,7 @@ HAND_ITEMS = torch.tensor([[100.0], [50.0], [5.0], [4.0], [3.0], [2.0], [3.0]]) 
 
 
 def full_scores(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """(T, V) float32 scores in one float64 product, rounded like `models.retrieval`."""
+    """(T, V) float32 scores in one float64 product, rounded like `models.blocks.retrieval`."""
     return (queries.double() @ items.double().T).float()
 
 

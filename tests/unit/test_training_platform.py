@@ -3,25 +3,29 @@ non-finite guard, closure-once combined optimizer, dense-only clipping, batch mo
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from features.batch import CtrBatch
+from features.batch import CtrBatch, collate_ctr
 from features.schema import FeatureConfig, FeatureSchema, expected_members
-from models.embeddings import torchrec_available
-from pipeline.sample_codec import SCHEMA_VERSION
-from tests.unit.test_smoke_model import _batch
+from models.blocks.embeddings import torchrec_available
+from models.ctr import CtrRecommender
+from models.zoo.ctr.smoke import SmokeConfig, SmokeCtr
+from pipeline.sample_codec import SCHEMA_VERSION, UserSample
 from trainers import checkpoint as ckpt
 from trainers.callbacks import NonFiniteError, NonFiniteGuard, plot_training_curves
-from trainers.ctr_module import CtrModule, DenseOptimizerConfig, EmbeddingConfig
+from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
 from trainers.strategy import TorchRecStrategy, find_dmp
+from trainers.tasks.ctr import CtrModule
 
 pytestmark = pytest.mark.unit
 
@@ -39,6 +43,31 @@ def _schema() -> FeatureSchema:
         "members": expected_members(with_value=False),
     }
     return FeatureSchema.from_manifest_dict(manifest, FeatureConfig(embedding_dim=4))
+
+
+def _batch(seed: int = 0, users: int = 4, max_history: int = 6) -> CtrBatch:
+    """A small CTR batch: users with 1..8 events (items < 60, categories < 6), 3 targets each."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for user in range(users):
+        n = int(rng.integers(1, 9))
+        category = rng.integers(2, 6, n).astype(np.int64)
+        t_cat = rng.integers(2, 6, 3).astype(np.int64)
+        history = {
+            "item": (category * 10 + rng.integers(0, 10, n)).astype(np.int64),
+            "category": category,
+            "behavior": np.full(n, 2, dtype=np.int64),
+            "ts": np.arange(n, dtype=np.int64),
+        }
+        targets = {
+            "target_item": (t_cat * 10 + rng.integers(0, 10, 3)).astype(np.int64),
+            "target_category": t_cat,
+            "target_ts": np.full(3, n, dtype=np.int64),
+            "target_label": (t_cat == 2 + user % 4).astype(np.float32),
+            "target_hist_len": rng.integers(0, n + 1, 3).astype(np.int64),
+        }
+        samples.append(UserSample(f"u{user}", "train", history, targets))
+    return collate_ctr(samples, max_history=max_history)
 
 
 def test_split_and_join_tensors_round_trip_keeps_key_types() -> None:
@@ -130,7 +159,7 @@ def test_non_finite_guard_names_step_loss_and_parameter() -> None:
 def test_combined_optimizer_runs_the_closure_once_and_steps_dense() -> None:
     from torchrec.optim.keyed import KeyedOptimizerWrapper
 
-    from trainers.ctr_module import combined_optimizer
+    from trainers.sharding import combined_optimizer
 
     embedding = nn.Parameter(torch.ones(3))
     embedding._in_backward_optimizers = []  # what shard_model's fused params carry
@@ -141,7 +170,7 @@ def test_combined_optimizer_runs_the_closure_once_and_steps_dense() -> None:
         ),
         named_parameters=lambda: [("emb", embedding), ("dense", dense)],
     )
-    optimizer = combined_optimizer(fake_dmp, DenseOptimizerConfig(name="sgd", lr=0.5))
+    optimizer = combined_optimizer(fake_dmp, DenseOptimizerConfig(name="sgd", lr=0.5).factory())
     calls = []
 
     def closure() -> torch.Tensor:
@@ -158,10 +187,11 @@ def test_combined_optimizer_runs_the_closure_once_and_steps_dense() -> None:
 
 def test_ctr_module_torch_backend_clips_dense_gradients_only() -> None:
     module = CtrModule(
-        hidden=(4,), embedding=EmbeddingConfig("torch"), optimizer=DenseOptimizerConfig(),
-        schema=_schema(),
+        functools.partial(SmokeCtr, config=SmokeConfig(hidden=(4,))),
+        embedding=EmbeddingConfig("torch"), optimizer=DenseOptimizerConfig(), schema=_schema(),
     )  # fmt: skip
     module.configure_model()
+    assert isinstance(module.core, CtrRecommender) and isinstance(module.core.dense, SmokeCtr)
     batch = _batch()
     for param in module.parameters():
         param.grad = torch.full_like(param, 10.0)
@@ -170,7 +200,7 @@ def test_ctr_module_torch_backend_clips_dense_gradients_only() -> None:
 
     total = torch.sqrt(sum((p.grad**2).sum() for p in module.dense_parameters()))
     assert float(total) == pytest.approx(1.0, rel=1e-5)
-    assert module(batch).shape == (batch.num_targets,)
+    assert module(batch).logits.shape == (batch.num_targets,)
     assert find_dmp(module) is None
 
 
@@ -180,7 +210,7 @@ def test_ctr_module_errors_name_the_key() -> None:
     with pytest.raises(ValueError, match="model.optimizer.name"):
         DenseOptimizerConfig(name="lamb")
     with pytest.raises(ValueError, match="no feature schema"):
-        CtrModule(embedding=EmbeddingConfig("torch")).configure_model()
+        CtrModule(SmokeCtr, embedding=EmbeddingConfig("torch")).configure_model()
 
 
 def test_strategy_moves_batches_with_their_to() -> None:

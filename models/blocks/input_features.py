@@ -1,0 +1,62 @@
+"""Input features of sequence encoders: the events' looked-up item rows → the encoder's input.
+
+A swappable part of every sequential model (YAML `model.init_args.features`), so a model that
+does not want positions does not get them:
+
+* `ItemAndPosition` — `item · √d + position`, then dropout (SASRec, HSTU);
+* `ItemOnly` — the item rows, then dropout (recurrent and convolutional models, whose order is
+  in their structure).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from models.interfaces import InputFeatures, ModelDims, SequenceRows
+
+
+class ItemAndPosition(InputFeatures):
+    """`Dropout(item · √d + position_emb[position])`, a learned absolute position table of
+    `dims.max_len` rows (truncated-normal init, std √(1/d), as the HSTU reference).
+
+    Args:
+        dims: the data's sizes (`embedding_dim`, `max_len`).
+        dropout: dropout on the sum.
+    """
+
+    def __init__(self, dims: ModelDims, dropout: float = 0.2) -> None:
+        super().__init__()
+        if not 0 <= dropout < 1:
+            raise ValueError(f"ItemAndPosition.dropout: expected a value in [0, 1), got {dropout}")
+        d = dims.embedding_dim
+        self.scale = math.sqrt(d)
+        self.position = nn.Embedding(dims.max_len, d)
+        nn.init.trunc_normal_(self.position.weight, std=math.sqrt(1.0 / d))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, item_rows: torch.Tensor, rows: SequenceRows) -> torch.Tensor:
+        """(N, d) item rows → (N, d) encoder input."""
+        x = item_rows * self.scale  # (N, d)
+        return self.dropout(x + self.position(rows.positions))  # (N, d)
+
+
+class ItemOnly(InputFeatures):
+    """`Dropout(item)`: no position signal.
+
+    Args:
+        dims: the data's sizes (unused; the common constructor signature).
+        dropout: dropout on the item rows.
+    """
+
+    def __init__(self, dims: ModelDims, dropout: float = 0.0) -> None:
+        super().__init__()
+        if not 0 <= dropout < 1:
+            raise ValueError(f"ItemOnly.dropout: expected a value in [0, 1), got {dropout}")
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, item_rows: torch.Tensor, rows: SequenceRows) -> torch.Tensor:
+        """(N, d) item rows → (N, d) encoder input."""
+        return self.dropout(item_rows)

@@ -1,0 +1,291 @@
+"""Target attention units: TWIN-style multi-head target attention (the ESU) and DIN attention.
+
+Behavior features are split as in TWIN (Chang et al., KDD'23):
+
+* item-inherent `x_i` (item and category embeddings): depend only on the item, so their key
+  projection `W_k x_i` can be computed once per item and cached (`keys`);
+* user-item cross features `c_ij` (behavior type, log2 time gap between behavior i and target
+  j's request time, whether behavior i's category is target j's): enter the attention logits
+  only as a per-head scalar bias
+  `beta_h(c_ij) = c_ij · w_h`, which is cheap and varies per behavior (and per target), so it
+  can reorder the behaviors.
+
+Multi-head target attention over behaviors i of target j, head h (dh = head_dim):
+
+    logit_jih = (W_q t_j)_h · (W_k x_i)_h / sqrt(dh) + beta_h(c_ij)
+    out_j     = W_o concat_h  sum_i softmax_i(logit_jih) (W_v [x_i, c_ij])_h
+
+The softmax also runs over one "null" slot per head (a learned logit `null_logit_h` with a zero
+value): when no behavior scores above it, the weights and the output shrink towards zero, so
+the output tells "nothing relevant in the history" apart from "something relevant", which a
+plain softmax (weights always summing to 1) cannot. Top-K selection ignores it (it is not a
+behavior), so TWIN's GSU and ESU stay consistent.
+
+The values project the full per-pair features `[x_i, c_ij]`, as the ESU of TWIN does. The same
+logits rank behaviors in TWIN's consistency-preserving GSU (`models.blocks.search.TwinSearch`), which
+therefore needs only the cached keys and the bias, never the value projection.
+`models.blocks.two_stage.RetrievalUnit` composes a GSU with this ESU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.blocks.lifelong_inputs import LifelongInputs, PairFeatures
+from models.blocks.windows import NEG_INF, Chunk, OnlineSoftmaxPool, scan_chunks
+
+
+@dataclass(frozen=True)
+class CrossBias:
+    """The per-head cross bias as three lookup tables: `beta(c_ij) = behavior[i] +
+    gap[bucket_ij] + match[same_category_ij]`.
+
+    Attributes:
+        behavior: (N, H) per event.
+        gap: (G, H) per time-gap bucket (includes the constant).
+        match: (2, H) per same-category flag.
+    """
+
+    behavior: torch.Tensor
+    gap: torch.Tensor
+    match: torch.Tensor
+
+    def detach(self) -> CrossBias:
+        """Copy without gradient (for a GSU that only ranks)."""
+        return CrossBias(self.behavior.detach(), self.gap.detach(), self.match.detach())
+
+
+@dataclass(frozen=True)
+class EsuConfig:
+    """The ESU's shape (YAML `esu:` of a long-term unit's config).
+
+    Attributes:
+        heads: attention heads H.
+        head_dim: width per head dh.
+        out_dim: output width (W_o).
+    """
+
+    heads: int = 4
+    head_dim: int = 16
+    out_dim: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "head_dim", "out_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EsuConfig.{name}: expected a positive int, got {value!r}")
+
+
+class MultiHeadTargetAttention(nn.Module):
+    """TWIN-style multi-head target attention (see the module docstring).
+
+    Args:
+        target_dim: width of the target vector t_j.
+        inherent_dim: width of the item-inherent behavior features x_i.
+        cross_dim: width of the cross features c_ij.
+        heads: attention heads H.
+        head_dim: width per head dh.
+        out_dim: output width (W_o).
+    """
+
+    def __init__(
+        self,
+        target_dim: int,
+        inherent_dim: int,
+        cross_dim: int,
+        heads: int = 4,
+        head_dim: int = 16,
+        out_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        for name, value in (("heads", heads), ("head_dim", head_dim), ("out_dim", out_dim)):
+            if value < 1:
+                raise ValueError(f"MultiHeadTargetAttention.{name}: expected >= 1, got {value}")
+        self.heads, self.head_dim, self.out_dim = heads, head_dim, out_dim
+        width = heads * head_dim
+        self.query_proj = nn.Linear(target_dim, width, bias=False)
+        self.key_proj = nn.Linear(inherent_dim, width, bias=False)
+        self.bias_proj = nn.Linear(cross_dim, heads)
+        self.value_proj = nn.Linear(inherent_dim + cross_dim, width)
+        self.out_proj = nn.Linear(width, out_dim)
+        self.null_logit = nn.Parameter(torch.zeros(heads))
+        if target_dim == inherent_dim:
+            # Tied start: q·k = (W t)·(W x), so before any training the logits already favour
+            # behaviors that resemble the target (same item/category embeddings), which gives
+            # a search over them (TWIN) useful candidates to learn from at the first step.
+            with torch.no_grad():
+                self.query_proj.weight.copy_(self.key_proj.weight)
+
+    def query(self, target: torch.Tensor) -> torch.Tensor:
+        """(T, H, dh) queries scaled by 1/sqrt(dh), from (T, target_dim) targets."""
+        q = self.query_proj(target).view(-1, self.heads, self.head_dim)
+        return q / math.sqrt(self.head_dim)
+
+    def keys(self, inherent: torch.Tensor) -> torch.Tensor:
+        """(M, H, dh) keys of (M, inherent_dim) item-inherent features: the per-item cache."""
+        return self.key_proj(inherent).view(-1, self.heads, self.head_dim)
+
+    def cross_bias(self, cross: PairFeatures) -> torch.Tensor:
+        """(..., H) per-head bias of the pairs' cross features."""
+        return self.bias_proj(cross.cat())
+
+    def logits(self, query: torch.Tensor, keys: torch.Tensor, cross: PairFeatures) -> torch.Tensor:
+        """(n, C, H) attention logits.
+
+        Args:
+            query: (n, H, dh) from `query`.
+            keys: (n, C, H, dh) gathered from `keys`.
+            cross: pair features shaped (n, C, ...).
+        """
+        return torch.einsum("nhd,nchd->nch", query, keys) + self.cross_bias(cross)
+
+    def values(self, inherent: torch.Tensor, cross: PairFeatures) -> torch.Tensor:
+        """(n, C, H, dh) values of the pairs' full features `[x_i, c_ij]`."""
+        features = torch.cat([inherent, cross.cat()], dim=-1)
+        return self.value_proj(features).view(*features.shape[:-1], self.heads, self.head_dim)
+
+    def split_bias(self, inputs: LifelongInputs) -> CrossBias:
+        """The cross bias split by feature (the same linear map as `cross_bias`, evaluated per
+        event, per time-gap bucket and per match value instead of per pair)."""
+        d = inputs.event_behavior.shape[-1]
+        weight = self.bias_proj.weight  # (H, 3D): [behavior | gap | match]
+        return CrossBias(
+            behavior=inputs.event_behavior @ weight[:, :d].T,
+            gap=inputs.gap_embedding.weight @ weight[:, d : 2 * d].T + self.bias_proj.bias,
+            match=inputs.match_embedding.weight @ weight[:, 2 * d :].T,
+        )
+
+    def slice_logits(
+        self,
+        step: Chunk,
+        query: torch.Tensor,
+        event_keys: torch.Tensor,
+        bias: CrossBias,
+        gap_bucket: torch.Tensor,
+        match: torch.Tensor,
+    ) -> torch.Tensor:
+        """(n, C, H) logits of a `scan_chunks` step: the step's rows against its event slice,
+        one matrix product per head (no per-target copy of the keys).
+
+        Args:
+            step: the chunk.
+            query: (T, H, dh) every target's query.
+            event_keys: (N, H, dh) every event's key (the item cache).
+            bias: `split_bias` of the batch.
+            gap_bucket: (n, C) time-gap bucket of each (row, event) pair.
+            match: (n, C) same-category flag of each pair.
+        """
+        keys = event_keys[step.events]  # (C, H, dh): a view
+        logits = torch.einsum("nhd,chd->nch", query[step.rows], keys)
+        return logits + bias.behavior[step.events] + bias.gap[gap_bucket] + bias.match[match]
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        inherent: torch.Tensor,
+        cross: PairFeatures,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention over a fixed set of behaviors per target (the ESU over the top-K).
+
+        Args:
+            query: (T, H, dh).
+            keys: (T, K, H, dh) keys of the selected behaviors.
+            inherent: (T, K, inherent_dim) their item-inherent features.
+            cross: their cross features shaped (T, K, ...).
+            valid: (T, K) bool; a target with no valid behavior gets a zero attention output
+                (before `out_proj`).
+
+        Returns:
+            (T, out_dim).
+        """
+        logits = self.logits(query, keys, cross).masked_fill(~valid.unsqueeze(-1), NEG_INF)
+        null = self.null_logit.expand(logits.shape[0], 1, -1)  # (T, 1, H): a zero value
+        weights = torch.softmax(torch.cat([null, logits], dim=1), dim=1)[:, 1:]  # (T, K, H)
+        pooled = torch.einsum("tkh,tkhd->thd", weights, self.values(inherent, cross))
+        return self.out_proj(pooled.reshape(pooled.shape[0], self.heads * self.head_dim))
+
+    def attend_windows(
+        self,
+        query: torch.Tensor,
+        event_keys: torch.Tensor,
+        inputs: LifelongInputs,
+        chunk: int,
+    ) -> torch.Tensor:
+        """Exact attention over every behavior of each target's window ("full attention"),
+        slice by slice with an online softmax: O(T × chunk) memory, never O(T × L).
+
+        Logits as in `attend` (bias split per feature); values project every (target, behavior)
+        pair's full features, exactly as the ESU does for its top-K: this per-pair work over the
+        whole window is the cost that a GSU avoids.
+
+        Args:
+            query: (T, H, dh).
+            event_keys: (N, H, dh) keys of every event of the batch.
+            inputs: the batch inputs (events, windows, cross features).
+            chunk: events per slice.
+
+        Returns:
+            (T, out_dim); equal (up to float rounding) to `attend` over the whole window.
+        """
+        t, h, d = query.shape
+        bias = self.split_bias(inputs)
+        pool = OnlineSoftmaxPool(t, (h,), d, query, null_logit=self.null_logit)
+        for step in scan_chunks(inputs.windows, chunk):
+            bucket, match = inputs.chunk_gap_bucket(step), inputs.chunk_match(step)  # (n, C)
+            logits = self.slice_logits(step, query, event_keys, bias, bucket, match)
+            logits = logits.masked_fill(~step.valid.unsqueeze(-1), NEG_INF)
+            cross = inputs.chunk_pair_features(step, bucket, match)
+            inherent = inputs.event_inherent[step.events].expand(step.rows.shape[0], -1, -1)
+            pool.add(step.rows, logits, self.values(inherent, cross))
+        pooled = pool.result()  # (T, H, dh)
+        return self.out_proj(pooled.reshape(t, h * d))
+
+
+class DinAttention(nn.Module):
+    """DIN's local activation unit (Zhou et al., KDD'18): an MLP scores each behavior against
+    the target from `[q, k, q - k, q * k, side]`; the output is the score-weighted *sum* of the
+    behaviors' features (no softmax, so the magnitude reflects how much of the history is
+    relevant).
+
+    Args:
+        key_dim: width of q and k (target and behavior item features).
+        side_dim: width of extra per-pair features fed to the unit and pooled (cross features).
+        hidden: hidden widths of the activation MLP.
+    """
+
+    def __init__(self, key_dim: int, side_dim: int, hidden: tuple[int, ...] = (64, 32)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 4 * key_dim + side_dim
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.PReLU(size)]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.unit = nn.Sequential(*layers)
+        self.out_dim = key_dim + side_dim
+
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, side: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Pool each target's behaviors.
+
+        Args:
+            query: (T, key_dim) target features.
+            keys: (T, n, key_dim) behavior item features.
+            side: (T, n, side_dim) per-pair side features.
+            valid: (T, n) bool.
+
+        Returns:
+            (T, key_dim + side_dim): sum of score × [k, side] over valid behaviors.
+        """
+        q = query.unsqueeze(1).expand_as(keys)
+        pairs = torch.cat([q, keys, q - keys, q * keys, side], dim=-1)  # (T, n, F)
+        scores = self.unit(pairs.reshape(-1, pairs.shape[-1])).view(*pairs.shape[:2], 1)
+        scores = scores * valid.unsqueeze(-1)
+        return (scores * torch.cat([keys, side], dim=-1)).sum(dim=1)

@@ -1,0 +1,288 @@
+"""`CtrRecommender`: a CTR model from the zoo and the embedding tables it declares — what the
+CTR task trains and export splits.
+
+    model = CtrRecommender(dims, LifelongCtr)       # or any `models.interfaces.CtrModel`
+    output = model(batch)                           # CtrBatch → CtrOutput, (T,) logits
+
+Two parts (`models.interfaces.SparseDenseModel`): `embeddings` (the tables the model declares;
+TorchRec shards them) and `dense` (the zoo model itself). A forward looks up every feature the
+model declares at its id field (`CTR_ID_FIELDS`) in one embedding call and hands the dense part
+a `CtrFeatures`: the batch's ids, each target's history window and the looked-up rows.
+
+Serving (`serving_spec`): one request — a user's L history events and C candidates at one
+request time, every candidate's window the whole history — goes through `CtrRequestProgram`
+around the same dense part, so the exported program scores like the trained model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from features.batch import CtrBatch
+from features.jagged import Jagged
+from models.blocks.embeddings import build_embeddings
+from models.blocks.seeding import seeded_init
+from models.blocks.windows import TargetWindows
+from models.interfaces import (
+    CtrModel,
+    ItemCache,
+    ModelDims,
+    ProgramVariant,
+    RequestInput,
+    ServingSpec,
+    SparseDenseModel,
+    class_path,
+    rows_input,
+)
+
+#: Id fields a CTR feature can look up, and the vocabulary each indexes.
+CTR_ID_FIELDS = {
+    "event_item": "item",
+    "event_category": "category",
+    "event_behavior": "behavior",
+    "target_item": "item",
+    "target_category": "category",
+}
+#: Largest history and candidate counts an exported CTR program accepts.
+MAX_EVENTS = 1 << 22
+MAX_CANDIDATES = 1 << 20
+
+
+@dataclass
+class CtrOutput:
+    """CTR model output.
+
+    Attributes:
+        logits: (T,) logits.
+        aux_logits: (T,) logits of an auxiliary CTR task (SIM soft), or None.
+        aux_weight: weight of the auxiliary task's BCE in the training loss.
+    """
+
+    logits: torch.Tensor
+    aux_logits: torch.Tensor | None = None
+    aux_weight: float = 0.0
+
+
+@dataclass
+class CtrFeatures:
+    """A CTR batch as the dense part sees it: ids, windows and looked-up embedding rows.
+
+    Attributes:
+        windows: each target's history window over the flat events (`TargetWindows`).
+        event_item, event_category, event_behavior, event_ts: (N,) int64 flat history events.
+        target_item, target_category, target_ts: (T,) int64 targets and their request times.
+        embedded: feature → (N, D) or (T, D) looked-up rows (history features per event,
+            target features per target).
+        cached: item cache → rows at the history's items, (N, ...) (serving only; empty in
+            training, where units compute them).
+        request_ts: (1,) the request time every target shares (a serving request), or None.
+    """
+
+    windows: TargetWindows
+    event_item: torch.Tensor
+    event_category: torch.Tensor
+    event_behavior: torch.Tensor
+    event_ts: torch.Tensor
+    target_item: torch.Tensor
+    target_category: torch.Tensor
+    target_ts: torch.Tensor
+    embedded: dict[str, torch.Tensor]
+    cached: dict[str, torch.Tensor] = field(default_factory=dict)
+    request_ts: torch.Tensor | None = None
+
+    @property
+    def num_targets(self) -> int:
+        """T (symbolic under `torch.export`)."""
+        return self.target_item.shape[0]
+
+
+def batch_ids(batch: CtrBatch) -> dict[str, Jagged]:
+    """Every `CTR_ID_FIELDS` id of a batch as a Jagged (history: one row per user; targets:
+    one id per row)."""
+    history = batch.history
+    ones = torch.ones_like(batch.target_item)
+    return {
+        "event_item": history["item"],
+        "event_category": history["category"],
+        "event_behavior": history["behavior"],
+        "target_item": Jagged(batch.target_item, ones),
+        "target_category": Jagged(batch.target_category, ones),
+    }
+
+
+class CtrRecommender(SparseDenseModel):
+    """See the module docstring.
+
+    Args:
+        dims: the data's sizes, backend and seed.
+        model: builds the zoo model from `dims` (a `CtrModel` class or partial).
+
+    Raises:
+        ValueError: the model declares a feature with an unknown id field.
+    """
+
+    family = "ctr"
+
+    def __init__(self, dims: ModelDims, model: Callable[[ModelDims], CtrModel]) -> None:
+        super().__init__()
+        self.dims = dims
+        with seeded_init(dims.seed):
+            dense = model(dims)
+        feature_ids = dense.feature_ids()
+        unknown = {f: src for f, src in feature_ids.items() if src not in CTR_ID_FIELDS}
+        if unknown:
+            raise ValueError(
+                f"{type(dense).__name__}.feature_ids: unknown id fields {unknown}; expected "
+                f"{list(CTR_ID_FIELDS)}"
+            )
+        self.embeddings = build_embeddings(dense.tables(), backend=dims.backend, seed=dims.seed)
+        self.dense = dense
+        self._feature_ids = feature_ids
+
+    def features(self, batch: CtrBatch) -> CtrFeatures:
+        """Look up every declared feature of `batch` (one embedding call)."""
+        ids = batch_ids(batch)
+        looked_up = self.embeddings({f: ids[src] for f, src in self._feature_ids.items()})
+        history = batch.history
+        return CtrFeatures(
+            windows=TargetWindows.from_batch(batch),
+            event_item=history["item"].values,
+            event_category=history["category"].values,
+            event_behavior=history["behavior"].values,
+            event_ts=history["ts"].values,
+            target_item=batch.target_item,
+            target_category=batch.target_category,
+            target_ts=batch.target_ts,
+            embedded={f: jagged.values for f, jagged in looked_up.items()},
+        )
+
+    def forward(self, batch: CtrBatch) -> CtrOutput:
+        """Logits of every target of `batch` (B users, N events, T targets; T = 0 for a padding
+        batch)."""
+        return self.dense(self.features(batch))
+
+    # --- serving --------------------------------------------------------------------------
+
+    def item_caches(self) -> dict[str, ItemCache]:
+        """The zoo model's per-item caches."""
+        return self.dense.item_caches()
+
+    def serving_spec(self) -> ServingSpec:
+        """A request: L ≥ 0 history events and C ≥ 1 candidates at one request time."""
+        inputs = [
+            RequestInput(name, "int64", ("events",), f"ids:{name}")
+            for name in ("event_item", "event_category", "event_behavior", "event_ts")
+        ] + [
+            RequestInput(name, "int64", ("candidates",), f"ids:{name}")
+            for name in ("target_item", "target_category")
+        ]
+        inputs.append(RequestInput("request_ts", "int64", (1,), "ids:request_ts"))
+        for feature, source in self._feature_ids.items():
+            size = "events" if source.startswith("event_") else "candidates"
+            width = self.embeddings.embedding_dim(feature)
+            inputs.append(
+                RequestInput(
+                    rows_input(feature), "float32", (size, width), f"table:{feature}@{source}"
+                )
+            )
+        caches = {name: c for name, c in self.item_caches().items() if c.feeds_request}
+        for name, cache in caches.items():
+            shape = ("events", *cache.row_shape)
+            inputs.append(RequestInput(name, "float32", shape, f"cache:{name}@event_item"))
+        dims, widths = self.dims, {i.name: i.shape for i in inputs}
+
+        def example(sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+            generator = torch.Generator().manual_seed(0)
+            rows = {"item": dims.item_rows, "category": dims.category_rows,
+                    "behavior": dims.behavior_rows}  # fmt: skip
+            out: dict[str, torch.Tensor] = {}
+            for spec in inputs:
+                shape = [sizes[s] if isinstance(s, str) else s for s in widths[spec.name]]
+                field_name = spec.source.removeprefix("ids:")
+                if field_name in CTR_ID_FIELDS:
+                    high = max(rows[CTR_ID_FIELDS[field_name]], 2)
+                    out[spec.name] = torch.randint(1, high, shape, generator=generator)
+                elif field_name == "event_ts":
+                    out[spec.name] = torch.arange(shape[0], dtype=torch.int64) * 100 + 1_700_000_000
+                elif field_name == "request_ts":
+                    out[spec.name] = torch.tensor([1_700_000_000 + 100 * sizes["events"]])
+                else:
+                    out[spec.name] = torch.randn(*shape, generator=generator)
+            return out
+
+        return ServingSpec(
+            family=self.family,
+            program=CtrRequestProgram(self.dense, tuple(self._feature_ids), tuple(caches)),
+            inputs=inputs,
+            dims={"events": (1, MAX_EVENTS), "candidates": (1, MAX_CANDIDATES)},
+            variants=[
+                ProgramVariant("model", {"events": 8, "candidates": 4}),
+                ProgramVariant("model_no_history", {"events": 0, "candidates": 4}, ("events",)),
+            ],
+            example=example,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Class path and config of the zoo model (and of its long-term unit, if any)."""
+        return _describe(self.dense)
+
+
+def _describe(module: nn.Module) -> dict[str, Any]:
+    import dataclasses
+
+    config = getattr(module, "config", None)
+    out: dict[str, Any] = {
+        "class_path": class_path(module),
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {},
+    }
+    for name, child in module.named_children():
+        if hasattr(child, "config") and dataclasses.is_dataclass(child.config):
+            out[name] = _describe(child)
+    return out
+
+
+class CtrRequestProgram(nn.Module):
+    """One serving request of a CTR model, written so that `torch.export` traces it with
+    dynamic history and candidate counts: the request's ids, looked-up rows (one input per
+    embedding feature, `FEATURE_rows`) and cache rows → (C,) logits, through the trained dense part (shared,
+    not copied). Every candidate's window is the whole history
+    (`TargetWindows.whole_history`), so no scan has data-dependent control flow.
+
+    Args:
+        dense: the zoo model.
+        features: the embedding features it reads (request inputs of the same names).
+        caches: the item caches it reads (request inputs of the same names).
+    """
+
+    def __init__(self, dense: CtrModel, features: tuple[str, ...], caches: tuple[str, ...]) -> None:
+        super().__init__()
+        self.dense = dense
+        self.feature_names = features
+        self.cache_names = caches
+
+    def forward(self, request: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(C,) logits of the request's candidates."""
+        target_item = request["target_item"]
+        request_ts = request["request_ts"]
+        windows = TargetWindows.whole_history(
+            target_item.shape[0], request["event_item"].shape[0], target_item.device
+        )
+        features = CtrFeatures(
+            windows=windows,
+            event_item=request["event_item"],
+            event_category=request["event_category"],
+            event_behavior=request["event_behavior"],
+            event_ts=request["event_ts"],
+            target_item=target_item,
+            target_category=request["target_category"],
+            target_ts=request_ts.expand(target_item.shape[0]),
+            embedded={name: request[rows_input(name)] for name in self.feature_names},
+            cached={name: request[name] for name in self.cache_names},
+            request_ts=request_ts,
+        )
+        return self.dense(features).logits

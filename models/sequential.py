@@ -1,0 +1,306 @@
+"""`SequentialRecommender`: a sequence encoder from the zoo, its input features and the item
+table — the model every sequential task (next-item, masked-item) trains.
+
+    model = SequentialRecommender(dims, encoder=Hstu, features=ItemAndPosition)
+    out = model(SequenceStep(items, key_ts, query_ts, candidates))  # one embedding call
+    out.user        # (N, d) L2-normalized user embedding after each position
+    out.candidates  # (C, d) L2-normalized embeddings of `candidates` (the loss's items)
+
+Two parts (`models.interfaces.SparseDenseModel`): `embeddings` holds the item table (one table
+for the sequence's items and the candidates; TorchRec shards it) plus any table the encoder
+declares; `dense` (`SequenceDense`) holds the input features, the encoder and, for cloze
+training, the learned mask vector. Labels, negatives and losses belong to the tasks
+(`trainers/tasks/`), not to the model.
+
+Serving: `serving_spec()` traces `dense` on one user's row (`SequenceRequestProgram`): the item
+rows of the history → the user embedding that ranks the next item against the L2-normalized
+item index (`item_caches()["item_index"]`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from features.jagged import Jagged
+from models.blocks.embeddings import EmbeddingTableSpec, build_embeddings
+from models.blocks.seeding import seeded_init
+from models.interfaces import (
+    FIRST_ITEM_ID,
+    InputFeatures,
+    ItemCache,
+    ModelDims,
+    ProgramVariant,
+    RequestInput,
+    SequenceEncoder,
+    SequenceRows,
+    ServingSpec,
+    SparseDenseModel,
+    class_path,
+    rows_input,
+)
+
+L2_EPS = 1e-6
+#: Embedding features of the item table: the rows' items, and the items a loss scores.
+SEQUENCE_FEATURE, CANDIDATE_FEATURE = "sequence_item", "candidate_item"
+
+
+@dataclass
+class SequenceStep:
+    """What one forward encodes.
+
+    Attributes:
+        items: Jagged item ids, B rows of at most `max_len` events.
+        key_ts: (N,) int64 event times.
+        query_ts: (N,) int64 each position's prediction time.
+        candidates: (C,) int64 item ids to embed in the same lookup (the loss's positives and
+            negatives; empty for none).
+        mask: (N,) bool positions whose item is hidden behind the learned mask vector (cloze
+            training and masked-item evaluation), or None.
+    """
+
+    items: Jagged
+    key_ts: torch.Tensor
+    query_ts: torch.Tensor
+    candidates: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class SequenceOutput:
+    """Per-position outputs of a `SequenceStep`.
+
+    Attributes:
+        user: (N, d) L2-normalized encoder output at each position.
+        lengths: (B,) row lengths of `user`.
+        candidates: (C, d) L2-normalized embeddings of the step's candidate ids.
+    """
+
+    user: torch.Tensor
+    lengths: torch.Tensor
+    candidates: torch.Tensor
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalize the last dimension (eps 1e-6): scores are cosines."""
+    return F.normalize(x, dim=-1, eps=L2_EPS)
+
+
+class SequenceDense(nn.Module):
+    """The dense part: [mask] → input features → encoder → L2 norm.
+
+    Args:
+        features: the input features.
+        encoder: the sequence encoder.
+        mask_vector: width of a learned mask vector (cloze training), or None.
+    """
+
+    def __init__(
+        self, features: InputFeatures, encoder: SequenceEncoder, mask_vector: int | None = None
+    ) -> None:
+        super().__init__()
+        self.features = features
+        self.encoder = encoder
+        self.mask = None
+        if mask_vector is not None:
+            self.mask = nn.Parameter(torch.empty(mask_vector).normal_(0.0, 0.02))
+
+    def forward(
+        self, item_rows: torch.Tensor, rows: SequenceRows, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(N, d) item rows of jagged `rows` → (N, d) L2-normalized outputs."""
+        if mask is not None:
+            if self.mask is None:
+                raise ValueError("SequenceDense: a mask was given but the model has no mask vector")
+            item_rows = torch.where(mask.unsqueeze(1), self.mask.to(item_rows.dtype), item_rows)
+        x = self.features(item_rows, rows)  # (N, d)
+        return normalize(self.encoder(x, rows))  # (N, d)
+
+
+class SequentialRecommender(SparseDenseModel):
+    """See the module docstring.
+
+    Args:
+        dims: the data's sizes, backend and seed.
+        encoder: builds the encoder from `dims` (a zoo `SequenceEncoder` class or partial).
+        features: builds the input features from `dims`.
+        mask_vector: learn a mask vector (the masked-item task).
+    """
+
+    family = "sequential"
+
+    def __init__(
+        self,
+        dims: ModelDims,
+        encoder: Callable[[ModelDims], SequenceEncoder],
+        features: Callable[[ModelDims], InputFeatures],
+        mask_vector: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dims = dims
+        # The embedding tables draw from their own seeded generator; the dense layers are
+        # built under the global RNG seeded by `dims.seed` (features first, then the encoder).
+        with seeded_init(dims.seed):
+            built_features = features(dims)
+            built_encoder = encoder(dims)
+            dense = SequenceDense(
+                built_features, built_encoder, dims.embedding_dim if mask_vector else None
+            )
+        item = EmbeddingTableSpec(
+            "item", dims.item_rows, dims.embedding_dim, (SEQUENCE_FEATURE, CANDIDATE_FEATURE)
+        )
+        self.embeddings = build_embeddings(
+            [item, *built_encoder.tables()], backend=dims.backend, seed=dims.seed
+        )
+        self.dense = dense
+
+    @property
+    def causal(self) -> bool:
+        """Whether the encoder is causal."""
+        return bool(self.dense.encoder.causal)
+
+    def forward(self, step: SequenceStep) -> SequenceOutput:
+        """Encode every row; embed the candidates in the same lookup.
+
+        Raises:
+            ValueError: a row longer than `dims.max_len`.
+        """
+        items = step.items
+        if items.max_length > self.dims.max_len:
+            raise ValueError(
+                f"{type(self.dense.encoder).__name__}: a row of {items.max_length} events exceeds "
+                f"max_len {self.dims.max_len}; collate with the same max_len"
+            )
+        ones = torch.ones_like(step.candidates)
+        looked_up = self.embeddings(
+            {SEQUENCE_FEATURE: items, CANDIDATE_FEATURE: Jagged(step.candidates, ones)}
+        )
+        rows = SequenceRows.from_offsets(items.offsets, step.key_ts, step.query_ts)
+        user = self.dense(looked_up[SEQUENCE_FEATURE].values, rows, step.mask)
+        return SequenceOutput(
+            user=user,
+            lengths=items.lengths,
+            candidates=normalize(looked_up[CANDIDATE_FEATURE].values),
+        )
+
+    # --- items ----------------------------------------------------------------------------
+
+    def item_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """L2-normalized embeddings of item `ids` (M,) → (M, d)."""
+        out = self.embeddings({CANDIDATE_FEATURE: Jagged(ids, torch.ones_like(ids))})
+        return normalize(out[CANDIDATE_FEATURE].values)
+
+    def item_table(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Every item's L2-normalized embedding, shape (V, d) (rows 0 and 1 included)."""
+        return self.item_embeddings(torch.arange(self.dims.item_rows, device=device))
+
+    # --- serving --------------------------------------------------------------------------
+
+    def item_caches(self) -> dict[str, ItemCache]:
+        """The retrieval index: every item's L2-normalized embedding."""
+        d = self.dims.embedding_dim
+        return {"item_index": ItemCache("item_index", (d,), _normalize_items, feeds_request=False)}
+
+    def serving_spec(self) -> ServingSpec:
+        """One user's row (1 ≤ L ≤ max_len events, oldest first) → (d,) user embedding."""
+        d, max_len = self.dims.embedding_dim, self.dims.max_len
+        append_mask = self.dense.mask is not None
+        longest = max_len - 1 if append_mask else max_len
+        inputs = [
+            RequestInput(
+                rows_input(SEQUENCE_FEATURE),
+                "float32",
+                ("length", d),
+                f"table:{SEQUENCE_FEATURE}@{SEQUENCE_FEATURE}",
+            ),  # fmt: skip
+            RequestInput("key_ts", "int64", ("length",), "ids:key_ts"),
+            RequestInput("query_ts", "int64", ("length",), "ids:query_ts"),
+        ]
+
+        def example(sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+            n = sizes["length"]
+            generator = torch.Generator().manual_seed(0)
+            return {
+                rows_input(SEQUENCE_FEATURE): torch.randn(n, d, generator=generator),
+                "key_ts": torch.arange(n, dtype=torch.int64),
+                "query_ts": torch.arange(1, n + 1, dtype=torch.int64),
+            }
+
+        return ServingSpec(
+            family=self.family,
+            program=SequenceRequestProgram(self.dense, append_mask),
+            inputs=inputs,
+            dims={"length": (1, longest)},
+            variants=[ProgramVariant("model", {"length": min(8, longest)})],
+            example=example,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Class paths and configs of the encoder and the input features."""
+        dense = self.dense
+        return {
+            "encoder": class_path(dense.encoder),
+            "encoder_config": _config_dict(dense.encoder),
+            "features": class_path(dense.features),
+            "causal": self.causal,
+            "max_len": self.dims.max_len - (1 if dense.mask is not None else 0),
+            "mask_vector": dense.mask is not None,
+        }
+
+
+def _normalize_items(item_rows: torch.Tensor, category_rows: torch.Tensor) -> torch.Tensor:
+    return normalize(item_rows)
+
+
+def _config_dict(module: nn.Module) -> dict[str, Any]:
+    import dataclasses
+
+    config = getattr(module, "config", None)
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+
+
+class SequenceRequestProgram(nn.Module):
+    """One serving request of a sequential model, written so that `torch.export` traces it with
+    a dynamic length: `{sequence_item_rows (L, d), key_ts (L,), query_ts (L,)}` → (d,) the user
+    embedding after the last event (a masked-item model: at a mask position appended at the
+    request time, the last `query_ts`).
+
+    Args:
+        dense: the trained model's dense part (shared, not copied).
+        append_mask: append the mask position (masked-item models).
+    """
+
+    def __init__(self, dense: SequenceDense, append_mask: bool) -> None:
+        super().__init__()
+        self.dense = dense
+        self.append_mask = append_mask
+
+    def forward(self, request: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(d,) user embedding of the request."""
+        item_rows = request[rows_input(SEQUENCE_FEATURE)]
+        key_ts, query_ts = request["key_ts"], request["query_ts"]
+        mask = None
+        if self.append_mask:
+            item_rows = torch.cat([item_rows, item_rows.new_zeros(1, item_rows.shape[1])])
+            key_ts = torch.cat([key_ts, query_ts[-1:]])
+            query_ts = torch.cat([query_ts, query_ts[-1:]])
+            mask = torch.zeros(key_ts.shape[0], dtype=torch.bool, device=key_ts.device)
+            mask[-1] = True
+        user = self.dense(item_rows, SequenceRows.single(key_ts, query_ts), mask)
+        return user[-1]
+
+
+__all__ = [
+    "FIRST_ITEM_ID",
+    "SequenceDense",
+    "SequenceOutput",
+    "SequenceRequestProgram",
+    "SequenceStep",
+    "SequentialRecommender",
+    "normalize",
+]

@@ -1,0 +1,65 @@
+"""Full attention: the ESU over every behavior of each target's window — the cost/quality
+reference a GSU approximates (TWIN's paper compares against it).
+
+    lifeseq train fit --config configs/ctr/base.yaml --config configs/ctr/full.yaml \
+        --data.root OUT --trainer.default_root_dir RUN
+
+Exact multi-head target attention over the whole window, slice by slice with an online softmax
+(`MultiHeadTargetAttention.attend_windows`): O(T × chunk) memory, never O(T × L), but per-pair
+value projections over all L events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models.blocks.lifelong_inputs import LifelongInputs
+from models.blocks.mlp import check_positive
+from models.blocks.target_attention import EsuConfig, MultiHeadTargetAttention
+from models.interfaces import LongTermOutput, LongTermUnit, ModelDims
+
+
+@dataclass(frozen=True)
+class FullAttentionConfig:
+    """YAML `long_term.init_args.config` of `FullAttention`.
+
+    Attributes:
+        chunk: window events per slice.
+        esu: the attention's shape.
+    """
+
+    chunk: int = 1024
+    esu: EsuConfig = field(default_factory=EsuConfig)
+
+    def __post_init__(self) -> None:
+        check_positive("FullAttentionConfig.chunk", self.chunk)
+
+
+#: The default configuration (frozen, shared).
+DEFAULT_CONFIG = FullAttentionConfig()
+
+
+class FullAttention(LongTermUnit):
+    """The ESU over the whole window.
+
+    Args:
+        dims: the data's sizes.
+        config: chunk and the attention's shape.
+    """
+
+    def __init__(self, dims: ModelDims, config: FullAttentionConfig = DEFAULT_CONFIG) -> None:
+        super().__init__()
+        self.config = config
+        d, esu = dims.embedding_dim, config.esu
+        self.attention = MultiHeadTargetAttention(
+            target_dim=2 * d, inherent_dim=2 * d, cross_dim=3 * d, heads=esu.heads,
+            head_dim=esu.head_dim, out_dim=esu.out_dim,
+        )  # fmt: skip
+        self.out_dim = esu.out_dim
+
+    def forward(self, inputs: LifelongInputs) -> LongTermOutput:
+        """(T, out_dim) attention over every behavior of each window."""
+        query = self.attention.query(inputs.target_inherent)  # (T, H, dh)
+        event_keys = self.attention.keys(inputs.event_inherent)  # (N, H, dh)
+        out = self.attention.attend_windows(query, event_keys, inputs, self.config.chunk)
+        return LongTermOutput(out)

@@ -1,0 +1,164 @@
+"""`CtrModule`: the CTR task — a zoo `CtrModel` trained on `CtrBatch`es with binary
+cross-entropy, evaluated by AUC, GAUC and logloss.
+
+    lifeseq train fit --config configs/smoke.yaml --data.root OUT
+    lifeseq train fit --config configs/ctr/base.yaml --config configs/ctr/twin.yaml --data.root OUT
+
+Model building, sharding, optimizers and checkpoint extras come from
+`trainers.platform_module.PlatformModule`; the model is `model` (YAML `class_path`, e.g.
+`models.zoo.ctr.lifelong.LifelongCtr` or `models.zoo.ctr.smoke.SmokeCtr`) inside a
+`models.ctr.CtrRecommender`. This task owns:
+
+* the loss: BCE over targets, plus `aux_weight` × BCE of a model's auxiliary logits (SIM soft),
+  times `batch.weight` (finite, 0, on a padding batch);
+* the metrics: `train/loss` per step (rank-local); `val/` and `test/` `loss` (exact global mean
+  over targets), `auc` (`BinaryAUROC`), `logloss`, `gauc` (`EvalMetrics`), exact over ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torchmetrics
+from torch import nn
+
+from features.batch import CtrBatch
+from features.schema import FeatureSchema
+from models.ctr import CtrOutput, CtrRecommender
+from models.interfaces import CtrModel, ModelDims
+from trainers.metrics import GroupedAUC, LogLoss
+from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig, PlatformModule
+from trainers.sharding import ShardingConfig
+
+
+def bce(logits: torch.Tensor, batch: CtrBatch) -> torch.Tensor:
+    """`batch.weight` × mean BCE of (T,) logits against `batch.label`; finite (0) when T = 0,
+    where a mean would be NaN."""
+    per_target = nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), batch.label, reduction="none"
+    )  # (T,)
+    return batch.weight * per_target.sum() / max(batch.num_targets, 1)
+
+
+def ctr_loss(output: CtrOutput, batch: CtrBatch) -> torch.Tensor:
+    """BCE of the logits plus `aux_weight` × BCE of the auxiliary logits (a scalar)."""
+    total = bce(output.logits, batch)
+    if output.aux_logits is not None:
+        total = total + output.aux_weight * bce(output.aux_logits, batch)
+    return total
+
+
+class EvalMetrics(nn.Module):
+    """Validation/test metrics of CTR models, exact over all ranks.
+
+    * `loss`: the training objective (main BCE plus any auxiliary loss), mean over targets;
+    * `logloss`: binary cross-entropy of the main logits, mean over targets (`LogLoss`);
+    * `auc`: global AUC over all targets (`torchmetrics` `BinaryAUROC`);
+    * `gauc`: user-grouped AUC weighted by the user's number of targets (`GroupedAUC`); users
+      whose targets all have one label are skipped — `gauc_users` / `gauc_skipped_users` count
+      them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss = torchmetrics.MeanMetric()
+        self.logloss = LogLoss(validate_args=False)
+        self.auc = torchmetrics.classification.BinaryAUROC()
+        self.gauc = GroupedAUC(validate_args=False)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, batch: CtrBatch) -> None:
+        """Add one batch: its scalar loss (mean over its targets), (T,) logits, labels."""
+        targets = batch.num_targets
+        if targets:
+            self.loss.update(loss / batch.weight, weight=targets)
+        self.logloss.update(logits.float(), batch.label)
+        # Always update, also with a padding batch's empty tensors: a rank whose AUC state
+        # stayed an empty list would gather tensors of another dtype (a collective mismatch).
+        self.auc.update(torch.sigmoid(logits.float()), batch.label.long())
+        self.gauc.update(logits.float(), batch.label, batch.target_user)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """{name: value} synced over ranks."""
+        details = self.gauc.compute_details()
+        return {
+            "loss": self.loss.compute(),
+            "logloss": self.logloss.compute(),
+            "auc": self.auc.compute(),
+            "gauc": details["gauc"],
+            "gauc_users": details["groups"].float(),
+            "gauc_skipped_users": details["skipped_groups"].float(),
+        }
+
+    def reset(self) -> None:
+        """Clear all states (after logging an epoch)."""
+        for metric in (self.loss, self.logloss, self.auc, self.gauc):
+            metric.reset()
+
+
+class CtrModule(PlatformModule):
+    """Trains a CTR model from the zoo on `CtrBatch`es.
+
+    Args:
+        model: the zoo model (YAML `class_path` + `init_args`; called with the data's
+            `ModelDims`), e.g. `models.zoo.ctr.lifelong.LifelongCtr`.
+        embedding: embedding backend.
+        sharding: TorchRec sharding and fused embedding optimizer (torchrec backend).
+        optimizer: dense optimizer.
+        seed: initialisation seed of the model (same weights on every rank and world size).
+        schema: feature schema; None reads `trainer.datamodule.schema` in `configure_model`.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[ModelDims], CtrModel],
+        embedding: EmbeddingConfig | None = None,
+        sharding: ShardingConfig | None = None,
+        optimizer: DenseOptimizerConfig | None = None,
+        seed: int = 0,
+        schema: FeatureSchema | None = None,
+    ) -> None:
+        super().__init__(
+            embedding=embedding, sharding=sharding, optimizer=optimizer, seed=seed, schema=schema
+        )
+        self.zoo_model = model
+        self.val_metrics = EvalMetrics()
+        self.test_metrics = EvalMetrics()
+
+    def build_model(self, schema: FeatureSchema) -> CtrRecommender:
+        """The zoo model and its tables for `schema`."""
+        return CtrRecommender(self.model_dims(schema), self.zoo_model)
+
+    def training_loss(self, batch: CtrBatch) -> torch.Tensor:
+        """The loss a training step minimizes on `batch` (no logging)."""
+        return ctr_loss(self(batch), batch)
+
+    def _shared_step(self, batch: CtrBatch, stage: str) -> torch.Tensor:
+        output = self(batch)
+        loss = ctr_loss(output, batch)
+        if stage == "train":
+            return self.log_train_loss(loss)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(loss.detach(), output.logits.detach(), batch)
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[CtrBatch]) -> dict[str, float]:
+        """Validation metrics of `batches` outside a Trainer (eval mode, this process only):
+        what `val/*` would log."""
+        was_training = self.training
+        self.eval()
+        for batch in batches:
+            self._shared_step(batch, "val")
+        values = {name: float(value) for name, value in self.val_metrics.compute().items()}
+        self.val_metrics.reset()
+        self.train(was_training)
+        return values
+
+    def _log_eval(self, stage: str) -> None:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        # compute() syncs over ranks, so the values are exact global ones on every rank
+        # (sync_dist then only averages identical values).
+        for name, value in metrics.compute().items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("auc", "gauc"), sync_dist=True)
+        metrics.reset()

@@ -1,0 +1,137 @@
+"""`NextItemModule`: the next-item task — a causal zoo encoder trained to predict each
+position's next item, evaluated by full ranking.
+
+    lifeseq train fit --config configs/sequential/base.yaml --config configs/sequential/hstu.yaml \
+        --data.root OUT --trainer.default_root_dir RUN
+    lifeseq train test ... --ckpt_path RUN/checkpoints/best.ckpt
+
+Labels: every position of a row is supervised with its next item, the row's last position with
+the target that directly follows it (`GenerativeBatch.next_item`). Loss: sampled softmax (or
+full softmax) over L2-normalized embeddings (`models.blocks.sampled_softmax`). Stochastic length
+(`stochastic_length_alpha`, HSTU paper §3.4, training only) trains on random subsequences of
+long rows, relabelled with the next kept event. Evaluation: the query of a target is the
+position just before it (`target_queries`); see `trainers.tasks.sequential`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from features.batch import GenerativeBatch
+from features.jagged import Jagged
+from features.schema import FeatureSchema
+from models.blocks.input_features import ItemAndPosition
+from models.blocks.sampled_softmax import SoftmaxLossConfig
+from models.blocks.stochastic_length import stochastic_length_keep, subsequence_labels
+from models.interfaces import InputFeatures, ModelDims, SequenceEncoder
+from models.sequential import SequenceOutput, SequenceStep
+from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
+from trainers.sharding import ShardingConfig
+from trainers.tasks.sequential import RankingEvalConfig, SequentialTask, ranked_targets
+
+__all__ = ["NextItemModule", "RankingEvalConfig", "target_queries"]
+
+
+def target_queries(output: SequenceOutput, batch: GenerativeBatch) -> torch.Tensor:
+    """User embedding for each target, shape (T, d): the row position just before it
+    (`target_hist_len - 1`); zeros for a target with no prior position in its row.
+
+    Raises:
+        ValueError: `output` comes from a stochastic-length (training) forward.
+    """
+    if not torch.equal(output.lengths, batch.sequence["item"].lengths):
+        raise ValueError(
+            "target_queries: output rows differ from the batch's (stochastic length is on); "
+            "call it on an eval-mode forward"
+        )
+    offsets = torch.cat([output.lengths.new_zeros(1), torch.cumsum(output.lengths, 0)])
+    position = offsets[batch.target_user] + batch.target_hist_len - 1
+    valid = batch.target_hist_len > 0
+    queries = output.user[position.clamp(min=0)]
+    return queries * valid.unsqueeze(1).to(queries.dtype)
+
+
+class NextItemModule(SequentialTask):
+    """Trains a causal `SequenceEncoder` from the zoo on next-item prediction.
+
+    Args:
+        encoder: the zoo encoder (YAML `class_path` + `init_args`), e.g.
+            `models.zoo.sequence.hstu.Hstu`.
+        features: the input features (default `ItemAndPosition`).
+        loss: negatives, temperature, full softmax.
+        eval: full-ranking evaluation.
+        stochastic_length_alpha: stochastic length α in (0, 2] (training only), or None.
+        embedding, sharding, optimizer, seed, schema: the platform's (see `SequentialTask`).
+    """
+
+    causal = True
+
+    def __init__(
+        self,
+        encoder: Callable[[ModelDims], SequenceEncoder],
+        features: Callable[[ModelDims], InputFeatures] = ItemAndPosition,
+        loss: SoftmaxLossConfig | None = None,
+        eval: RankingEvalConfig | None = None,  # noqa: A002 (the YAML key)
+        stochastic_length_alpha: float | None = None,
+        embedding: EmbeddingConfig | None = None,
+        sharding: ShardingConfig | None = None,
+        optimizer: DenseOptimizerConfig | None = None,
+        seed: int = 0,
+        schema: FeatureSchema | None = None,
+    ) -> None:
+        super().__init__(
+            encoder, features, loss, eval, embedding=embedding, sharding=sharding,
+            optimizer=optimizer, seed=seed, schema=schema,
+        )  # fmt: skip
+        alpha = stochastic_length_alpha
+        if alpha is not None and not 0 < alpha <= 2:
+            raise ValueError(f"stochastic_length_alpha: expected (0, 2] or null, got {alpha}")
+        self.stochastic_length_alpha = alpha
+
+    def rows(
+        self, batch: GenerativeBatch
+    ) -> tuple[Jagged, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(items, key timestamps, query timestamps, labels) of the rows, after stochastic
+        length in training."""
+        items, ts = batch.sequence["item"], batch.sequence["ts"]
+        labels, query_ts = batch.next_item().values, batch.query_ts().values
+        alpha = self.stochastic_length_alpha
+        if alpha is None or not self.training:
+            return items, ts.values, query_ts, labels
+        offsets = items.offsets
+        keep = stochastic_length_keep(offsets, alpha, self.sequential.dims.max_len)
+        kept_labels = subsequence_labels(keep, offsets, items.values, labels)
+        kept_query_ts = subsequence_labels(keep, offsets, ts.values, query_ts)
+        rows = torch.arange(items.batch_size, device=items.lengths.device)
+        event_row = torch.repeat_interleave(rows, items.lengths)  # (N,)
+        kept_lengths = torch.zeros_like(items.lengths).index_add_(
+            0, event_row, keep.to(items.lengths.dtype)
+        )
+        kept = Jagged(items.values[keep], kept_lengths)
+        return kept, ts.values[keep], kept_query_ts, kept_labels
+
+    def step(self, batch: GenerativeBatch) -> tuple[torch.Tensor, SequenceOutput, int]:
+        """(loss, output, labelled positions) of one forward on `batch`: every position
+        labelled with its next item, negatives drawn, the softmax loss."""
+        items, key_ts, query_ts, labels = self.rows(batch)
+        labelled = labels > 0
+        positives = labels[labelled]
+        negatives, candidates = self.negatives(positives)
+        output = self(SequenceStep(items, key_ts, query_ts, candidates))
+        loss = self.softmax_loss(output.user[labelled], positives, output, negatives, batch.weight)
+        return loss, output, int(positives.shape[0])
+
+    def training_loss(self, batch: GenerativeBatch) -> torch.Tensor:
+        """The loss a training step minimizes on `batch` (no logging)."""
+        return self.step(batch)[0]
+
+    def _shared_step(self, batch: GenerativeBatch, stage: str) -> torch.Tensor:
+        loss, output, labelled = self.step(batch)
+        if stage == "train":
+            return self.log_train_loss(loss)
+        self.eval_loss(stage, loss, batch.weight, labelled)
+        ranked = ranked_targets(batch)
+        self.rank(stage, target_queries(output, batch)[ranked], batch, ranked)
+        return loss
