@@ -100,15 +100,17 @@ def choices_hint(message: str) -> str:
     return f"\nValid {name} class paths: {', '.join(choices(getattr(interfaces, name)))}"
 
 
-def legacy_config_error(argv: list[str]) -> str | None:
+def config_error(argv: list[str]) -> str | None:
     """A message when a `--config` file or the `--ckpt_path` checkpoint is from before the
-    model zoo (`trainers.legacy`), saying how to migrate it."""
+    model zoo (`trainers.legacy`), saying how to migrate it, or when a per-model config comes
+    without its family's base before it."""
     import json
 
     import yaml
 
     from trainers.legacy import is_legacy
 
+    seen_model = False
     for flag, value in zip(argv, argv[1:], strict=False):
         if flag == "--ckpt_path" and (Path(value) / "checkpoint.json").is_file():
             try:
@@ -130,6 +132,17 @@ def legacy_config_error(argv: list[str]) -> str | None:
             continue
         model = config.get("model") if isinstance(config, dict) else None
         path = model.get("class_path") if isinstance(model, dict) else None
+        if path:
+            seen_model = True
+        elif isinstance(model, dict) and not seen_model:
+            base = Path(value).with_name("base.yaml")
+            hint = (
+                f"--config {base} --config {value}" if base.is_file() else "its base config first"
+            )
+            return (
+                f"error: {value} holds only what differs from its family's base config (it "
+                f"names no model.class_path); pass the base first: {hint}"
+            )
         if is_legacy(path):
             return (
                 f"error: {value}: model.class_path {path} is from before the model zoo; "
@@ -177,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    legacy = legacy_config_error(list(sys.argv[1:] if argv is None else argv))
+    legacy = config_error(list(sys.argv[1:] if argv is None else argv))
     if legacy:
         print(legacy, file=sys.stderr)
         return 1

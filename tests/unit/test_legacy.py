@@ -174,3 +174,19 @@ def test_export_migrates_an_old_checkpoint_on_the_fly(migrated: Path) -> None:
     )
     scores = [Scorer.load(migrated / e).score(request).logits for e in ("export_old", "export_new")]
     assert scores[0].tolist() == scores[1].tolist()
+
+
+@pytest.mark.unit
+def test_a_per_model_config_without_its_base_says_to_pass_the_base_first() -> None:
+    from jobs.train import config_error
+
+    twin = str(REPO_ROOT / "configs" / "ctr" / "twin.yaml")
+    base = str(REPO_ROOT / "configs" / "ctr" / "base.yaml")
+    message = config_error(["fit", "--config", twin, "--data.root", "OUT"])
+    assert message and f"--config {base} --config {twin}" in message
+    assert config_error(["fit", "--config", base, "--config", twin]) is None
+    assert config_error(["fit", "--config", str(REPO_ROOT / "configs" / "smoke.yaml")]) is None
+    old = config_error(["test", "--config", str(FIXTURE / "config.yaml")])
+    assert old and "lifeseq migrate" in old
+    ckpt = config_error(["test", "--config", base, "--ckpt_path", str(FIXTURE / "last.ckpt")])
+    assert ckpt and "lifeseq migrate" in ckpt and "NEW.ckpt" in ckpt
