@@ -36,7 +36,7 @@ from models.interfaces import (
     RequestInput,
     ServingSpec,
     SparseDenseModel,
-    class_path,
+    describe_module,
     rows_input,
 )
 
@@ -229,21 +229,7 @@ class CtrRecommender(SparseDenseModel):
 
     def describe(self) -> dict[str, Any]:
         """Class path and config of the zoo model (and of its long-term unit, if any)."""
-        return _describe(self.dense)
-
-
-def _describe(module: nn.Module) -> dict[str, Any]:
-    import dataclasses
-
-    config = getattr(module, "config", None)
-    out: dict[str, Any] = {
-        "class_path": class_path(module),
-        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {},
-    }
-    for name, child in module.named_children():
-        if hasattr(child, "config") and dataclasses.is_dataclass(child.config):
-            out[name] = _describe(child)
-    return out
+        return describe_module(self.dense)
 
 
 class CtrRequestProgram(nn.Module):

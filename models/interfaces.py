@@ -22,6 +22,7 @@ features + encoder) and `models.ctr.CtrRecommender` (a `CtrModel` + its tables) 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -30,11 +31,14 @@ import torch
 from torch import nn
 
 from features.schema import FeatureSchema
-from models.blocks.embeddings import BACKENDS, EmbeddingCollectionModule, EmbeddingTableSpec
+from models.blocks.checks import check_positive
+from models.blocks.embeddings import (
+    BACKENDS,
+    EmbeddingCollectionModule,
+    EmbeddingTableSpec,
+)
 from models.blocks.jagged_attention import LengthGroup, length_groups
-
-#: Ids 0 (padding) and 1 (out-of-vocabulary) of every vocabulary table; items start at 2.
-PADDING_ID, OOV_ID, FIRST_ITEM_ID = 0, 1, 2
+from models.blocks.sampled_softmax import FIRST_ITEM_ID
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,7 @@ class ModelDims:
             "item_rows", "category_rows", "behavior_rows", "embedding_dim", "gap_buckets",
             "max_len", "max_history",
         ):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelDims.{name}: expected a positive int, got {value!r}")
+            check_positive(f"ModelDims.{name}", getattr(self, name))
         if self.item_rows <= FIRST_ITEM_ID:
             raise ValueError(
                 f"ModelDims.item_rows: the item table needs items (>= 3 rows), got {self.item_rows}"
@@ -162,10 +164,6 @@ class SequenceRows:
         if bucket not in self._groups:
             self._groups[bucket] = length_groups(self.offsets, bucket)
         return self._groups[bucket]
-
-    def last_positions(self) -> torch.Tensor:
-        """(B,) flat index of each row's last event (-1 for an empty row)."""
-        return torch.where(self.lengths > 0, self.offsets[1:] - 1, -1)
 
 
 class SequenceEncoder(nn.Module):
@@ -379,3 +377,17 @@ def class_path(obj: object) -> str:
     """`module.Class` of an object (what YAML's `class_path` names)."""
     cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def describe_module(module: nn.Module) -> dict[str, Any]:
+    """`{"class_path", "config"}` of a zoo module, and the same for each child that has a config
+    dataclass (e.g. a long-term unit, under its attribute name)."""
+    config = getattr(module, "config", None)
+    out: dict[str, Any] = {
+        "class_path": class_path(module),
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {},
+    }
+    for name, child in module.named_children():
+        if dataclasses.is_dataclass(getattr(child, "config", None)):
+            out[name] = describe_module(child)
+    return out

@@ -31,7 +31,6 @@ from features.jagged import Jagged
 from models.blocks.embeddings import EmbeddingTableSpec, build_embeddings
 from models.blocks.seeding import seeded_init
 from models.interfaces import (
-    FIRST_ITEM_ID,
     InputFeatures,
     ItemCache,
     ModelDims,
@@ -42,6 +41,7 @@ from models.interfaces import (
     ServingSpec,
     SparseDenseModel,
     class_path,
+    describe_module,
     rows_input,
 )
 
@@ -243,9 +243,10 @@ class SequentialRecommender(SparseDenseModel):
     def describe(self) -> dict[str, Any]:
         """Class paths and configs of the encoder and the input features."""
         dense = self.dense
+        encoder = describe_module(dense.encoder)
         return {
-            "encoder": class_path(dense.encoder),
-            "encoder_config": _config_dict(dense.encoder),
+            "encoder": encoder["class_path"],
+            "encoder_config": encoder["config"],
             "features": class_path(dense.features),
             "causal": self.causal,
             "max_len": self.dims.max_len - (1 if dense.mask is not None else 0),
@@ -255,13 +256,6 @@ class SequentialRecommender(SparseDenseModel):
 
 def _normalize_items(item_rows: torch.Tensor, category_rows: torch.Tensor) -> torch.Tensor:
     return normalize(item_rows)
-
-
-def _config_dict(module: nn.Module) -> dict[str, Any]:
-    import dataclasses
-
-    config = getattr(module, "config", None)
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
 
 
 class SequenceRequestProgram(nn.Module):
@@ -296,7 +290,6 @@ class SequenceRequestProgram(nn.Module):
 
 
 __all__ = [
-    "FIRST_ITEM_ID",
     "SequenceDense",
     "SequenceOutput",
     "SequenceRequestProgram",

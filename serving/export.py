@@ -408,11 +408,8 @@ def model_label(model: SparseDenseModel) -> str:
 
 
 def _model_name(model: SparseDenseModel) -> str:
-    """The zoo model's class name (the long-term unit's for `LifelongCtr`)."""
-    described = model.describe()
-    inner = described.get("long_term") or described
-    path = inner.get("class_path") or inner.get("encoder") or class_path(model.dense)
-    return str(path).rsplit(".", 1)[-1]
+    """The class name of the model's last zoo part (the long-term unit's for `LifelongCtr`)."""
+    return model_label(model).split(" + ")[-1].rsplit(".", 1)[-1]
 
 
 def export_checkpoint(

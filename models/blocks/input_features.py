@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from models.blocks.checks import check_dropout
 from models.interfaces import InputFeatures, ModelDims, SequenceRows
 
 
@@ -29,8 +30,7 @@ class ItemAndPosition(InputFeatures):
 
     def __init__(self, dims: ModelDims, dropout: float = 0.2) -> None:
         super().__init__()
-        if not 0 <= dropout < 1:
-            raise ValueError(f"ItemAndPosition.dropout: expected a value in [0, 1), got {dropout}")
+        check_dropout("ItemAndPosition.dropout", dropout)
         d = dims.embedding_dim
         self.scale = math.sqrt(d)
         self.position = nn.Embedding(dims.max_len, d)
@@ -53,8 +53,7 @@ class ItemOnly(InputFeatures):
 
     def __init__(self, dims: ModelDims, dropout: float = 0.0) -> None:
         super().__init__()
-        if not 0 <= dropout < 1:
-            raise ValueError(f"ItemOnly.dropout: expected a value in [0, 1), got {dropout}")
+        check_dropout("ItemOnly.dropout", dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, item_rows: torch.Tensor, rows: SequenceRows) -> torch.Tensor:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.blocks.checks import check_positive
 from models.blocks.lifelong_inputs import LifelongInputs, PairFeatures
 from models.blocks.windows import NEG_INF, Chunk, OnlineSoftmaxPool, scan_chunks
 
@@ -75,9 +76,7 @@ class EsuConfig:
 
     def __post_init__(self) -> None:
         for name in ("heads", "head_dim", "out_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"EsuConfig.{name}: expected a positive int, got {value!r}")
+            check_positive(f"EsuConfig.{name}", getattr(self, name))
 
 
 class MultiHeadTargetAttention(nn.Module):

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.blocks.checks import check_positive, check_widths
 from models.blocks.embeddings import EmbeddingTableSpec
 from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.mlp import check_positive, check_widths, mlp
+from models.blocks.mlp import mlp
 from models.blocks.target_attention import DinAttention
 from models.blocks.windows import gather_rows, recent
 from models.ctr import CtrFeatures, CtrOutput

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from models.blocks.checks import check_widths
 from models.blocks.embeddings import EmbeddingTableSpec
-from models.blocks.mlp import check_widths, mlp
+from models.blocks.mlp import mlp
 from models.blocks.windows import window_mean
 from models.ctr import CtrFeatures, CtrOutput
 from models.interfaces import CtrModel, ModelDims

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from models.blocks.checks import check_positive
 from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.mlp import check_positive
 from models.blocks.target_attention import EsuConfig, MultiHeadTargetAttention
 from models.interfaces import LongTermOutput, LongTermUnit, ModelDims
 

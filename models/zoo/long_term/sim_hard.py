@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from models.blocks.checks import check_positive
 from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.mlp import check_positive
 from models.blocks.search import SearchResult, SimHardSearch
 from models.blocks.target_attention import EsuConfig
 from models.blocks.two_stage import RetrievalUnit

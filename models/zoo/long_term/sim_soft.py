@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from models.blocks.checks import check_positive
 from models.blocks.embeddings import EmbeddingTableSpec
 from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.mlp import check_positive
 from models.blocks.search import SearchResult, SimSoftSearch
 from models.blocks.target_attention import EsuConfig
 from models.blocks.two_stage import RetrievalUnit

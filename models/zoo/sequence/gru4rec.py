@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.blocks.mlp import check_positive
+from models.blocks.checks import check_dropout, check_positive
 from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
 
 
@@ -45,10 +45,7 @@ class Gru4RecConfig:
     def __post_init__(self) -> None:
         for name in ("hidden_size", "layers"):
             check_positive(f"Gru4RecConfig.{name}", getattr(self, name))
-        if not 0 <= self.dropout < 1:
-            raise ValueError(
-                f"Gru4RecConfig.dropout: expected a value in [0, 1), got {self.dropout}"
-            )
+        check_dropout("Gru4RecConfig.dropout", self.dropout)
 
 
 #: The default configuration (frozen, shared).

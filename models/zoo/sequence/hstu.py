@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.blocks.checks import check_dropout, check_positive
 from models.blocks.jagged_attention import LengthGroup, RelativeBiasInputs, hstu_attention
-from models.blocks.mlp import check_positive
 from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
 
 LAYER_NORM_EPS = 1e-6
@@ -61,8 +61,7 @@ class HstuConfig:
         for name in ("blocks", "heads", "attention_dim", "linear_dim", "num_time_buckets",
                      "length_bucket"):  # fmt: skip
             check_positive(f"HstuConfig.{name}", getattr(self, name))
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"HstuConfig.dropout: expected a value in [0, 1), got {self.dropout}")
+        check_dropout("HstuConfig.dropout", self.dropout)
 
 
 #: The default configuration (frozen, shared).

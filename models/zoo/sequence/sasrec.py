@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.blocks.checks import check_dropout, check_positive
 from models.blocks.jagged_attention import LengthGroup, softmax_attention
-from models.blocks.mlp import check_positive
 from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
 
 
@@ -46,10 +46,7 @@ class SasRecConfig:
     def __post_init__(self) -> None:
         for name in ("blocks", "heads", "ffn_dim", "length_bucket"):
             check_positive(f"SasRecConfig.{name}", getattr(self, name))
-        if not 0 <= self.dropout < 1:
-            raise ValueError(
-                f"SasRecConfig.dropout: expected a value in [0, 1), got {self.dropout}"
-            )
+        check_dropout("SasRecConfig.dropout", self.dropout)
 
 
 #: The default configuration (frozen, shared).
