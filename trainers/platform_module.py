@@ -10,8 +10,9 @@
   (from `sharding:`, it steps inside backward) combined with the dense optimizer in a
   `CombinedOptimizer`; torch backend: the dense optimizer over every parameter.
 * Checkpoints carry the feature-schema hash and every rank's RNG states (`trainers.run_state`).
-* `training_step`/`validation_step`/`test_step` delegate to `_shared_step(batch, stage)`, and the
-  epoch ends to `_log_eval(stage)`; the tasks (`trainers/tasks/`: CTR, next-item, masked-item)
+* `training_step`/`validation_step`/`test_step` delegate to `_shared_step(batch, stage)`; an
+  evaluation epoch starts with `_start_eval(stage)` and ends logging `_compute_eval(stage)`;
+  `evaluate(batches)` runs the same outside a Trainer; the tasks (`trainers/tasks/`: CTR, next-item, masked-item)
   define both: a LightningModule is this platform + a task + a zoo model.
 
 Gradient semantics: embedding rows of the torchrec backend are updated *inside* `backward()` by
@@ -91,7 +92,8 @@ class DenseOptimizerConfig:
 
 
 class PlatformModule(L.LightningModule):
-    """Model building, sharding, optimizers and checkpoint extras shared by every model family.
+    """Model building, sharding, optimizers, evaluation plumbing and checkpoint extras shared by
+    every task.
 
     Args:
         embedding: embedding backend.
@@ -100,6 +102,9 @@ class PlatformModule(L.LightningModule):
         seed: initialisation seed of the model (same weights on every rank and world size).
         schema: feature schema; None reads `trainer.datamodule.schema` in `configure_model`.
     """
+
+    #: Metrics the progress bar shows (the task's main ones).
+    progress_metrics: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -195,9 +200,34 @@ class PlatformModule(L.LightningModule):
         """Loss of `batch`; updates the `stage` (`val`/`test`) metrics (overridden)."""
         raise NotImplementedError(f"{type(self).__name__}._shared_step")
 
+    def _start_eval(self, stage: str) -> None:
+        """Prepare a `stage` evaluation pass (overridden where a task needs to, e.g. the item
+        table of full ranking)."""
+
+    def _compute_eval(self, stage: str) -> dict[str, torch.Tensor]:
+        """The `stage` metrics, exact over all ranks, and reset them (overridden)."""
+        raise NotImplementedError(f"{type(self).__name__}._compute_eval")
+
     def _log_eval(self, stage: str) -> None:
-        """Log and reset the `stage` metrics at the end of an evaluation epoch (overridden)."""
-        raise NotImplementedError(f"{type(self).__name__}._log_eval")
+        """Log the `stage` metrics at the end of an evaluation epoch as `stage/NAME`."""
+        # compute() syncs over ranks, so the values are exact global ones on every rank
+        # (sync_dist then only averages identical values).
+        for name, value in self._compute_eval(stage).items():
+            prog_bar = name in self.progress_metrics
+            self.log(f"{stage}/{name}", value, prog_bar=prog_bar, sync_dist=True)
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[Any]) -> dict[str, float]:
+        """Validation metrics of `batches` outside a Trainer (eval mode, this process only):
+        the values `val/*` would log."""
+        was_training = self.training
+        self.eval()
+        self._start_eval("val")
+        for batch in batches:
+            self._shared_step(batch, "val")
+        values = {name: float(value) for name, value in self._compute_eval("val").items()}
+        self.train(was_training)
+        return values
 
     def log_train_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Record a training step's loss (`train/loss`, rank-local, per step; `last_loss` for
@@ -214,6 +244,12 @@ class PlatformModule(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval("test")
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")

@@ -17,7 +17,7 @@ Model building, sharding, optimizers and checkpoint extras come from
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 import torchmetrics
@@ -109,6 +109,8 @@ class CtrModule(PlatformModule):
         schema: feature schema; None reads `trainer.datamodule.schema` in `configure_model`.
     """
 
+    progress_metrics = ("auc", "gauc")
+
     def __init__(
         self,
         model: Callable[[ModelDims], CtrModel],
@@ -142,23 +144,8 @@ class CtrModule(PlatformModule):
         metrics.update(loss.detach(), output.logits.detach(), batch)
         return loss
 
-    @torch.no_grad()
-    def evaluate(self, batches: Iterable[CtrBatch]) -> dict[str, float]:
-        """Validation metrics of `batches` outside a Trainer (eval mode, this process only):
-        what `val/*` would log."""
-        was_training = self.training
-        self.eval()
-        for batch in batches:
-            self._shared_step(batch, "val")
-        values = {name: float(value) for name, value in self.val_metrics.compute().items()}
-        self.val_metrics.reset()
-        self.train(was_training)
-        return values
-
-    def _log_eval(self, stage: str) -> None:
+    def _compute_eval(self, stage: str) -> dict[str, torch.Tensor]:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        # compute() syncs over ranks, so the values are exact global ones on every rank
-        # (sync_dist then only averages identical values).
-        for name, value in metrics.compute().items():
-            self.log(f"{stage}/{name}", value, prog_bar=name in ("auc", "gauc"), sync_dist=True)
+        values = metrics.compute()
         metrics.reset()
+        return values

@@ -17,7 +17,7 @@ lookup is a collective).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +128,7 @@ class SequentialTask(PlatformModule):
 
     #: Whether the task trains causal encoders (next-item) or bidirectional ones (masked-item).
     causal: bool = True
+    progress_metrics = ("ndcg@10",)
 
     def __init__(
         self,
@@ -241,42 +242,16 @@ class SequentialTask(PlatformModule):
         if labelled:
             self.eval_states[stage].loss.update(loss.detach() / weight, weight=labelled)
 
-    def _start_eval(self) -> None:
+    def _start_eval(self, stage: str) -> None:
         with torch.no_grad():
             self._item_table = self.sequential.item_table(self.device).float()
 
-    def on_validation_epoch_start(self) -> None:
-        self._start_eval()
-
-    def on_test_epoch_start(self) -> None:
-        self._start_eval()
-
-    @torch.no_grad()
-    def evaluate(self, batches: Iterable[GenerativeBatch]) -> dict[str, float]:
-        """Full-ranking metrics and loss of `batches` outside a Trainer (eval mode, this
-        process only): what `val/*` would log."""
-        was_training = self.training
-        self.eval()
-        self._start_eval()
-        for batch in batches:
-            self._shared_step(batch, "val")
-        state = self.eval_states["val"]
-        values = {name: float(value) for name, value in state.ranking.compute().items()}
-        values["loss"] = float(state.loss.compute())
-        state.ranking.reset()
-        state.loss.reset()
-        self._item_table = None
-        self.train(was_training)
-        return values
-
-    def _log_eval(self, stage: str) -> None:
+    def _compute_eval(self, stage: str) -> dict[str, torch.Tensor]:
         state = self.eval_states[stage]
         # compute() sums over ranks: exact global values on every rank.
-        values = state.ranking.compute()
+        values = {"targets" if k == "count" else k: v for k, v in state.ranking.compute().items()}
         values["loss"] = state.loss.compute()
-        for name, value in values.items():
-            name = "targets" if name == "count" else name
-            self.log(f"{stage}/{name}", value, prog_bar=name == "ndcg@10", sync_dist=True)
         state.ranking.reset()
         state.loss.reset()
         self._item_table = None
+        return values
