@@ -56,7 +56,7 @@ from serving.scorer import Vocab
 from trainers.checkpoint import JsonFileSystemReader, load_tensors, read_checkpoint_tree
 from trainers.data import LifeseqDataModule
 from trainers.legacy import checkpoint_names, migrate_hparams
-from trainers.platform_module import PlatformModule
+from trainers.platform_module import PlatformModule, module_from_hparams
 
 logger = logging.getLogger(__name__)
 
@@ -126,23 +126,16 @@ def read_rows(ckpt: Path, chunks: list[Chunk]) -> torch.Tensor:
 
 
 def instantiate_module(hparams: dict[str, Any]) -> PlatformModule:
-    """The LightningModule of the checkpoint, as LightningCLI built it, with the plain-torch
-    embedding backend (export reads tables from the checkpoint itself)."""
-    from jsonargparse import ArgumentParser
+    """The LightningModule of the checkpoint (migrated when from before the model zoo), with
+    the plain-torch embedding backend (export reads tables from the checkpoint itself).
 
+    Raises:
+        ExportError: the hyper-parameters have no `_class_path`.
+    """
     if not hparams.get("_class_path"):
         raise ExportError("checkpoint hyper_parameters have no _class_path (not a LightningCLI "
                           "run?); train with lifeseq train")  # fmt: skip
-    hparams = migrate_hparams(hparams)
-    class_path = hparams["_class_path"]
-    init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}
-    init_args["embedding"] = {**(init_args.get("embedding") or {}), "backend": "torch"}
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(PlatformModule, "model")
-    config = parser.parse_object({"model": {"class_path": class_path, "init_args": init_args}})
-    module = parser.instantiate_classes(config).model
-    assert isinstance(module, PlatformModule)
-    return module
+    return module_from_hparams(migrate_hparams(hparams), backend="torch")
 
 
 def data_module(tree: dict[str, Any], data_root: str | None) -> LifeseqDataModule:

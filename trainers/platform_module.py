@@ -310,3 +310,30 @@ class PlatformModule(L.LightningModule):
                 f"trainer.gradient_clip_algorithm: expected 'norm' or 'value', "
                 f"got {gradient_clip_algorithm!r}"
             )
+
+
+def module_from_hparams(hparams: dict[str, Any], backend: str | None = None) -> PlatformModule:
+    """The task module a checkpoint's hyper-parameters describe (`_class_path` + init args, as
+    LightningCLI saves them), built as LightningCLI builds it; `backend` replaces the embedding
+    backend when given.
+
+    Raises:
+        ValueError: no `_class_path`, or init args the class does not accept (naming them).
+    """
+    from jsonargparse import ArgumentParser
+
+    class_path = hparams.get("_class_path")
+    if not class_path:
+        raise ValueError(
+            "hyper_parameters have no _class_path (not a LightningCLI run?); train with "
+            "lifeseq train"
+        )
+    init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    if backend is not None:
+        init_args["embedding"] = {**(init_args.get("embedding") or {}), "backend": backend}
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(PlatformModule, "model")
+    config = parser.parse_object({"model": {"class_path": class_path, "init_args": init_args}})
+    module = parser.instantiate_classes(config).model
+    assert isinstance(module, PlatformModule)
+    return module

@@ -23,9 +23,8 @@ from features.schema import FeatureSchema
 from jobs.run_config import load_run_config
 from models.interfaces import CtrModel, LongTermUnit, ModelDims, SequenceEncoder
 from models.zoo import discover
-from serving.export import instantiate_module
 from tests.conformance import planted
-from trainers.platform_module import PlatformModule
+from trainers.platform_module import PlatformModule, module_from_hparams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"
@@ -88,7 +87,7 @@ class ZooCase:
         """The task module with its model built for `schema()` (initialised from `seed`)."""
         hparams = copy.deepcopy(self.hparams)
         hparams["seed"] = seed
-        module = instantiate_module(hparams)
+        module = module_from_hparams(hparams)
         module.setup_model(self.schema())
         return module
 

@@ -29,10 +29,9 @@ if str(REPO_ROOT) not in sys.path:
 
 from features.batch import collate_ctr, collate_generative  # noqa: E402
 from features.jagged import Jagged  # noqa: E402
-from serving.export import instantiate_module  # noqa: E402
 from tests.conformance import planted  # noqa: E402
 from tests.conformance.cases import config_cases  # noqa: E402
-from trainers.platform_module import EmbeddingConfig  # noqa: E402
+from trainers.platform_module import module_from_hparams  # noqa: E402
 
 USERS = 8
 
@@ -60,8 +59,7 @@ def main() -> None:
     # whose gradient is float noise around 0 (an attention key bias) would move by ~lr in
     # directions set by the noise; SGD moves every parameter by lr * g.
     hparams["optimizer"] = {"name": "sgd", "lr": 0.1}
-    module = instantiate_module(hparams)
-    module.embedding = EmbeddingConfig(backend="torchrec")
+    module = module_from_hparams(hparams, backend="torchrec")
     module.setup_model(case.schema())
     module.eval()
     optimizer = module.configure_optimizers()
