@@ -192,6 +192,21 @@ class FeatureSchema:
             feature_tables=dict(FEATURE_TABLES),
         )
 
+    @staticmethod
+    def from_vocab(vocab: dict[str, int], cfg: FeatureConfig) -> FeatureSchema:
+        """The schema of in-memory samples (no build on disk) with `vocab` table sizes
+        (`item`, `category`, `behavior`) and no `value` member: benchmarks and tests.
+
+        Raises:
+            ValueError: see `from_manifest`.
+        """
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "members": expected_members(with_value=False),
+            "vocab": dict(vocab),
+        }
+        return FeatureSchema.from_manifest_dict(manifest, cfg, source="vocab")
+
     def table_of(self, feature: str) -> TableSpec:
         """The table a feature is looked up in.
 

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from features.batch import GenerativeBatch, collate_generative
-from features.schema import FeatureConfig, FeatureSchema, expected_members
+from features.schema import FeatureConfig, FeatureSchema
 from jobs.bench_report import (
     git_commit,
     newest_csv,
@@ -58,7 +58,7 @@ from jobs.bench_report import (
 )
 from jobs.movielens_data import fetch_ml100k
 from jobs.run_config import load_run_config
-from pipeline.sample_codec import SCHEMA_VERSION, UserSample
+from pipeline.sample_codec import UserSample
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_CONFIG = REPO_ROOT / "configs" / "pipeline" / "movielens.yaml"
@@ -240,13 +240,9 @@ def speed_module(model_name: str, length: int, device: torch.device) -> Any:
         [BASE_CONFIG, MODEL_CONFIGS / f"{model_name}.yaml"],
         ["--model.init_args.embedding.backend", "torch", "--data.root", "unused"],
     )
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "members": expected_members(with_value=False),
-        "vocab": {"item": SPEED_ITEMS, "category": 3, "behavior": 3},
-    }
+    vocab = {"item": SPEED_ITEMS, "category": 3, "behavior": 3}
     features = FeatureConfig(embedding_dim=run.data["embedding_dim"], max_len=length)
-    run.module.setup_model(FeatureSchema.from_manifest_dict(manifest, features))
+    run.module.setup_model(FeatureSchema.from_vocab(vocab, features))
     return run.module.to(device).train()
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
-from features.schema import FeatureConfig, FeatureSchema, expected_members
-from pipeline.sample_codec import SCHEMA_VERSION, UserSample
+from features.schema import FeatureConfig, FeatureSchema
+from pipeline.sample_codec import UserSample
 
 #: Events of a CTR history; the last `RECENT` of them hold only noise categories.
 HISTORY, RECENT = 240, 100
@@ -36,12 +36,7 @@ SEQ_MAX_LEN = 24
 
 def schema(vocab: dict[str, int], **config: int) -> FeatureSchema:
     """A feature schema for in-memory samples of `vocab` (a manifest's fields)."""
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "members": expected_members(with_value=False),
-        "vocab": dict(vocab),
-    }
-    return FeatureSchema.from_manifest_dict(manifest, FeatureConfig(**config))
+    return FeatureSchema.from_vocab(vocab, FeatureConfig(**config))
 
 
 def far_history_sample(user: int, split: str = "train") -> UserSample:
@@ -74,16 +69,23 @@ def far_history_sample(user: int, split: str = "train") -> UserSample:
     return UserSample(user=f"user{user:05d}", split=split, history=history, targets=targets)
 
 
-def rule_sample(user: int, split: str = "train", length: int | None = None) -> UserSample:
-    """User `user`: a chain of the rule from a seeded random item, 10..20 events (or `length`)
-    an hour apart, and the chain's next item as the one positive target."""
+def rule_sample(
+    user: int,
+    split: str = "train",
+    length: int | None = None,
+    events: tuple[int, int] = (10, 21),
+    gap_s: int = 3_600,
+) -> UserSample:
+    """User `user`: a chain of the rule from a seeded random item, `events` (a range: 10..20 by
+    default) or `length` events `gap_s` apart, and the chain's next item as the one positive
+    target."""
     rng = np.random.default_rng([7, user])
-    n = int(rng.integers(10, 21)) if length is None else length
+    n = int(rng.integers(*events)) if length is None else length
     chain = [int(rng.integers(2, ITEMS))]
     for _ in range(n):
         chain.append(int(RULE[chain[-1]]))
     items = np.asarray(chain, dtype=np.int64)
-    ts = 1_700_000_000 + 3_600 * np.arange(n + 1, dtype=np.int64)
+    ts = 1_700_000_000 + gap_s * np.arange(n + 1, dtype=np.int64)
     history = {
         "item": items[:n],
         "category": np.full(n, 2, dtype=np.int64),

@@ -18,6 +18,7 @@ is the chain's next item. Every transition occurs >= 7 times per training epoch.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -28,7 +29,7 @@ import numpy as np
 import pytest
 
 from models.blocks.embeddings import torchrec_available
-from pipeline.sample_codec import UserSample
+from tests.conformance import planted
 from tests.distributed.test_train_job import (
     REPO_ROOT,
     ckpt_step,
@@ -42,12 +43,8 @@ from tests.unit.test_dataset import write_out_dir
 pytestmark = [pytest.mark.distributed]
 needs_torchrec = pytest.mark.skipif(not torchrec_available(), reason="torchrec not importable")
 
-ITEMS = 100  # vocab.item: ids 0 (padding), 1 (OOV), items 2..99
+ITEMS, RULE = planted.ITEMS, planted.RULE  # items 2..99 in one successor cycle
 VOCAB = {"item": ITEMS, "category": 6, "behavior": 5}
-#: Successor of every item: one cycle through 2..ITEMS-1 in a seeded random order.
-_CYCLE = np.random.default_rng(99).permutation(np.arange(2, ITEMS))
-RULE = np.zeros(ITEMS, dtype=np.int64)
-RULE[_CYCLE] = np.roll(_CYCLE, -1)
 RANKING = ("val/hr@10", "val/ndcg@10", "val/hr@50", "val/ndcg@50", "val/mrr")
 SIZES = {"train": [12, 9, 14, 7, 10, 8, 11, 9], "valid": [20, 12], "test": [24]}
 TORCHREC = ("--model.init_args.embedding.backend", "torchrec")
@@ -61,30 +58,9 @@ ARCH = {
 }
 
 
-def rule_sample(user: int, split: str) -> UserSample:
-    """User `user`: a chain of the rule from a seeded random item, 12..20 history events
-    1000 s apart, and the chain's next item as the one positive target."""
-    rng = np.random.default_rng([7, user])
-    n = int(rng.integers(12, 21))
-    chain = [int(rng.integers(2, ITEMS))]
-    for _ in range(n):
-        chain.append(int(RULE[chain[-1]]))
-    items = np.asarray(chain, dtype=np.int64)
-    ts = 1_700_000_000 + 1_000 * np.arange(n + 1, dtype=np.int64)
-    history = {
-        "item": items[:n],
-        "category": np.full(n, 2, dtype=np.int64),
-        "behavior": np.full(n, 2, dtype=np.int64),
-        "ts": ts[:n],
-    }
-    targets = {
-        "target_item": items[n:],
-        "target_category": np.full(1, 2, dtype=np.int64),
-        "target_ts": ts[n:],
-        "target_label": np.ones(1, dtype=np.float32),
-        "target_hist_len": np.array([n], dtype=np.int64),
-    }
-    return UserSample(user=f"user{user:04d}", split=split, history=history, targets=targets)
+#: User `user`: a chain of the rule, 12..20 history events 1000 s apart, its next item the one
+#: positive target.
+rule_sample = functools.partial(planted.rule_sample, events=(12, 21), gap_s=1_000)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from features.batch import collate_generative
-from features.schema import FeatureConfig, FeatureSchema, expected_members
+from features.schema import FeatureConfig, FeatureSchema
 from models.zoo.sequence.sasrec import SasRec, SasRecConfig
-from pipeline.sample_codec import SCHEMA_VERSION, UserSample
+from pipeline.sample_codec import UserSample
 from trainers.platform_module import EmbeddingConfig
 from trainers.tasks.next_item import NextItemModule
 from trainers.tasks.sequential import RankingEvalConfig, target_histories
@@ -59,12 +59,8 @@ def test_eval_config_rejects_bad_values() -> None:
 
 
 def test_next_item_module_refuses_a_bidirectional_encoder_and_a_bad_alpha() -> None:
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "vocab": {"item": 20, "category": 3, "behavior": 3},
-        "members": expected_members(with_value=False),
-    }
-    schema = FeatureSchema.from_manifest_dict(manifest, FeatureConfig(embedding_dim=8, max_len=6))
+    vocab = {"item": 20, "category": 3, "behavior": 3}
+    schema = FeatureSchema.from_vocab(vocab, FeatureConfig(embedding_dim=8, max_len=6))
     torch_backend = EmbeddingConfig("torch")
     causal = NextItemModule(SasRec, embedding=torch_backend).setup_model(schema)
     assert causal.causal and causal.dims.max_len == 6 and causal.dense.mask is None

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from features.batch import GenerativeBatch, collate_generative
-from features.schema import FeatureConfig, FeatureSchema, expected_members
+from features.schema import FeatureConfig, FeatureSchema
 from models.blocks.input_features import ItemAndPosition
 from models.blocks.jagged_attention import (
     LengthGroup,
@@ -38,7 +38,7 @@ from models.interfaces import ModelDims, SequenceEncoder
 from models.sequential import SequenceOutput, SequenceStep, SequentialRecommender
 from models.zoo.sequence.hstu import Hstu, HstuConfig
 from models.zoo.sequence.sasrec import SasRec, SasRecConfig
-from pipeline.sample_codec import SCHEMA_VERSION, UserSample
+from pipeline.sample_codec import UserSample
 from trainers.platform_module import EmbeddingConfig
 from trainers.tasks.masked_item import MaskedItemModule, cloze_mask, masked_query_rows
 from trainers.tasks.next_item import NextItemModule, target_queries
@@ -110,13 +110,8 @@ def encode(model: SequentialRecommender, batch: GenerativeBatch) -> SequenceOutp
 
 def sequence_schema(max_len: int, embedding_dim: int = 16) -> FeatureSchema:
     """A feature schema of `V` items (3 categories, 3 behaviors)."""
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "vocab": {"item": V, "category": 3, "behavior": 3},
-        "members": expected_members(with_value=False),
-    }
     config = FeatureConfig(embedding_dim=embedding_dim, max_len=max_len)
-    return FeatureSchema.from_manifest_dict(manifest, config)
+    return FeatureSchema.from_vocab({"item": V, "category": 3, "behavior": 3}, config)
 
 
 def next_item_module(

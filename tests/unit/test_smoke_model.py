@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from features.batch import CtrBatch, collate_ctr
-from features.schema import FeatureConfig, FeatureSchema, expected_members
+from features.schema import FeatureConfig, FeatureSchema
 from models.blocks.embeddings import torchrec_available
 from models.blocks.windows import TargetWindows, window_mean
 from models.ctr import CtrOutput, CtrRecommender
 from models.interfaces import ModelDims
 from models.zoo.ctr.smoke import SmokeConfig, SmokeCtr
-from pipeline.sample_codec import SCHEMA_VERSION, UserSample
+from pipeline.sample_codec import UserSample
 from trainers.tasks.ctr import bce, ctr_loss
 
 pytestmark = pytest.mark.unit
@@ -226,12 +226,8 @@ def test_model_learns_the_planted_category_signal() -> None:
 
 
 def test_dims_from_schema_and_config_errors() -> None:
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "vocab": {"item": 60, "category": 6, "behavior": 5},
-        "members": expected_members(with_value=False),
-    }
-    schema = FeatureSchema.from_manifest_dict(manifest, FeatureConfig(embedding_dim=8))
+    vocab = {"item": 60, "category": 6, "behavior": 5}
+    schema = FeatureSchema.from_vocab(vocab, FeatureConfig(embedding_dim=8))
 
     dims = ModelDims.from_schema(schema, backend="torch")
     config = SmokeConfig(hidden=[4])  # type: ignore[arg-type]  # YAML gives lists

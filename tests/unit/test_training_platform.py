@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from features.batch import CtrBatch, collate_ctr
-from features.schema import FeatureConfig, FeatureSchema, expected_members
+from features.schema import FeatureConfig, FeatureSchema
 from models.blocks.embeddings import torchrec_available
 from models.ctr import CtrRecommender
 from models.zoo.ctr.smoke import SmokeConfig, SmokeCtr
-from pipeline.sample_codec import SCHEMA_VERSION, UserSample
+from pipeline.sample_codec import UserSample
 from trainers import checkpoint as ckpt
 from trainers.callbacks import NonFiniteError, NonFiniteGuard, plot_training_curves
 from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
@@ -37,12 +37,8 @@ class _Cfg:
 
 
 def _schema() -> FeatureSchema:
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "vocab": {"item": 60, "category": 6, "behavior": 5},
-        "members": expected_members(with_value=False),
-    }
-    return FeatureSchema.from_manifest_dict(manifest, FeatureConfig(embedding_dim=4))
+    vocab = {"item": 60, "category": 6, "behavior": 5}
+    return FeatureSchema.from_vocab(vocab, FeatureConfig(embedding_dim=4))
 
 
 def _batch(seed: int = 0, users: int = 4, max_history: int = 6) -> CtrBatch:
