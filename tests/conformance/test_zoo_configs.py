@@ -51,6 +51,9 @@ KNOWN_NOT_LEARNING = {
     "config:ctr/sim_soft": "SIM soft's GSU is trained only by its auxiliary task, which stays at "
     "AUC ≈ 0.45 on this signal; the ESU sees the far events only when the untrained top-64 of "
     "240 picks them: test AUC 0.74-0.84 over 100-600 steps (issue 15 revisits the unit)",
+    "config:sequential/pop": "Pop ranks by popularity and reads no history, so a successor rule "
+    "over a uniformly visited cycle is out of its reach by design: HR@10 0.125 after 200 steps "
+    "(chance: 10 of ~83 unseen items, 0.12)",
 }
 
 
