@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.interfaces import ModelDims, SequenceRows
+from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
 from models.zoo.sequence.nextitnet import NextItNet, NextItNetBlock, NextItNetConfig
 
 pytestmark = pytest.mark.unit
@@ -87,14 +87,19 @@ def test_jagged_bucketed_forward_equals_the_per_row_formula() -> None:
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_a_whole_row_request_equals_the_batch_forward() -> None:
-    model = tiny_model(dilations=(1, 2), kernel_size=2)
-    x = torch.randn(9, D, generator=torch.Generator().manual_seed(2))
+def check_whole_row(encoder: SequenceEncoder, width: int) -> None:
+    """A serving request's row (`SequenceRows.single`, unpadded) encodes like the same row in
+    a batch."""
+    x = torch.randn(9, width, generator=torch.Generator().manual_seed(2))
     ts = torch.arange(9, dtype=torch.int64)
     with torch.no_grad():
-        whole = model(x, SequenceRows.single(ts, ts + 1))
-        batched = model(x, rows_of([9]))
+        whole = encoder(x, SequenceRows.single(ts, ts + 1))
+        batched = encoder(x, rows_of([9]))
     torch.testing.assert_close(whole, batched, atol=1e-6, rtol=1e-6)
+
+
+def test_a_whole_row_request_equals_the_batch_forward() -> None:
+    check_whole_row(tiny_model(dilations=(1, 2), kernel_size=2), D)
 
 
 def test_later_events_never_change_earlier_positions() -> None:
