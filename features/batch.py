@@ -29,6 +29,7 @@ targets is NaN, and NaN * 0 is still NaN.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
@@ -41,6 +42,25 @@ from pipeline.sample_codec import HISTORY_MEMBERS, VALUE_MEMBER, UserSample
 
 _T = TypeVar("_T")
 _B = TypeVar("_B", bound="_TensorBatch")
+#: `user_hash` keeps 63 bits, so a hash is a non-negative int64.
+USER_HASH_MASK = (1 << 63) - 1
+
+
+def user_hash(key: str) -> int:
+    """Stable 63-bit hash of a raw user id: the first 8 bytes of blake2b(UTF-8 key), little
+    endian, masked to [0, 2^63 - 1].
+
+    Users are not in the vocabulary (catalogs of users are huge and open), so a model that
+    embeds users hashes them into buckets (`models.blocks.user_embedding`); training and serving
+    must agree on the hash across processes and runs, which Python's salted `hash()` does not.
+    """
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & USER_HASH_MASK
+
+
+def user_hashes(keys: Sequence[str]) -> torch.Tensor:
+    """(len(keys),) int64 `user_hash` of each raw user id."""
+    return torch.tensor([user_hash(k) for k in keys], dtype=torch.int64)
 
 
 def _jagged_unchecked(values: torch.Tensor, lengths: torch.Tensor) -> Jagged:
@@ -308,6 +328,8 @@ class GenerativeBatch(_TensorBatch):
         dropped_items: Jagged with B rows: the distinct item ids (sorted) of those dropped
             events, so that full-ranking evaluation can exclude a user's whole history (empty
             rows in training batches, see `collate_generative`).
+        user_ids: shape (B,) int64, `user_hash` of each row's user (per row: rows of one user
+            repeat it), what a model with a user table embeds.
 
     Plus `weight`, `users`, `loader_stats`, `loader_worker` (keyword-only, see `_TensorBatch`).
     """
@@ -321,6 +343,7 @@ class GenerativeBatch(_TensorBatch):
     target_user: torch.Tensor
     sequence_start: torch.Tensor
     dropped_items: Jagged
+    user_ids: torch.Tensor
 
     @property
     def num_users(self) -> int:
@@ -389,6 +412,7 @@ class GenerativeBatch(_TensorBatch):
             target_user=zeros.clone(),
             sequence_start=zeros.clone(),
             dropped_items=Jagged(zeros.clone(), zeros.clone()),
+            user_ids=zeros.clone(),
             weight=0.0,
             users=[],
         )
@@ -431,6 +455,7 @@ def collate_generative(
                 for s, start in zip(samples, packed.row_start.tolist(), strict=True)
             ]
         ),
+        user_ids=user_hashes([s.user for s in samples]),
         weight=1.0,
         users=[s.user for s in samples],
     )

@@ -118,6 +118,8 @@ class SequenceRows:
             time; at a row's last position the target's request time).
         whole_row: one row holding every event, unpadded (a serving request): attention
             groups are a plain view, with no data-dependent shapes, so `torch.export` traces it.
+        user: (B, d_user) each row's user embedding (`models.blocks.user_embedding`), or None
+            when neither the input features nor the encoder declare a user table.
     """
 
     offsets: torch.Tensor
@@ -125,11 +127,15 @@ class SequenceRows:
     key_ts: torch.Tensor
     query_ts: torch.Tensor
     whole_row: bool = False
+    user: torch.Tensor | None = None
     _groups: dict[int, list[LengthGroup]] = field(default_factory=dict, repr=False)
 
     @staticmethod
     def from_offsets(
-        offsets: torch.Tensor, key_ts: torch.Tensor, query_ts: torch.Tensor
+        offsets: torch.Tensor,
+        key_ts: torch.Tensor,
+        query_ts: torch.Tensor,
+        user: torch.Tensor | None = None,
     ) -> SequenceRows:
         """Rows of a jagged batch (positions counted from each row's start)."""
         lengths = offsets[1:] - offsets[:-1]
@@ -137,14 +143,17 @@ class SequenceRows:
         positions = torch.arange(n, device=offsets.device) - torch.repeat_interleave(
             offsets[:-1], lengths
         )
-        return SequenceRows(offsets, positions, key_ts, query_ts)
+        return SequenceRows(offsets, positions, key_ts, query_ts, user=user)
 
     @staticmethod
-    def single(key_ts: torch.Tensor, query_ts: torch.Tensor) -> SequenceRows:
-        """One request's row of L ≥ 1 events (no padding, traceable with a dynamic L)."""
+    def single(
+        key_ts: torch.Tensor, query_ts: torch.Tensor, user: torch.Tensor | None = None
+    ) -> SequenceRows:
+        """One request's row of L ≥ 1 events (no padding, traceable with a dynamic L); `user`
+        (1, d_user) or None."""
         n, device = key_ts.shape[0], key_ts.device
         offsets = torch.arange(2, device=device) * n  # [0, L]
-        return SequenceRows(offsets, torch.arange(n, device=device), key_ts, query_ts, True)
+        return SequenceRows(offsets, torch.arange(n, device=device), key_ts, query_ts, True, user)
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -155,6 +164,23 @@ class SequenceRows:
     def batch_size(self) -> int:
         """B."""
         return self.offsets.shape[0] - 1
+
+    def user_per_event(self) -> torch.Tensor:
+        """(N, d_user) each event's row's user embedding (a view for a whole row).
+
+        Raises:
+            ValueError: the rows carry no user embedding.
+        """
+        if self.user is None:
+            raise ValueError(
+                "SequenceRows.user is None: declare the user table "
+                "(models.blocks.user_embedding.UserEmbeddingConfig.table) in the input features' "
+                "or the encoder's tables()"
+            )
+        n = self.positions.shape[0]
+        if self.whole_row:
+            return self.user.expand(n, -1)  # (L, d_user)
+        return torch.repeat_interleave(self.user, self.lengths, dim=0, output_size=n)
 
     def length_groups(self, bucket: int) -> list[LengthGroup]:
         """`models.blocks.jagged_attention.length_groups` of the rows (computed once per bucket
@@ -178,13 +204,19 @@ class SequenceEncoder(nn.Module):
     causal: bool = True
 
     def tables(self) -> list[EmbeddingTableSpec]:
-        """Embedding tables the encoder needs beyond the item table (default: none)."""
+        """Embedding tables the encoder needs beyond the item table (default: none; the user
+        table's rows arrive as `rows.user`)."""
         return []
 
 
 class InputFeatures(nn.Module):
     """The events' looked-up item rows → the encoder's input, `forward(item_rows (N, d), rows:
     SequenceRows) -> (N, d)`."""
+
+    def tables(self) -> list[EmbeddingTableSpec]:
+        """Embedding tables the features need beyond the item table (default: none; e.g. the
+        user table, whose rows arrive as `rows.user`)."""
+        return []
 
 
 # --- lifelong CTR -----------------------------------------------------------------------------
@@ -284,8 +316,11 @@ class RequestInput:
         dtype: `int64` or `float32`.
         shape: sizes; strings name a dynamic dimension (`events`, `candidates`, `length`).
         source: where serving gets it: `ids:FIELD` (the request's ids or times of `FIELD`),
-            `table:FEATURE@FIELD` (rows of the table serving `FEATURE` at the ids of `FIELD`)
-            or `cache:NAME@FIELD` (rows of item cache `NAME` at the ids of `FIELD`).
+            `table:FEATURE@FIELD` (rows of the table serving `FEATURE` at the ids of `FIELD`),
+            `hashed:FEATURE@FIELD` (rows of a hashed table at
+            `models.blocks.user_embedding.hashed_rows` of the 63-bit hashes in `FIELD`: the
+            user table at `user_hash`) or `cache:NAME@FIELD` (rows of item cache `NAME` at the
+            ids of `FIELD`).
     """
 
     name: str

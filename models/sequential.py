@@ -15,6 +15,12 @@ training, the learned mask vector. Labels, negatives and losses belong to the ta
 Serving: `serving_spec()` traces `dense` on one user's row (`SequenceRequestProgram`): the item
 rows of the history → the user embedding that ranks the next item against the L2-normalized
 item index (`item_caches()["item_index"]`).
+
+User table: when the input features or the encoder declare one (`models.blocks.user_embedding`,
+the hashing trick), `forward` looks up each row's user (`SequenceStep.users`, the batch's
+`user_ids`) in the same embedding call and passes the rows as `SequenceRows.user`; the request
+program then takes `user_rows` (1, d_user), which serving reads from the table at the request's
+hashed user id. Without one, nothing about the model changes.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from torch import nn
 from features.jagged import Jagged
 from models.blocks.embeddings import EmbeddingTableSpec, build_embeddings
 from models.blocks.seeding import seeded_init
+from models.blocks.user_embedding import USER_FEATURE, USER_HASH_FIELD, hashed_rows
 from models.interfaces import (
     InputFeatures,
     ItemCache,
@@ -62,6 +69,8 @@ class SequenceStep:
             negatives; empty for none).
         mask: (N,) bool positions whose item is hidden behind the learned mask vector (cloze
             training and masked-item evaluation), or None.
+        users: (B,) int64 `features.batch.user_hash` of each row's user (`GenerativeBatch.
+            user_ids`); required by a model with a user table, ignored by the others.
     """
 
     items: Jagged
@@ -69,6 +78,7 @@ class SequenceStep:
     query_ts: torch.Tensor
     candidates: torch.Tensor
     mask: torch.Tensor | None = None
+    users: torch.Tensor | None = None
 
 
 @dataclass
@@ -154,10 +164,13 @@ class SequentialRecommender(SparseDenseModel):
         item = EmbeddingTableSpec(
             "item", dims.item_rows, dims.embedding_dim, (SEQUENCE_FEATURE, CANDIDATE_FEATURE)
         )
-        self.embeddings = build_embeddings(
-            [item, *built_encoder.tables()], backend=dims.backend, seed=dims.seed
-        )
+        tables = _merge_tables([item, *built_features.tables(), *built_encoder.tables()])
+        self.embeddings = build_embeddings(tables, backend=dims.backend, seed=dims.seed)
         self.dense = dense
+        #: d_user of the declared user table, or None without one.
+        self.user_width: int | None = next(
+            (t.embedding_dim for t in tables if USER_FEATURE in t.feature_names), None
+        )
 
     @property
     def causal(self) -> bool:
@@ -177,16 +190,32 @@ class SequentialRecommender(SparseDenseModel):
                 f"max_len {self.dims.max_len}; collate with the same max_len"
             )
         ones = torch.ones_like(step.candidates)
-        looked_up = self.embeddings(
-            {SEQUENCE_FEATURE: items, CANDIDATE_FEATURE: Jagged(step.candidates, ones)}
-        )
-        rows = SequenceRows.from_offsets(items.offsets, step.key_ts, step.query_ts)
+        ids = {SEQUENCE_FEATURE: items, CANDIDATE_FEATURE: Jagged(step.candidates, ones)}
+        if self.user_width is not None:
+            ids[USER_FEATURE] = self._user_ids(step)
+        looked_up = self.embeddings(ids)
+        user_rows = looked_up[USER_FEATURE].values if USER_FEATURE in looked_up else None
+        rows = SequenceRows.from_offsets(items.offsets, step.key_ts, step.query_ts, user_rows)
         user = self.dense(looked_up[SEQUENCE_FEATURE].values, rows, step.mask)
         return SequenceOutput(
             user=user,
             lengths=items.lengths,
             candidates=normalize(looked_up[CANDIDATE_FEATURE].values),
         )
+
+    def _user_ids(self, step: SequenceStep) -> Jagged:
+        """The user table's ids of the step's rows: one hashed row per row (B,)."""
+        users, rows = step.users, step.items.batch_size
+        if users is None or users.shape != (rows,):
+            got = "none" if users is None else f"shape {tuple(users.shape)}"
+            raise ValueError(
+                f"{type(self.dense.encoder).__name__} with {type(self.dense.features).__name__} "
+                f"embeds users: SequenceStep.users must hold one user hash per row ({rows},), got "
+                f"{got}; pass the batch's user_ids (features.batch.GenerativeBatch.user_ids)"
+            )
+        table_rows = self.embeddings.table_of(USER_FEATURE).num_embeddings
+        ids = hashed_rows(users, table_rows)
+        return Jagged(ids, torch.ones_like(ids))
 
     # --- items ----------------------------------------------------------------------------
 
@@ -211,6 +240,7 @@ class SequentialRecommender(SparseDenseModel):
         d, max_len = self.dims.embedding_dim, self.dims.max_len
         append_mask = self.dense.mask is not None
         longest = max_len - 1 if append_mask else max_len
+        d_user = self.user_width
         inputs = [
             RequestInput(
                 rows_input(SEQUENCE_FEATURE),
@@ -221,19 +251,25 @@ class SequentialRecommender(SparseDenseModel):
             RequestInput("key_ts", "int64", ("length",), "ids:key_ts"),
             RequestInput("query_ts", "int64", ("length",), "ids:query_ts"),
         ]
+        if d_user is not None:
+            source = f"hashed:{USER_FEATURE}@{USER_HASH_FIELD}"  # the request's hashed user
+            inputs.append(RequestInput(rows_input(USER_FEATURE), "float32", (1, d_user), source))
 
         def example(sizes: dict[str, int]) -> dict[str, torch.Tensor]:
             n = sizes["length"]
             generator = torch.Generator().manual_seed(0)
-            return {
+            request = {
                 rows_input(SEQUENCE_FEATURE): torch.randn(n, d, generator=generator),
                 "key_ts": torch.arange(n, dtype=torch.int64),
                 "query_ts": torch.arange(1, n + 1, dtype=torch.int64),
             }
+            if d_user is not None:
+                request[rows_input(USER_FEATURE)] = torch.randn(1, d_user, generator=generator)
+            return request
 
         return ServingSpec(
             family=self.family,
-            program=SequenceRequestProgram(self.dense, append_mask),
+            program=SequenceRequestProgram(self.dense, append_mask, d_user is not None),
             inputs=inputs,
             dims={"length": (1, longest)},
             variants=[ProgramVariant("model", {"length": min(8, longest)})],
@@ -258,21 +294,42 @@ def _normalize_items(item_rows: torch.Tensor, category_rows: torch.Tensor) -> to
     return normalize(item_rows)
 
 
+def _merge_tables(tables: list[EmbeddingTableSpec]) -> list[EmbeddingTableSpec]:
+    """The tables once each: the input features and the encoder may both declare the user
+    table, which they then share (it must be the same table).
+
+    Raises:
+        ValueError: two different tables of one name, naming both.
+    """
+    merged: dict[str, EmbeddingTableSpec] = {}
+    for table in tables:
+        seen = merged.setdefault(table.name, table)
+        if seen != table:
+            raise ValueError(
+                f"two different embedding tables named {table.name!r}: {seen} and {table}; the "
+                "input features and the encoder must declare the same one (e.g. the same "
+                "UserEmbeddingConfig)"
+            )
+    return list(merged.values())
+
+
 class SequenceRequestProgram(nn.Module):
     """One serving request of a sequential model, written so that `torch.export` traces it with
-    a dynamic length: `{sequence_item_rows (L, d), key_ts (L,), query_ts (L,)}` → (d,) the user
-    embedding after the last event (a masked-item model: at a mask position appended at the
-    request time, the last `query_ts`).
+    a dynamic length: `{sequence_item_rows (L, d), key_ts (L,), query_ts (L,)[, user_rows (1,
+    d_user)]}` → (d,) the user embedding after the last event (a masked-item model: at a mask
+    position appended at the request time, the last `query_ts`).
 
     Args:
         dense: the trained model's dense part (shared, not copied).
         append_mask: append the mask position (masked-item models).
+        with_user: the request carries the user's row of the user table (`user_rows`).
     """
 
-    def __init__(self, dense: SequenceDense, append_mask: bool) -> None:
+    def __init__(self, dense: SequenceDense, append_mask: bool, with_user: bool = False) -> None:
         super().__init__()
         self.dense = dense
         self.append_mask = append_mask
+        self.with_user = with_user
 
     def forward(self, request: dict[str, torch.Tensor]) -> torch.Tensor:
         """(d,) user embedding of the request."""
@@ -285,7 +342,8 @@ class SequenceRequestProgram(nn.Module):
             query_ts = torch.cat([query_ts, query_ts[-1:]])
             mask = torch.zeros(key_ts.shape[0], dtype=torch.bool, device=key_ts.device)
             mask[-1] = True
-        user = self.dense(item_rows, SequenceRows.single(key_ts, query_ts), mask)
+        user_rows = request[rows_input(USER_FEATURE)] if self.with_user else None
+        user = self.dense(item_rows, SequenceRows.single(key_ts, query_ts, user_rows), mask)
         return user[-1]
 
 

@@ -4,15 +4,17 @@ trained model's numbers.
     scorer = Scorer.load("EXPORT")                         # checks every file's sha256
     scorer.score(CtrRequest(history_items=[...], history_behaviors=[...], history_ts=[...],
                             candidates=[...], request_ts=...))   # SIM / ETA / TWIN / DIN
-    scorer.recommend(NextItemRequest(history_items=[...], history_ts=[...], request_ts=..., k=10))
+    scorer.recommend(NextItemRequest(history_items=[...], history_ts=[...], request_ts=..., k=10,
+                                     user_id=...))   # user_id: models with a user table
 
 Requests carry raw ids (as in the event logs); the exported vocabularies map them, unknown ids
 to the OOV id 1. An item's category is the item vocabulary's `category_id`. Histories keep the
 most recent `max_history` (CTR) / `max_len` (sequential) events, as training did. The dense
 model runs as the exported `torch.export` program (`dense/*.pt2`); its inputs are filled as the
 manifest's `request` section says, whatever the model: id fields of the request, embedding
-rows of a feature's table (memory-mapped shards) at a field's ids, or rows of an item cache
-(e.g. TWIN's ESU keys) at the history's items.
+rows of a feature's table (memory-mapped shards) at a field's ids, rows of a hashed table (the
+user table: `features.batch.user_hash` of the request's raw `user_id`, any user, no OOV) or
+rows of an item cache (e.g. TWIN's ESU keys) at the history's items.
 
 Malformed requests raise `RequestError` naming the field; nothing is guessed.
 """
@@ -30,6 +32,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from features.batch import user_hash
+from models.blocks.user_embedding import USER_HASH_FIELD, hashed_rows
 from serving.artifacts import ExportError, ShardedRows, read_manifest, verify_files
 
 PAD_ID = 0
@@ -72,6 +76,8 @@ class NextItemRequest:
         request_ts: epoch seconds of the request, >= the last event's.
         k: items to return.
         exclude_history: leave out every item of the history (as evaluation does).
+        user_id: the raw user id (string or integer, as in the event logs); required by a
+            model with a user table, which hashes it (an unknown user is hashed too).
     """
 
     history_items: Sequence[Any]
@@ -79,6 +85,7 @@ class NextItemRequest:
     request_ts: int
     k: int = 10
     exclude_history: bool = True
+    user_id: Any = None
 
 
 @dataclass(frozen=True)
@@ -250,7 +257,9 @@ class Scorer:
 
     def program_inputs(self, ids: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """The request program's input dict from the request's id fields (`ids`), as the
-        manifest's `request.inputs` say: `ids:FIELD`, `table:FEATURE@FIELD`, `cache:NAME@FIELD`.
+        manifest's `request.inputs` say: `ids:FIELD`, `table:FEATURE@FIELD`,
+        `hashed:FEATURE@FIELD` (the table's rows at `hashed_rows` of the 63-bit hashes in FIELD),
+        `cache:NAME@FIELD`.
         """
         out: dict[str, torch.Tensor] = {}
         for spec in self.request_inputs:
@@ -260,6 +269,10 @@ class Scorer:
                 out[spec["name"]] = torch.from_numpy(ids[name])
             elif kind == "table":
                 out[spec["name"]] = self._rows(self.feature_table[name], ids[field_name])
+            elif kind == "hashed":
+                table = self.feature_table[name]
+                rows = hashed_rows(ids[field_name], int(self.manifest["tables"][table]["rows"]))
+                out[spec["name"]] = self._rows(table, rows)
             elif kind == "cache":
                 rows = torch.from_numpy(self.caches[name].take(ids[field_name]))
                 shape = self.manifest["caches"][name]["row_shape"]
@@ -355,9 +368,27 @@ class Scorer:
             "key_ts": seq_ts,
             "query_ts": np.append(seq_ts[1:], np.int64(request_ts)),
         }
+        if self.needs(USER_HASH_FIELD):
+            ids[USER_HASH_FIELD] = np.array([self._user_hash(request.user_id)], dtype=np.int64)
         inputs = self.program_inputs(ids)
         with torch.no_grad():
             return self._program({"length": len(seq_ids)})(inputs), item_ids, oov
+
+    def needs(self, field_name: str) -> bool:
+        """Whether a request-program input reads id field `field_name`."""
+        for spec in self.request_inputs:
+            name, _, field_at = spec["source"].partition(":")[2].partition("@")
+            if (field_at or name) == field_name:
+                return True
+        return False
+
+    def _user_hash(self, user_id: Any) -> int:
+        if isinstance(user_id, bool) or not isinstance(user_id, str | numbers.Integral):
+            raise RequestError(
+                f"user_id: this model ({self.name}) embeds the user; send the raw user id (a "
+                f"string or integer; unknown users are fine), got {user_id!r}"
+            )
+        return user_hash(str(user_id))
 
     def recommend(self, request: NextItemRequest) -> Recommendations:
         """The top-k next items (sequential exports): inner product with every item's

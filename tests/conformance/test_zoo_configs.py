@@ -229,7 +229,8 @@ def check_sequential_export(scorer: Scorer, model: torch.nn.Module, case: ZooCas
     raw = [f"i{i}" if i > 1 else "unknown-item" for i in items]
     ts = sample.history["ts"]
     request_ts = int(sample.targets["target_ts"][0])
-    user, _, oov = scorer.user_embedding(NextItemRequest(raw, ts.tolist(), request_ts))
+    request = NextItemRequest(raw, ts.tolist(), request_ts, user_id=sample.user)
+    user, _, oov = scorer.user_embedding(request)
     assert oov == 1
     batch = collate_generative([sample], planted.SEQ_MAX_LEN)
     with torch.no_grad():
@@ -240,11 +241,14 @@ def check_sequential_export(scorer: Scorer, model: torch.nn.Module, case: ZooCas
         else:
             seq = batch.sequence
             step = SequenceStep(
-                seq["item"], seq["ts"].values, batch.query_ts().values, seq["item"].values[:0]
-            )
+                seq["item"], seq["ts"].values, batch.query_ts().values, seq["item"].values[:0],
+                users=batch.user_ids,
+            )  # fmt: skip
             eager = target_queries(model(step), batch)[0]
     assert (user - eager).abs().max().item() <= TOL
-    top = scorer.recommend(NextItemRequest(raw, ts.tolist(), request_ts, k=10))
+    top = scorer.recommend(
+        NextItemRequest(raw, ts.tolist(), request_ts, k=10, user_id=sample.user)
+    )
     exclude = torch.from_numpy(np.unique(items[items > 1]))
     _, ids = top_k_items(
         eager.unsqueeze(0).double(), model.item_table().double(), 10,

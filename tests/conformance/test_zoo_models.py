@@ -60,8 +60,9 @@ def encode(module: PlatformModule, batch: GenerativeBatch) -> torch.Tensor:
     """(N, d) encoder outputs of `batch`'s rows."""
     items = batch.sequence["item"]
     step = SequenceStep(
-        items, batch.sequence["ts"].values, batch.query_ts().values, items.values.new_zeros(0)
-    )
+        items, batch.sequence["ts"].values, batch.query_ts().values, items.values.new_zeros(0),
+        users=batch.user_ids,
+    )  # fmt: skip
     return module(step).user
 
 

@@ -68,6 +68,11 @@ def masked_query_rows(
     return Jagged(items, lengths), key_ts, mask
 
 
+def masked_query_users(batch: GenerativeBatch, targets: torch.Tensor) -> torch.Tensor:
+    """(T',) int64 user hash of each `masked_query_rows` row: its target's user's."""
+    return batch.user_ids[batch.target_user[targets]]
+
+
 class MaskedItemModule(SequentialTask):
     """Trains a bidirectional `SequenceEncoder` from the zoo by cloze (see the module
     docstring).
@@ -120,12 +125,14 @@ class MaskedItemModule(SequentialTask):
             items, ts = batch.sequence["item"], batch.sequence["ts"].values
             mask = cloze_mask(items.lengths, self.mask_ratio)
             positives = items.values[mask]
+            users = batch.user_ids
         else:
             ranked = ranked_targets(batch)
             items, ts, mask = masked_query_rows(batch, ranked)
             positives = batch.target_item[ranked]
+            users = masked_query_users(batch, ranked)
         negatives, candidates = self.negatives(positives)
-        output = self(SequenceStep(items, ts, ts, candidates, mask))
+        output = self(SequenceStep(items, ts, ts, candidates, mask, users))
         queries = output.user[mask]  # (M, d): one per hidden position, in row order
         loss = self.softmax_loss(queries, positives, output, negatives, batch.weight)
         return loss, queries, positives

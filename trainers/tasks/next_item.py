@@ -119,7 +119,7 @@ class NextItemModule(SequentialTask):
         labelled = labels > 0
         positives = labels[labelled]
         negatives, candidates = self.negatives(positives)
-        output = self(SequenceStep(items, key_ts, query_ts, candidates))
+        output = self(SequenceStep(items, key_ts, query_ts, candidates, users=batch.user_ids))
         loss = self.softmax_loss(output.user[labelled], positives, output, negatives, batch.weight)
         return loss, output, int(positives.shape[0])
 
