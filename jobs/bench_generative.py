@@ -39,6 +39,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_dataset(name: str, source: Path, workdir: Path) -> Path:
-    """`lifeseq build` of `source` into `workdir/name/build` (reused when its record matches).
+def build_dataset(name: str, source: Path, workdir: Path, input_format: str | None = None) -> Path:
+    """`lifeseq build` of `source` into `workdir/name/build` (reused when its record matches),
+    read as `input_format` (default `FORMATS[name]`).
 
     Raises:
         RuntimeError: the build failed (stderr tail printed).
@@ -97,7 +99,7 @@ def build_dataset(name: str, source: Path, workdir: Path) -> Path:
     root = workdir / name
     build = root / "build"
     config_text = PIPELINE_CONFIG.read_text().replace(
-        "format: recbole_inter", f"format: {FORMATS[name]}"
+        "format: recbole_inter", f"format: {input_format or FORMATS[name]}"
     )
     params = {"input_sha256": _sha256(source), "config_sha256": hashlib.sha256(
         config_text.encode()).hexdigest()}  # fmt: skip
@@ -199,14 +201,17 @@ def train_model(
     if rc != 0:
         print(tail(logs / f"{name}-test.err"), file=sys.stderr)
         return {**result, "error": f"test exited {rc}; see {logs / name}-test.err"}
-    series = read_metrics_csv(newest_csv(run_dir))
-    for metric in (*METRICS, "targets"):
-        values = series.get(f"test/{metric}")
-        if values:
-            result[metric] = values[-1][1]
+    result.update(read_test_metrics(run_dir))
     if "ndcg@10" not in result:
         result["error"] = "test: no test/ndcg@10 in the CSV log"
     return result
+
+
+def read_test_metrics(run_dir: Path) -> dict[str, float]:
+    """`METRICS` and `targets` of the newest CSV log of `run_dir` (a `test` run's), those
+    logged."""
+    series = read_metrics_csv(newest_csv(run_dir))
+    return {m: series[f"test/{m}"][-1][1] for m in (*METRICS, "targets") if f"test/{m}" in series}
 
 
 # --- speed -----------------------------------------------------------------------------------
@@ -233,12 +238,15 @@ def speed_batch(length: int, rows: int, seed: int = 0) -> GenerativeBatch:
     return collate_generative(samples, max_len=length)
 
 
-def speed_module(model_name: str, length: int, device: torch.device) -> Any:
-    """The task module of `model_name`'s config (torch embedding backend) with its model built
-    for a catalog of `SPEED_ITEMS` items and rows of up to `length` events."""
+def speed_module(
+    model_name: str, length: int, device: torch.device, overrides: Sequence[str] = ()
+) -> Any:
+    """The task module of `model_name`'s config (torch embedding backend; `overrides`: more
+    command-line flags) with its model built for a catalog of `SPEED_ITEMS` items and rows of
+    up to `length` events."""
     run = load_run_config(
         [BASE_CONFIG, MODEL_CONFIGS / f"{model_name}.yaml"],
-        ["--model.init_args.embedding.backend", "torch", "--data.root", "unused"],
+        [*overrides, "--model.init_args.embedding.backend", "torch", "--data.root", "unused"],
     )
     vocab = {"item": SPEED_ITEMS, "category": 3, "behavior": 3}
     features = FeatureConfig(embedding_dim=run.data["embedding_dim"], max_len=length)
@@ -246,9 +254,12 @@ def speed_module(model_name: str, length: int, device: torch.device) -> Any:
     return run.module.to(device).train()
 
 
-def time_training_steps(model_name: str, length: int, device: torch.device) -> dict[str, float]:
-    """Median step seconds and tokens/s of `model_name` at rows of `length` events."""
-    module = speed_module(model_name, length, device)
+def time_training_steps(
+    model_name: str, length: int, device: torch.device, overrides: Sequence[str] = ()
+) -> dict[str, float]:
+    """Median step seconds and tokens/s of `model_name` (with `overrides`, see `speed_module`)
+    at rows of `length` events."""
+    module = speed_module(model_name, length, device, overrides)
     model = module.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rows = max(1, SPEED_TOKENS // length)
@@ -278,14 +289,18 @@ def time_training_steps(model_name: str, length: int, device: torch.device) -> d
     return result
 
 
-def speed(models: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """{model: {length: timings}} at `SPEED_LENGTHS`, models side by side per length."""
+def speed(
+    models: list[str], overrides: Sequence[str] = (), label: str = "{model}"
+) -> dict[str, dict[str, dict[str, float]]]:
+    """{label: {length: timings}} at `SPEED_LENGTHS`, models side by side per length; every
+    model with the command-line flags `overrides`, named by `label.format(model=...)`."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out: dict[str, dict[str, dict[str, float]]] = {m: {} for m in models}
+    out: dict[str, dict[str, dict[str, float]]] = {label.format(model=m): {} for m in models}
     for length in SPEED_LENGTHS:
         for model in models:
-            print(f"speed {model} L={length} ...", flush=True)
-            out[model][str(length)] = time_training_steps(model, length, device)
+            name = label.format(model=model)
+            print(f"speed {name} L={length} ...", flush=True)
+            out[name][str(length)] = time_training_steps(model, length, device, overrides)
     return out
 
 
@@ -335,6 +350,19 @@ def markdown(payload: dict[str, Any]) -> str:
                         f"{t['tokens_per_s']:,.0f} |"
                     )
     return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    """Device, CPUs, torch threads, platform, Python and torch versions of this process."""
+    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {
+        "device": device,
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,15 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                 if model != "sasrec" and value and baseline:
                     results[f"_{model}_over_sasrec_ndcg@10"] = value / baseline
             payload[dataset] = results
-    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    payload["machine"] = {
-        "device": device,
-        "cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
+    payload["machine"] = machine_info()
     if not args.skip_speed:
         payload["speed"] = speed(models)
     payload["settings"] = {

@@ -9,6 +9,7 @@ lifeseq demo [--workdir DIR]                      synth → build → train → 
 lifeseq bench pipeline [...]                      pipeline benchmark (Spark vs single-process)
 lifeseq bench ctr [...]                           lifelong CTR models: quality, speed, latency
 lifeseq bench generative [...]                    sequential models: MovieLens quality, speed
+lifeseq bench zoo [...]                           every sequence model x seeds x both protocols
 lifeseq bench serving --export DIR [...]          scorer latency p50/p99 per request
 """
 
@@ -69,11 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import bench_generative
 
         return bench_generative.main(rest[1:])
+    if rest[:1] == ["zoo"]:
+        from jobs import bench_zoo
+
+        return bench_zoo.main(rest[1:])
     if rest[:1] == ["serving"]:
         from jobs import bench_serving
 
         return bench_serving.main(rest[1:])
-    print("error: usage: lifeseq bench pipeline|ctr|generative|serving [...]", file=sys.stderr)
+    print("error: usage: lifeseq bench pipeline|ctr|generative|zoo|serving [...]", file=sys.stderr)
     return 2
 
 
