@@ -330,6 +330,9 @@ class GenerativeBatch(_TensorBatch):
             rows in training batches, see `collate_generative`).
         user_ids: shape (B,) int64, `user_hash` of each row's user (per row: rows of one user
             repeat it), what a model with a user table embeds.
+        row_context: shape (B,) int64, leading positions of each row that only give context
+            and are not supervised (whole-history training windows, `features.windows`; zeros
+            otherwise).
 
     Plus `weight`, `users`, `loader_stats`, `loader_worker` (keyword-only, see `_TensorBatch`).
     """
@@ -344,6 +347,7 @@ class GenerativeBatch(_TensorBatch):
     sequence_start: torch.Tensor
     dropped_items: Jagged
     user_ids: torch.Tensor
+    row_context: torch.Tensor
 
     @property
     def num_users(self) -> int:
@@ -386,6 +390,16 @@ class GenerativeBatch(_TensorBatch):
         """
         return self._shifted("item", self.target_item, fill_last="zero")
 
+    def context_positions(self) -> torch.Tensor:
+        """(N,) bool aligned with `sequence["item"].values`: true at the leading
+        `row_context` positions of each row (context only, not supervised)."""
+        lengths = self.sequence["item"].lengths
+        starts = torch.cumsum(lengths, 0) - lengths
+        within = torch.arange(int(lengths.sum()), device=lengths.device) - torch.repeat_interleave(
+            starts, lengths
+        )
+        return within < torch.repeat_interleave(self.row_context, lengths)
+
     def query_ts(self) -> Jagged:
         """The time at which each position's next-item prediction is made, aligned with
         `sequence["ts"]`: the next event's timestamp; at a row's last position the request
@@ -413,13 +427,17 @@ class GenerativeBatch(_TensorBatch):
             sequence_start=zeros.clone(),
             dropped_items=Jagged(zeros.clone(), zeros.clone()),
             user_ids=zeros.clone(),
+            row_context=zeros.clone(),
             weight=0.0,
             users=[],
         )
 
 
 def collate_generative(
-    samples: Sequence[UserSample], max_len: int, dropped_items: bool = True
+    samples: Sequence[UserSample],
+    max_len: int,
+    dropped_items: bool = True,
+    row_context: np.ndarray | None = None,
 ) -> GenerativeBatch:
     """Build a `GenerativeBatch` from decoded samples (one per user).
 
@@ -429,6 +447,8 @@ def collate_generative(
         dropped_items: fill `dropped_items` (a sort per user over the events the cap drops, up
             to ~10^5 for lifelong users); False leaves its rows empty. Only full-ranking
             evaluation reads it, so training loaders skip the work.
+        row_context: (B,) leading context-only positions of each row (`features.windows`), or
+            None for none.
 
     Raises:
         ValueError: `max_len` < 1, a target prefix longer than the stored history, or samples
@@ -456,6 +476,9 @@ def collate_generative(
             ]
         ),
         user_ids=user_hashes([s.user for s in samples]),
+        row_context=torch.zeros(len(samples), dtype=torch.int64)
+        if row_context is None
+        else torch.as_tensor(row_context, dtype=torch.int64),
         weight=1.0,
         users=[s.user for s in samples],
     )

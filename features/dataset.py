@@ -62,6 +62,7 @@ from features.tar_reader import (  # noqa: F401 (re-exported: part of this modul
     open_shard,
     unsafe_reason,
 )
+from features.windows import TrainingWindows, window_samples
 from pipeline import storage
 from pipeline.sample_codec import (
     SCHEMA_VERSION,
@@ -305,6 +306,9 @@ class LifeseqDataset(IterableDataset):
         num_workers: DataLoader workers per rank this dataset is planned for (0 = in-process).
         with_value: samples carry the optional `value` member (padding batches get it too).
         split: expected `meta.json` split of every sample (None: not checked).
+        train_windows: generative training over the whole history (`features.windows`): each
+            sample becomes several rows of at most `max_len` events; None = one row, the most
+            recent `max_len` events. Only where `split` is `train`.
 
     Raises:
         ValueError: an argument out of range, naming it.
@@ -327,6 +331,7 @@ class LifeseqDataset(IterableDataset):
         num_workers: int = 0,
         with_value: bool = False,
         split: str | None = None,
+        train_windows: TrainingWindows | None = None,
     ) -> None:
         super().__init__()
         check_loader_args(
@@ -348,6 +353,14 @@ class LifeseqDataset(IterableDataset):
         self.rank, self.world_size = _resolve_rank(rank, world_size)
         self.num_workers = num_workers
         self.with_value = with_value
+        if train_windows is not None:
+            if view != "generative":
+                raise ValueError(
+                    f"data.train_windows: whole-history windows are for data.view generative, "
+                    f"got view {view!r}; remove train_windows"
+                )
+            train_windows.stride(max_len)  # context < max_len, else a ValueError naming it
+        self.train_windows = train_windows
         self.split = split
         self.epoch = 0
         self.stats: Counter[str] = Counter(dict.fromkeys(STAT_KEYS, 0))
@@ -506,6 +519,9 @@ class LifeseqDataset(IterableDataset):
         if self.view == "ctr":
             return collate_ctr(samples, self.max_history)
         # Only evaluation excludes dropped history items; training skips collecting them.
+        if self.train_windows is not None and self.split == "train":
+            rows, context = window_samples(samples, self.max_len, self.train_windows)
+            return collate_generative(rows, self.max_len, dropped_items=False, row_context=context)
         return collate_generative(samples, self.max_len, dropped_items=self.split != "train")
 
     def _padding(self) -> Batch:

@@ -20,6 +20,7 @@ import lightning as L
 from features.batch import CtrBatch, GenerativeBatch
 from features.dataset import LifeseqDataLoader, LifeseqDataset, check_loader_args
 from features.schema import FeatureConfig, FeatureSchema
+from features.windows import TrainingWindows
 
 
 class LifeseqDataModule(L.LightningDataModule):
@@ -41,6 +42,9 @@ class LifeseqDataModule(L.LightningDataModule):
         time_gap_buckets: log2 time-gap buckets (`features.schema.bucketize_time_gap`).
         eval_batch_size: users per validation/test batch (default: `batch_size`).
         pin_memory: pin batches in page-locked memory (GPU training).
+        train_windows: generative view: train over each user's whole history in windows of
+            `max_len` events (`features.windows.TrainingWindows`: `{context: N}`), not only
+            the most recent `max_len`; null (default) = the most recent `max_len` only.
 
     Raises:
         ValueError: an argument out of range, naming it.
@@ -61,6 +65,7 @@ class LifeseqDataModule(L.LightningDataModule):
         time_gap_buckets: int = 32,
         eval_batch_size: int | None = None,
         pin_memory: bool = False,
+        train_windows: TrainingWindows | None = None,
     ) -> None:
         super().__init__()
         check_loader_args(
@@ -80,6 +85,7 @@ class LifeseqDataModule(L.LightningDataModule):
         self.seed = seed
         self.strict = strict
         self.pin_memory = pin_memory
+        self.train_windows = train_windows
         # Validates embedding_dim, time_gap_buckets, max_history, max_len (naming the field).
         self.feature_config = FeatureConfig(
             embedding_dim=embedding_dim,
@@ -139,6 +145,7 @@ class LifeseqDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world_size,
             num_workers=self.num_workers,
+            train_windows=self.train_windows if train else None,
         )
 
     def _loader(self, split: str) -> LifeseqDataLoader:

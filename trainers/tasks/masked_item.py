@@ -31,11 +31,16 @@ from trainers.sharding import ShardingConfig
 from trainers.tasks.sequential import RankingEvalConfig, SequentialTask, ranked_targets, row_heads
 
 
-def cloze_mask(lengths: torch.Tensor, ratio: float) -> torch.Tensor:
+def cloze_mask(
+    lengths: torch.Tensor, ratio: float, context: torch.Tensor | None = None
+) -> torch.Tensor:
     """(N,) bool: each event of rows of `lengths` (B,) hidden with probability `ratio`, and a
-    row's last event when nothing else of it is (every non-empty row trains)."""
+    row's last event when nothing else of it is (every non-empty row trains). Events where
+    `context` (N,) bool is true (whole-history windows' context) are never hidden."""
     n = int(lengths.sum())
     mask = torch.rand(n, device=lengths.device) < ratio
+    if context is not None:
+        mask &= ~context
     rows = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths)
     hidden = torch.zeros_like(lengths).index_add_(0, rows, mask.to(lengths.dtype))
     last = torch.cumsum(lengths, 0) - 1
@@ -123,7 +128,7 @@ class MaskedItemModule(SequentialTask):
         one masked row per ranked target (evaluation)."""
         if train:
             items, ts = batch.sequence["item"], batch.sequence["ts"].values
-            mask = cloze_mask(items.lengths, self.mask_ratio)
+            mask = cloze_mask(items.lengths, self.mask_ratio, batch.context_positions())
             positives = items.values[mask]
             users = batch.user_ids
         else:
