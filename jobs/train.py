@@ -39,16 +39,19 @@ directories under `RUN/checkpoints/` (`last.ckpt/`, `step=N.ckpt/`).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import re
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `torchrun jobs/train.py` runs this file as a script
     sys.path.insert(0, str(REPO_ROOT))
 
+from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 from trainers.data import LifeseqDataModule  # noqa: E402
@@ -74,9 +77,71 @@ class LifeseqArgumentParser(LightningArgumentParser):
     """LightningCLI's parser, whose errors about a zoo `class_path` list the valid choices."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        """Add the valid choices of the interface a bad `class_path` was meant for."""
+        """Add the valid choices of the interface a bad `class_path` was meant for; a zoo model
+        given where another interface goes exits 1 with two lines saying so (`misplaced`; only
+        where the parser would exit: nested parsers raise, and their caller decides)."""
+        refusal = misplaced(message) if self.exit_on_error else None
+        if refusal:
+            print(refusal, file=sys.stderr)
+            sys.exit(1)
         hint = choices_hint(message)
         super().error(f"{message}{hint}", ex)
+
+
+class StartupRefused(Exception):
+    """A run the task cannot train (`trainers.fit_check`): `main` prints it and exits 1."""
+
+
+#: Where a model of each zoo interface goes (the task it serves, the configs that use it), for
+#: the refusal of one given elsewhere.
+GOES = {
+    "SequenceEncoder": (
+        "the encoder of trainers.tasks.next_item.NextItemModule or "
+        "trainers.tasks.masked_item.MaskedItemModule", "configs/sequential/",
+    ),
+    "LongTermUnit": (
+        "the long_term unit of models.zoo.ctr.lifelong.LifelongCtr under "
+        "trainers.tasks.ctr.CtrModule", "configs/ctr/",
+    ),
+    "CtrModel": ("the model of trainers.tasks.ctr.CtrModule", "configs/ctr/, configs/smoke.yaml"),
+    "InputFeatures": (
+        "the features of trainers.tasks.next_item.NextItemModule or "
+        "trainers.tasks.masked_item.MaskedItemModule", "configs/sequential/",
+    ),
+}  # fmt: skip
+
+
+def misplaced(message: str) -> str | None:
+    """When jsonargparse's `message` refuses a zoo class given where a model of another
+    interface goes (a `LongTermUnit` as a sequence encoder, a `SequenceEncoder` as a CTR
+    model): `error: ...` naming the class, its interface, the task and what fits; else None."""
+    from models import interfaces
+    from models.zoo import choices
+
+    expected = list(dict.fromkeys(re.findall(r"models\.interfaces\.(\w+)\]", message)))
+    given: dict[str, str] = {}
+    for path in dict.fromkeys(re.findall(r"models\.zoo\.[\w.]+\w", message)):
+        module, _, name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if not isinstance(cls, type):
+            continue
+        kinds = [n for n in INTERFACES if issubclass(cls, getattr(interfaces, n))]
+        if kinds:
+            given[path] = kinds[0]
+    wrong = [p for p, kind in given.items() if kind not in expected]
+    slots = [n for n in expected if n in INTERFACES and n not in given.values()]
+    if not wrong or not slots:
+        return None
+    path, slot = wrong[0], slots[0]
+    home, configs = GOES[given[path]]
+    return (
+        f"error: {path} is a {given[path]}, given as {GOES[slot][0]} (a {slot}).\nWhat fits: a "
+        f"{given[path]} is {home} ({configs}); valid {slot} class paths: "
+        f"{', '.join(choices(getattr(interfaces, slot)))}"
+    )
 
 
 def choices_hint(message: str) -> str:
@@ -103,7 +168,8 @@ def choices_hint(message: str) -> str:
 def config_error(argv: list[str]) -> str | None:
     """A message when a `--config` file or the `--ckpt_path` checkpoint is from before the
     model zoo (`trainers.legacy`), saying how to migrate it, or when a per-model config comes
-    without its family's base before it."""
+    without its family's base before it or after another family's base (a CTR model file on
+    the sequential base)."""
     import json
 
     import yaml
@@ -111,6 +177,7 @@ def config_error(argv: list[str]) -> str | None:
     from trainers.legacy import is_legacy
 
     seen_model = False
+    base: Path | None = None
     for flag, value in zip(argv, argv[1:], strict=False):
         if flag == "--ckpt_path" and (Path(value) / "checkpoint.json").is_file():
             try:
@@ -132,6 +199,14 @@ def config_error(argv: list[str]) -> str | None:
             continue
         model = config.get("model") if isinstance(config, dict) else None
         path = model.get("class_path") if isinstance(model, dict) else None
+        family_base = Path(value).with_name("base.yaml")
+        if Path(value).name == "base.yaml":
+            base = Path(value)
+        elif base is not None and family_base.is_file() and family_base.resolve() != base.resolve():
+            return (
+                f"error: {value} is a {family_base.parent.name} model file, but {base} is the "
+                f"{base.parent.name} base.\nWhat fits: --config {family_base} --config {value}"
+            )
         if path:
             seen_model = True
         elif isinstance(model, dict) and not seen_model:
@@ -154,8 +229,20 @@ def config_error(argv: list[str]) -> str | None:
 
 
 class LifeseqCLI(LightningCLI):
-    """LightningCLI with torchrun-derived device counts, default CSV + TensorBoard loggers and
-    the zoo's valid choices in `class_path` errors."""
+    """LightningCLI with torchrun-derived device counts, default CSV + TensorBoard loggers,
+    the zoo's valid choices in `class_path` errors, and a task that cannot train its model on
+    the run's data refused before the Trainer exists (`StartupRefused`)."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Refuse a task/model/data mismatch (`trainers.fit_check.fit_error`), then build the
+        Trainer (nothing has run or been written yet)."""
+        from trainers.fit_check import fit_error
+
+        data = self.datamodule
+        error = fit_error(self.model, data.view, data.feature_config)
+        if error:
+            raise StartupRefused(error)
+        return super().instantiate_trainer(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         devices, nodes = _torchrun_layout()
@@ -194,15 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     if legacy:
         print(legacy, file=sys.stderr)
         return 1
-    LifeseqCLI(
-        PlatformModule,
-        LifeseqDataModule,
-        subclass_mode_model=True,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "yaml"},
-        parser_class=LifeseqArgumentParser,
-    )
+    try:
+        LifeseqCLI(
+            PlatformModule,
+            LifeseqDataModule,
+            subclass_mode_model=True,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "yaml"},
+            parser_class=LifeseqArgumentParser,
+        )
+    except StartupRefused as refused:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(refused, file=sys.stderr)
+        return 1
     _shutdown_process_group()
     return 0
 

@@ -105,6 +105,9 @@ class PlatformModule(L.LightningModule):
 
     #: Metrics the progress bar shows (the task's main ones).
     progress_metrics: tuple[str, ...] = ()
+    #: The `trainers.data.LifeseqDataModule` view whose batches the task reads (`ctr`,
+    #: `generative`); `lifeseq train` refuses another at start-up (`trainers.fit_check`).
+    data_view: str = ""
 
     def __init__(
         self,

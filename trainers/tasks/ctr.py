@@ -110,6 +110,7 @@ class CtrModule(PlatformModule):
     """
 
     progress_metrics = ("auc", "gauc")
+    data_view = "ctr"
 
     def __init__(
         self,

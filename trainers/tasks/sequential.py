@@ -38,6 +38,7 @@ from models.blocks.sampled_softmax import (
 )
 from models.interfaces import InputFeatures, ModelDims, SequenceEncoder
 from models.sequential import SequenceOutput, SequentialRecommender
+from trainers.fit_check import direction_error
 from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig, PlatformModule
 from trainers.ranking_metrics import RankingMetrics
 from trainers.sharding import ShardingConfig
@@ -129,6 +130,7 @@ class SequentialTask(PlatformModule):
     #: Whether the task trains causal encoders (next-item) or bidirectional ones (masked-item).
     causal: bool = True
     progress_metrics = ("ndcg@10",)
+    data_view = "generative"
 
     def __init__(
         self,
@@ -163,14 +165,9 @@ class SequentialTask(PlatformModule):
         model = SequentialRecommender(
             self.model_dims(schema), self.encoder, self.features, mask_vector=not self.causal
         )
-        if model.causal != self.causal:
-            name = type(model.dense.encoder).__name__
-            raise ValueError(
-                f"{type(self).__name__} trains {'causal' if self.causal else 'bidirectional'} "
-                f"encoders, but {name} is {'causal' if model.causal else 'bidirectional'}; use "
-                f"{'trainers.tasks.masked_item.MaskedItemModule' if self.causal else 'trainers.tasks.next_item.NextItemModule'} "
-                "or another encoder"
-            )
+        error = direction_error(type(self), self.causal, model.dense.encoder, model.dims)
+        if error:
+            raise ValueError(error)
         return model
 
     @property

@@ -1,0 +1,188 @@
+"""A model asked for a task it cannot do fails at start-up naming the model, the task and what
+fits (`trainers.fit_check`, `jobs.train`): a bidirectional encoder on the next-item task, a
+causal one on the masked-item task, a CTR model on generative data (and a sequential task on CTR
+data), a zoo class given where another interface goes, a model file on another family's base.
+`lifeseq train` (run in-process through `jobs.train.main`) exits 1 with two lines, no
+traceback, and writes nothing; the checks leave the global RNG and the module as they were."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from features.schema import FeatureConfig
+from jobs import train
+from jobs.run_config import load_run_config
+from trainers.fit_check import fit_error
+
+pytestmark = pytest.mark.unit
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SEQ, CTR = CONFIGS / "sequential", CONFIGS / "ctr"
+CAUSAL = (
+    "models.zoo.sequence.gru4rec.Gru4Rec", "models.zoo.sequence.hstu.Hstu",
+    "models.zoo.sequence.nextitnet.NextItNet", "models.zoo.sequence.pop.Pop",
+    "models.zoo.sequence.sasrec.SasRec",
+)  # fmt: skip
+
+
+def check(configs: list[Path], *overrides: str) -> str | None:
+    """`fit_error` of the run `configs` + `overrides` describe (parsed as `lifeseq train`)."""
+    run = load_run_config(configs, ["--data.root", "unused", *overrides])
+    data = run.data
+    config = FeatureConfig(
+        embedding_dim=data["embedding_dim"], max_len=data["max_len"],
+        max_history=data["max_history"], time_gap_buckets=data["time_gap_buckets"],
+    )  # fmt: skip
+    return fit_error(run.module, data["view"], config)
+
+
+def test_a_bidirectional_encoder_on_the_next_item_task_names_both_and_what_fits() -> None:
+    message = check(
+        [SEQ / "base.yaml", SEQ / "bert4rec.yaml"],
+        "--model.class_path", "trainers.tasks.next_item.NextItemModule",
+    )  # fmt: skip
+    assert message is not None
+    first, second = message.split("\n")
+    assert first == (
+        "error: trainers.tasks.next_item.NextItemModule trains causal encoders, but "
+        "models.zoo.sequence.bert4rec.Bert4Rec is bidirectional."
+    )
+    assert second.startswith(
+        "What fits: this encoder under trainers.tasks.masked_item.MaskedItemModule, or a causal "
+        "encoder here: "
+    )
+    listed = second.split("here: ")[1].split(", ")
+    assert set(CAUSAL) <= set(listed) and "models.zoo.sequence.bert4rec.Bert4Rec" not in listed
+
+
+def test_a_causal_encoder_on_the_masked_item_task_is_refused_naming_the_next_item_task() -> None:
+    message = check(
+        [SEQ / "base.yaml", SEQ / "gru4rec.yaml"],
+        "--model.class_path", "trainers.tasks.masked_item.MaskedItemModule",
+    )  # fmt: skip
+    assert message is not None
+    first, second = message.split("\n")
+    assert first == (
+        "error: trainers.tasks.masked_item.MaskedItemModule trains bidirectional encoders, but "
+        "models.zoo.sequence.gru4rec.Gru4Rec is causal."
+    )
+    assert "this encoder under trainers.tasks.next_item.NextItemModule" in second
+    listed = second.split("here: ")[1].split(", ")
+    assert "models.zoo.sequence.bert4rec.Bert4Rec" in listed
+    assert "models.zoo.sequence.sasrec.SasRec (config.causal: false)" in listed
+    assert "models.zoo.sequence.gru4rec.Gru4Rec" not in listed
+
+
+def test_a_ctr_model_on_generative_data_and_a_sequential_task_on_ctr_data() -> None:
+    ctr = check([CTR / "base.yaml", CTR / "twin.yaml"], "--data.view", "generative")
+    assert ctr == (
+        "error: trainers.tasks.ctr.CtrModule (model models.zoo.ctr.lifelong.LifelongCtr, "
+        "models.zoo.long_term.twin.Twin) trains on data.view 'ctr', but data.view is "
+        "'generative'.\nWhat fits: --data.view ctr on a build for it (configs/ctr/ or "
+        "configs/smoke.yaml); generative data trains the tasks of configs/sequential/"
+    )
+    sequential = check([SEQ / "base.yaml", SEQ / "nextitnet.yaml"], "--data.view", "ctr")
+    assert sequential is not None and sequential.startswith(
+        "error: trainers.tasks.next_item.NextItemModule (model "
+        "models.zoo.sequence.nextitnet.NextItNet) trains on data.view 'generative', but "
+        "data.view is 'ctr'.\n"
+    )
+
+
+def test_a_config_the_data_widths_break_is_refused_with_its_own_message() -> None:
+    message = check(
+        [SEQ / "base.yaml", SEQ / "bert4rec.yaml"],
+        "--model.init_args.encoder.init_args.config.heads", "3",
+    )  # fmt: skip
+    assert message == (
+        "error: Bert4RecConfig.heads: the width d = 50 is not divisible by heads = 3"
+    )
+
+
+@pytest.mark.parametrize(
+    "configs",
+    [
+        ["sequential/base", "sequential/bert4rec"], ["sequential/base", "sequential/nextitnet"],
+        ["sequential/base", "sequential/pop"], ["sequential/base", "sequential/cloze"],
+        ["ctr/base", "ctr/twin"], ["smoke"],
+    ],
+    ids=lambda c: c[-1],
+)  # fmt: skip
+def test_fitting_runs_pass_and_leave_the_rng_and_the_module_as_they_were(
+    configs: list[str],
+) -> None:
+    run = load_run_config([CONFIGS / f"{c}.yaml" for c in configs], ["--data.root", "unused"])
+    data = run.data
+    config = FeatureConfig(embedding_dim=data["embedding_dim"], max_len=data["max_len"])
+    backend = run.module.embedding.backend
+    state = torch.random.get_rng_state()
+    assert fit_error(run.module, data["view"], config) is None
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert run.module.embedding.backend == backend and run.module.model is None
+
+
+# --- through `lifeseq train` ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--config", SEQ / "base.yaml", "--config", SEQ / "bert4rec.yaml",
+             "--model.class_path", "trainers.tasks.next_item.NextItemModule"],
+            "error: trainers.tasks.next_item.NextItemModule trains causal encoders, but "
+            "models.zoo.sequence.bert4rec.Bert4Rec is bidirectional.",
+        ),
+        (
+            ["--config", CTR / "base.yaml", "--config", CTR / "twin.yaml",
+             "--data.view", "generative"],
+            "error: trainers.tasks.ctr.CtrModule (model models.zoo.ctr.lifelong.LifelongCtr, "
+            "models.zoo.long_term.twin.Twin) trains on data.view 'ctr', but data.view is "
+            "'generative'.",
+        ),
+        (
+            ["--config", SEQ / "base.yaml", "--config", CTR / "twin.yaml"],
+            f"error: {CTR / 'twin.yaml'} is a ctr model file, but {SEQ / 'base.yaml'} is the "
+            "sequential base.",
+        ),
+        (
+            ["--config", SEQ / "base.yaml", "--config", SEQ / "sasrec.yaml",
+             "--model.init_args.encoder.class_path", "models.zoo.long_term.twin.Twin"],
+            "error: models.zoo.long_term.twin.Twin is a LongTermUnit, given as the encoder of "
+            "trainers.tasks.next_item.NextItemModule or "
+            "trainers.tasks.masked_item.MaskedItemModule (a SequenceEncoder).",
+        ),
+        (
+            ["--config", CTR / "base.yaml",
+             "--model.init_args.model", '{"class_path": "models.zoo.sequence.sasrec.SasRec"}'],
+            "error: models.zoo.sequence.sasrec.SasRec is a SequenceEncoder, given as the model of "
+            "trainers.tasks.ctr.CtrModule (a CtrModel).",
+        ),
+    ],
+    ids=["bidirectional_on_next_item", "ctr_on_generative", "family_mix", "unit_as_encoder",
+         "encoder_as_ctr_model"],
+)  # fmt: skip
+def test_lifeseq_train_exits_1_with_two_lines_before_training(
+    args: list[object],
+    expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["lifeseq train"])  # LightningCLI reads it beside args
+    run = tmp_path / "run"
+    argv = ["fit", *map(str, args), "--data.root", str(tmp_path / "data"),
+            "--trainer.default_root_dir", str(run)]  # fmt: skip
+    try:
+        code = train.main(argv)
+    except SystemExit as exit_:  # a refusal at parse time exits from inside LightningCLI
+        code = exit_.code
+    assert code == 1
+    lines = capsys.readouterr().err.strip().split("\n")
+    assert lines[-2] == expected, lines
+    assert lines[-1].startswith("What fits: ") and "Traceback" not in "\n".join(lines)
+    assert not run.exists()  # refused before training wrote anything

@@ -1,0 +1,108 @@
+"""Start-up checks of a training run: can the task train the model YAML chose, on the data view
+the run reads? `lifeseq train` asks `fit_error` before the Trainer exists and, given a message,
+prints it and exits 1 (`jobs.train`): one or two lines naming the task, the model and what
+fits; no traceback, nothing written.
+
+* A task reads one data view (`PlatformModule.data_view`): the CTR task `ctr` batches, the
+  sequential tasks `generative` ones — a CTR model on generative data (or a sequential task on
+  CTR data) would fail at its first batch.
+* The model must build for the data's widths: every config check runs, and a sequential task
+  refuses an encoder whose direction does not suit it (`direction_error`). Decided: a causal
+  encoder under the masked-item task is refused too — each hidden event would be predicted
+  from the events before it only, which the next-item task trains at every position without
+  hiding any, so the message names `NextItemModule`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import is_dataclass
+from typing import Any
+
+from features.schema import FeatureConfig, FeatureSchema
+from models.blocks.sampled_softmax import FIRST_ITEM_ID
+from models.blocks.seeding import seeded_init
+from models.interfaces import ModelDims, SequenceEncoder, class_path
+from models.zoo import discover
+from trainers.platform_module import EmbeddingConfig, PlatformModule
+
+#: Vocabulary sizes of the throwaway model `fit_error` builds (the smallest valid tables: the
+#: manifest is not read at start-up; the widths are the run's).
+PROBE_VOCAB = {"item": FIRST_ITEM_ID + 1, "category": 3, "behavior": 3}
+#: Where the configs of each data view's tasks are.
+VIEW_CONFIGS = {"ctr": "configs/ctr/ or configs/smoke.yaml", "generative": "configs/sequential/"}
+NEXT_ITEM_TASK = "trainers.tasks.next_item.NextItemModule"
+MASKED_ITEM_TASK = "trainers.tasks.masked_item.MaskedItemModule"
+
+
+def fit_error(module: PlatformModule, view: str, config: FeatureConfig) -> str | None:
+    """Why `module` cannot train its model on `view` batches of `config`'s widths, or None.
+
+    Builds a throwaway model with `PROBE_VOCAB` torch tables (the global RNG and the module are
+    left as they were), so every check the model makes of its config runs before training.
+
+    Returns:
+        `error: ...` in one or two lines, naming the task, the model and what fits.
+    """
+    schema = FeatureSchema.from_vocab(PROBE_VOCAB, config)
+    # The probe's tables are plain torch ones: the checks concern the dense part, and a refusal
+    # need not load TorchRec's kernels.
+    backend, module.embedding = module.embedding, EmbeddingConfig("torch")
+    try:
+        with seeded_init(module.seed):
+            model = module.build_model(schema)
+    except ValueError as error:
+        return f"error: {error}"
+    finally:
+        module.embedding = backend
+    if module.data_view and view != module.data_view:
+        wanted = module.data_view
+        models = ", ".join(zoo_paths(model.describe())) or class_path(model)
+        return (
+            f"error: {class_path(module)} (model {models}) trains on data.view {wanted!r}, but "
+            f"data.view is {view!r}.\nWhat fits: --data.view {wanted} on a build for it "
+            f"({VIEW_CONFIGS.get(wanted, wanted)}); {view} data trains the tasks of "
+            f"{VIEW_CONFIGS.get(view, view)}"
+        )
+    return None
+
+
+def zoo_paths(value: Any) -> list[str]:
+    """Class paths under `models.zoo` in a `describe()` tree, in order, without repeats."""
+    if isinstance(value, dict):
+        found = [p for v in value.values() for p in zoo_paths(v)]
+    elif isinstance(value, str) and value.startswith("models.zoo."):
+        found = [value]
+    else:
+        found = []
+    return list(dict.fromkeys(found))
+
+
+def direction_error(
+    task: type, causal: bool, encoder: SequenceEncoder, dims: ModelDims
+) -> str | None:
+    """The refusal of `encoder` by a sequential `task` that trains `causal` (or bidirectional)
+    encoders, when the encoder's direction differs; None when it suits.
+
+    Lists the zoo encoders that suit the task (each built with its default config for `dims`;
+    one whose config has a `causal` field suits either way, with that field set).
+    """
+    if encoder.causal == causal:
+        return None
+    wanted, other = ("causal", MASKED_ITEM_TASK) if causal else ("bidirectional", NEXT_ITEM_TASK)
+    found = "bidirectional" if causal else "causal"
+    suiting = []
+    with seeded_init(dims.seed):
+        built = [cls(dims) for cls in discover(SequenceEncoder)]
+    for candidate in built:
+        config = getattr(candidate, "config", None)
+        fields = {f.name for f in dataclasses.fields(config)} if is_dataclass(config) else set()
+        if candidate.causal == causal:
+            suiting.append(class_path(candidate))
+        elif "causal" in fields:
+            suiting.append(f"{class_path(candidate)} (config.causal: {str(causal).lower()})")
+    return (
+        f"{task.__module__}.{task.__qualname__} trains {wanted} encoders, but "
+        f"{class_path(encoder)} is {found}.\nWhat fits: this encoder under {other}, or a "
+        f"{wanted} encoder here: {', '.join(suiting)}"
+    )
