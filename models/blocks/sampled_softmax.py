@@ -1,9 +1,23 @@
-"""Next-item losses over L2-normalized embeddings: sampled softmax and full softmax.
+"""Next-item losses over L2-normalized embeddings: sampled softmax, full softmax, and the
+binary and pairwise losses of the sequential-recommendation literature.
 
-Logits are cosine similarities divided by a temperature (HSTU reference: 0.05). Sampled softmax
-scores each position's positive against R negatives: uniform draws from the catalog and/or
-positives of other positions in the batch ("in-batch"). A negative equal to the position's own
-positive is masked out (its logit is −inf), so the positive never competes with itself.
+Logits are cosine similarities divided by a temperature (HSTU reference: 0.05). Each labelled
+position's positive (logit s⁺) is scored against R negatives (logits s⁻): uniform draws from the
+catalog and/or positives of other positions in the batch ("in-batch"). A negative equal to the
+position's own positive is left out, so the positive never competes with itself.
+
+What a position's loss makes of s⁺ and its negatives' s⁻ (`loss.kind`):
+
+* `softmax` (default): −log softmax of s⁺ among s⁺ and the s⁻ (a colliding negative's logit is
+  −inf); `full_softmax: true` scores every item instead of sampling.
+* `bce` (SASRec, Kang & McAuley 2018): −log σ(s⁺) − mean log(1 − σ(s⁻)); with
+  `uniform_negatives: 1` it is the paper's one sampled negative per position.
+* `bpr` (Rendle et al. 2009; GRU4Rec, Hidasi et al. 2016): mean −log σ(s⁺ − s⁻).
+* `top1` (GRU4Rec): mean σ(s⁻ − s⁺) + σ(s⁻²) (the second term pulls negatives' scores to 0).
+
+The means run over the position's negatives that differ from its positive; a position whose
+negatives all equal it gets no negative term (`bce`: −log σ(s⁺) alone; `bpr`, `top1`: 0).
+The sigmoid kinds saturate at large |s|: at a small temperature most pairs give no gradient.
 
 How negatives are drawn (`loss.sampling`):
 
@@ -21,8 +35,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 SAMPLING = ("pooled", "independent", "shared")
+#: `loss.kind` choices (see the module docstring).
+KINDS = ("softmax", "bce", "bpr", "top1")
 
 
 #: Ids 0 (padding) and 1 (OOV) are never items to predict or sample.
@@ -39,7 +56,8 @@ class SoftmaxLossConfig:
         temperature: logits are cosine / temperature.
         sampling: `pooled`, `independent` or `shared` (see the module docstring).
         pool_size: candidates per batch and kind in `pooled` sampling (>= the negatives).
-        full_softmax: score every item instead of sampling (small catalogs).
+        full_softmax: score every item instead of sampling (small catalogs; kind `softmax`).
+        kind: `softmax`, `bce`, `bpr` or `top1` (see the module docstring).
     """
 
     uniform_negatives: int = 128
@@ -48,6 +66,7 @@ class SoftmaxLossConfig:
     sampling: str = "pooled"
     pool_size: int = 2048
     full_softmax: bool = False
+    kind: str = "softmax"
 
     def __post_init__(self) -> None:
         for name in ("uniform_negatives", "in_batch_negatives"):
@@ -69,6 +88,13 @@ class SoftmaxLossConfig:
             raise ValueError(
                 f"loss.pool_size: expected >= the negatives drawn from it ({most}), "
                 f"got {self.pool_size}"
+            )
+        if self.kind not in KINDS:
+            raise ValueError(f"loss.kind: expected one of {list(KINDS)}, got {self.kind!r}")
+        if self.full_softmax and self.kind != "softmax":
+            raise ValueError(
+                f"loss.full_softmax: true needs loss.kind: softmax, got kind {self.kind!r}; set "
+                "full_softmax: false (negatives are sampled) or kind: softmax"
             )
 
 
@@ -127,15 +153,15 @@ def draw_negatives(positives: torch.Tensor, num_items: int, config: SoftmaxLossC
     return Negatives(torch.cat(parts, dim=1))
 
 
-def sampled_softmax_loss(
+def sampled_logits(
     queries: torch.Tensor,
     positives: torch.Tensor,
     positive_embeddings: torch.Tensor,
     negatives: Negatives,
     negative_embeddings: torch.Tensor,
     temperature: float,
-) -> torch.Tensor:
-    """Per-position sampled softmax loss, shape (M,).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits of each labelled position's positive and negatives.
 
     Args:
         queries: shape (M, d), L2-normalized user embeddings of the labelled positions.
@@ -144,6 +170,10 @@ def sampled_softmax_loss(
         negatives: from `draw_negatives`.
         negative_embeddings: shape (*negatives.ids.shape, d), L2-normalized.
         temperature: logits are cosine / temperature.
+
+    Returns:
+        (positive logits (M,), negative logits (M, R), collides (M, R) bool: the negative is
+        the position's own positive).
     """
     positive_logits = (queries * positive_embeddings).sum(-1) / temperature  # (M,)
     ids = negatives.ids
@@ -155,9 +185,97 @@ def sampled_softmax_loss(
     else:
         negative_logits = torch.einsum("md,mrd->mr", queries, negative_embeddings) / temperature
     collides = ids == positives.unsqueeze(1)  # (M, R)
+    return positive_logits, negative_logits, collides
+
+
+def sampled_softmax_loss(
+    queries: torch.Tensor,
+    positives: torch.Tensor,
+    positive_embeddings: torch.Tensor,
+    negatives: Negatives,
+    negative_embeddings: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Per-position sampled softmax loss, shape (M,) (arguments as `sampled_logits`)."""
+    return softmax_loss(
+        *sampled_logits(
+            queries, positives, positive_embeddings, negatives, negative_embeddings, temperature
+        )
+    )
+
+
+def softmax_loss(
+    positive_logits: torch.Tensor, negative_logits: torch.Tensor, collides: torch.Tensor
+) -> torch.Tensor:
+    """Sampled softmax, shape (M,): −log softmax of s⁺ among s⁺ and the s⁻.
+
+    Args:
+        positive_logits: shape (M,).
+        negative_logits: shape (M, R).
+        collides: shape (M, R) bool, negatives left out (their logit is −inf).
+    """
     negative_logits = negative_logits.masked_fill(collides, float("-inf"))
     logits = torch.cat([positive_logits.unsqueeze(1), negative_logits], dim=1)
     return torch.logsumexp(logits, dim=1) - positive_logits
+
+
+def _mean_over_negatives(terms: torch.Tensor, collides: torch.Tensor) -> torch.Tensor:
+    """(M, R) per-negative terms → (M,) their mean over the non-colliding negatives (0 where
+    none is left; a colliding term never reaches the value or the gradient)."""
+    kept = (~collides).sum(1).clamp(min=1)  # (M,)
+    return terms.masked_fill(collides, 0.0).sum(1) / kept
+
+
+def bce_loss(
+    positive_logits: torch.Tensor, negative_logits: torch.Tensor, collides: torch.Tensor
+) -> torch.Tensor:
+    """SASRec's binary cross-entropy, shape (M,): −log σ(s⁺) − mean log(1 − σ(s⁻)) (arguments
+    as `softmax_loss`; colliding negatives are left out of the mean)."""
+    negative_terms = F.softplus(negative_logits)  # −log(1 − σ(s⁻)), (M, R)
+    return F.softplus(-positive_logits) + _mean_over_negatives(negative_terms, collides)
+
+
+def bpr_loss(
+    positive_logits: torch.Tensor, negative_logits: torch.Tensor, collides: torch.Tensor
+) -> torch.Tensor:
+    """BPR, shape (M,): mean over negatives of −log σ(s⁺ − s⁻) (arguments as `bce_loss`)."""
+    terms = F.softplus(negative_logits - positive_logits.unsqueeze(1))  # (M, R)
+    return _mean_over_negatives(terms, collides)
+
+
+def top1_loss(
+    positive_logits: torch.Tensor, negative_logits: torch.Tensor, collides: torch.Tensor
+) -> torch.Tensor:
+    """GRU4Rec's TOP1, shape (M,): mean over negatives of σ(s⁻ − s⁺) + σ(s⁻²) (arguments as
+    `bce_loss`)."""
+    terms = torch.sigmoid(negative_logits - positive_logits.unsqueeze(1)) + torch.sigmoid(
+        negative_logits.square()
+    )  # (M, R)
+    return _mean_over_negatives(terms, collides)
+
+
+def sampled_loss(
+    kind: str,
+    positive_logits: torch.Tensor,
+    negative_logits: torch.Tensor,
+    collides: torch.Tensor,
+) -> torch.Tensor:
+    """Per-position loss of `kind` (`SoftmaxLossConfig.kind`) from `sampled_logits`' output,
+    shape (M,) (arguments as `softmax_loss`).
+
+    Raises:
+        ValueError: an unknown `kind`.
+    """
+    logits = (positive_logits, negative_logits, collides)
+    if kind == "softmax":
+        return softmax_loss(*logits)
+    if kind == "bce":
+        return bce_loss(*logits)
+    if kind == "bpr":
+        return bpr_loss(*logits)
+    if kind == "top1":
+        return top1_loss(*logits)
+    raise ValueError(f"loss.kind: expected one of {list(KINDS)}, got {kind!r}")
 
 
 def full_softmax_loss(

@@ -34,7 +34,8 @@ from models.blocks.sampled_softmax import (
     SoftmaxLossConfig,
     draw_negatives,
     full_softmax_loss,
-    sampled_softmax_loss,
+    sampled_logits,
+    sampled_loss,
 )
 from models.interfaces import InputFeatures, ModelDims, SequenceEncoder
 from models.sequential import SequenceOutput, SequentialRecommender
@@ -118,7 +119,7 @@ class SequentialTask(PlatformModule):
     Args:
         encoder: the zoo encoder (YAML `class_path` + `init_args`; called with `ModelDims`).
         features: the input features (default `item · √d + position`, dropout 0.2).
-        loss: negatives, temperature, full softmax (`SoftmaxLossConfig`).
+        loss: kind, negatives, temperature, full softmax (`SoftmaxLossConfig`).
         eval: full-ranking evaluation (`RankingEvalConfig`).
         embedding: embedding backend.
         sharding: TorchRec sharding and fused optimizer of the item table (torchrec backend).
@@ -198,17 +199,18 @@ class SequentialTask(PlatformModule):
         negatives: Negatives,
         weight: float,
     ) -> torch.Tensor:
-        """`weight` × mean softmax loss of (M, d) queries against their positives (M,), the
-        candidates embedded in `output` (finite on M = 0)."""
+        """`weight` × mean loss (`loss.kind`) of (M, d) queries against their positives (M,),
+        the candidates embedded in `output` (finite on M = 0)."""
         t = self.loss_config.temperature
         if self.loss_config.full_softmax:
             per_position = full_softmax_loss(queries, positives, output.candidates, t)
         else:
             m = positives.shape[0]
             negative_embeddings = output.candidates[m:].view(*negatives.ids.shape, -1)
-            per_position = sampled_softmax_loss(
+            logits = sampled_logits(
                 queries, positives, output.candidates[:m], negatives, negative_embeddings, t
             )
+            per_position = sampled_loss(self.loss_config.kind, *logits)
         return weight * per_position.sum() / max(positives.shape[0], 1)
 
     # --- evaluation -----------------------------------------------------------------------
