@@ -3,7 +3,8 @@
 A swappable part of every sequential model (YAML `model.init_args.features`), so a model that
 does not want positions does not get them:
 
-* `ItemAndPosition` — `item · √d + position`, then dropout (SASRec, HSTU);
+* `ItemAndPosition` — `item · √d + position`, then dropout (SASRec, HSTU); positions count
+  from a row's oldest event, or with `reverse` back from its newest (`reversed_positions`);
 * `ItemOnly` — the item rows, then dropout (recurrent and convolutional models, whose order is
   in their structure).
 """
@@ -21,22 +22,44 @@ from models.blocks.user_embedding import UserEmbeddingConfig
 from models.interfaces import InputFeatures, ModelDims, SequenceRows
 
 
+def reversed_positions(rows: SequenceRows) -> torch.Tensor:
+    """(N,) int64 position of each event counted back from its row's last event (last = 0,
+    oldest = length − 1), from the row offsets (traceable with a dynamic length: serving's
+    `SequenceRows.single`)."""
+    index = torch.arange(rows.positions.shape[0], device=rows.offsets.device)  # (N,)
+    row = torch.searchsorted(rows.offsets, index, right=True) - 1  # (N,) each event's row
+    return rows.offsets[1:][row] - 1 - index
+
+
 class ItemAndPosition(InputFeatures):
     """`Dropout(item · √d + position_emb[position])`, a learned absolute position table of
     `dims.max_len` rows (truncated-normal init, std √(1/d), as the HSTU reference).
 
+    With `reverse` the position counts back from the row's newest event ("Revisiting
+    Self-Attentive Sequential Recommendation"; SASRec's left-padded original behaves so): the
+    most recent event has the same position embedding whatever the row's length. Position i of
+    a training row of length L then reads L − 1 − i, i.e. how many events follow it in its row
+    (never which); at evaluation a target that follows the whole row (leave-one-out) sees the
+    positions serving gives its history.
+
     Args:
         dims: the data's sizes (`embedding_dim`, `max_len`).
         dropout: dropout on the sum.
+        reverse: count positions back from each row's last event (last = 0).
         user: add the row's user embedding (hashed user table, width d) to every position —
             SASRec's optional explicit user modelling; None (default): no user table.
     """
 
     def __init__(
-        self, dims: ModelDims, dropout: float = 0.2, user: UserEmbeddingConfig | None = None
+        self,
+        dims: ModelDims,
+        dropout: float = 0.2,
+        reverse: bool = False,
+        user: UserEmbeddingConfig | None = None,
     ) -> None:
         super().__init__()
         check_dropout("ItemAndPosition.dropout", dropout)
+        self.reverse = reverse
         d = dims.embedding_dim
         if user is not None and user.width(d) != d:
             raise ValueError(
@@ -53,7 +76,8 @@ class ItemAndPosition(InputFeatures):
     def forward(self, item_rows: torch.Tensor, rows: SequenceRows) -> torch.Tensor:
         """(N, d) item rows → (N, d) encoder input."""
         x = item_rows * self.scale  # (N, d)
-        x = x + self.position(rows.positions)  # (N, d)
+        positions = reversed_positions(rows) if self.reverse else rows.positions  # (N,)
+        x = x + self.position(positions)  # (N, d)
         if self.user is not None:
             x = x + rows.user_per_event()  # (N, d) the row's user at every position
         return self.dropout(x)  # (N, d)
