@@ -7,10 +7,13 @@ position's next item, evaluated by full ranking.
 
 Labels: every position of a row is supervised with its next item, the row's last position with
 the target that directly follows it (`GenerativeBatch.next_item`). Loss: sampled softmax (or
-full softmax) over L2-normalized embeddings (`models.blocks.sampled_softmax`). Stochastic length
+full softmax, BCE, BPR, TOP1: `loss.kind`) over L2-normalized embeddings
+(`models.blocks.sampled_softmax`). Stochastic length
 (`stochastic_length_alpha`, HSTU paper §3.4, training only) trains on random subsequences of
-long rows, relabelled with the next kept event. Evaluation: the query of a target is the
-position just before it (`target_queries`); see `trainers.tasks.sequential`.
+long rows, relabelled with the next kept event. Next-T targets (`targets_per_position`, Caser,
+training only) pair each labelled position with the labels of the next T positions of its row
+(`next_targets`). Evaluation: the query of a target is the position just before it
+(`target_queries`); see `trainers.tasks.sequential`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from features.batch import GenerativeBatch
 from features.jagged import Jagged
 from features.schema import FeatureSchema
+from models.blocks.checks import check_positive
 from models.blocks.input_features import ItemAndPosition
 from models.blocks.sampled_softmax import SoftmaxLossConfig
 from models.blocks.stochastic_length import stochastic_length_keep, subsequence_labels
@@ -31,7 +35,33 @@ from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
 from trainers.sharding import ShardingConfig
 from trainers.tasks.sequential import RankingEvalConfig, SequentialTask, ranked_targets
 
-__all__ = ["NextItemModule", "RankingEvalConfig", "target_queries"]
+__all__ = ["NextItemModule", "RankingEvalConfig", "next_targets", "target_queries"]
+
+
+def next_targets(
+    labels: torch.Tensor, lengths: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (query position, positive) pairs of next-T training (Caser: "predicts the next T
+    items"): position i of a row, if labelled (label > 0), is paired with the labels of
+    positions i..i+T−1 of its row that are > 0 — the items at i+1..i+T that exist, the row's
+    last label being its follower — each pair its own (query, positive) for the loss.
+
+    Args:
+        labels: shape (N,), next-item labels of the packed rows (0 = unsupervised / none).
+        lengths: shape (B,), row lengths (sum N).
+        count: T >= 1 (T = 1: the labelled positions and their labels).
+
+    Returns:
+        (positions (P,) int64 indices into the N positions, positives (P,) their items),
+        ordered by position, then by distance.
+    """
+    n, device = labels.shape[0], labels.device
+    index = torch.arange(n, device=device)  # (N,)
+    row_end = torch.repeat_interleave(torch.cumsum(lengths, 0), lengths)  # (N,) past the row
+    ahead = index.unsqueeze(1) + torch.arange(count, device=device)  # (N, T)
+    future = labels[ahead.clamp(max=max(n - 1, 0))]  # (N, T)
+    keep = (ahead < row_end.unsqueeze(1)) & (future > 0) & (labels > 0).unsqueeze(1)
+    return index.unsqueeze(1).expand_as(ahead)[keep], future[keep]
 
 
 def target_queries(output: SequenceOutput, batch: GenerativeBatch) -> torch.Tensor:
@@ -63,6 +93,8 @@ class NextItemModule(SequentialTask):
         loss: negatives, temperature, full softmax.
         eval: full-ranking evaluation.
         stochastic_length_alpha: stochastic length α in (0, 2] (training only), or None.
+        targets_per_position: T >= 1; T > 1 trains each labelled position on its next T items
+            (`next_targets`; training only, evaluation unchanged).
         embedding, sharding, optimizer, seed, schema: the platform's (see `SequentialTask`).
     """
 
@@ -75,6 +107,7 @@ class NextItemModule(SequentialTask):
         loss: SoftmaxLossConfig | None = None,
         eval: RankingEvalConfig | None = None,  # noqa: A002 (the YAML key)
         stochastic_length_alpha: float | None = None,
+        targets_per_position: int = 1,
         embedding: EmbeddingConfig | None = None,
         sharding: ShardingConfig | None = None,
         optimizer: DenseOptimizerConfig | None = None,
@@ -89,6 +122,8 @@ class NextItemModule(SequentialTask):
         if alpha is not None and not 0 < alpha <= 2:
             raise ValueError(f"stochastic_length_alpha: expected (0, 2] or null, got {alpha}")
         self.stochastic_length_alpha = alpha
+        check_positive("targets_per_position", targets_per_position)
+        self.targets_per_position = targets_per_position
 
     def rows(
         self, batch: GenerativeBatch
@@ -113,14 +148,15 @@ class NextItemModule(SequentialTask):
         return kept, ts.values[keep], kept_query_ts, kept_labels
 
     def step(self, batch: GenerativeBatch) -> tuple[torch.Tensor, SequenceOutput, int]:
-        """(loss, output, labelled positions) of one forward on `batch`: every position
-        labelled with its next item, negatives drawn, the softmax loss."""
+        """(loss, output, (query, positive) pairs) of one forward on `batch`: every position
+        labelled with its next item (training: its next `targets_per_position` items),
+        negatives drawn, the loss."""
         items, key_ts, query_ts, labels = self.rows(batch)
-        labelled = labels > 0
-        positives = labels[labelled]
+        count = self.targets_per_position if self.training else 1
+        positions, positives = next_targets(labels, items.lengths, count)
         negatives, candidates = self.negatives(positives)
         output = self(SequenceStep(items, key_ts, query_ts, candidates, users=batch.user_ids))
-        loss = self.softmax_loss(output.user[labelled], positives, output, negatives, batch.weight)
+        loss = self.softmax_loss(output.user[positions], positives, output, negatives, batch.weight)
         return loss, output, int(positives.shape[0])
 
     def training_loss(self, batch: GenerativeBatch) -> torch.Tensor:
