@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from features.batch import collate_generative
+from features.schema import FeatureConfig, FeatureSchema
 from features.windows import TrainingWindows, window_ends, window_samples
+from models.zoo.sequence.sasrec import SasRec
 from pipeline.sample_codec import UserSample
+from trainers.platform_module import EmbeddingConfig
+from trainers.tasks.next_item import NextItemModule
 
 
 def _sample(user: str, items: list[int], follower: int | None) -> UserSample:
@@ -93,3 +97,17 @@ def test_bad_context_is_refused_with_the_field() -> None:
         TrainingWindows(-1)
     with pytest.raises(ValueError, match="context: 8 leaves no supervised position"):
         TrainingWindows(8).stride(8)
+
+
+def test_next_item_task_leaves_context_positions_unsupervised() -> None:
+    schema = FeatureSchema.from_vocab(
+        {"item": 40, "category": 3, "behavior": 3}, FeatureConfig(embedding_dim=8, max_len=4)
+    )
+    module = NextItemModule(SasRec, embedding=EmbeddingConfig(backend="torch"), schema=schema)
+    module.setup_model(schema)
+    items = list(range(11, 18))
+    rows, context = window_samples([_sample("u", items, 18)], 4, TrainingWindows(2))
+    batch = collate_generative(rows, 4, dropped_items=False, row_context=context)
+    labels = module.train().rows(batch)[3]
+    assert [int(v) for v in labels if v > 0] == list(range(12, 19))  # each event once
+    assert labels.tolist() == [12, 0, 13, 14, 0, 0, 15, 16, 0, 0, 17, 18]

@@ -129,9 +129,11 @@ class NextItemModule(SequentialTask):
         self, batch: GenerativeBatch
     ) -> tuple[Jagged, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(items, key timestamps, query timestamps, labels) of the rows, after stochastic
-        length in training."""
+        length in training; context positions of whole-history windows have label 0."""
         items, ts = batch.sequence["item"], batch.sequence["ts"]
         labels, query_ts = batch.next_item().values, batch.query_ts().values
+        context = batch.context_positions()  # whole-history windows: not supervised
+        labels = labels.masked_fill(context, 0)
         alpha = self.stochastic_length_alpha
         if alpha is None or not self.training:
             return items, ts.values, query_ts, labels
@@ -145,6 +147,7 @@ class NextItemModule(SequentialTask):
             0, event_row, keep.to(items.lengths.dtype)
         )
         kept = Jagged(items.values[keep], kept_lengths)
+        kept_labels = kept_labels.masked_fill(context[keep], 0)
         return kept, ts.values[keep], kept_query_ts, kept_labels
 
     def step(self, batch: GenerativeBatch) -> tuple[torch.Tensor, SequenceOutput, int]:
