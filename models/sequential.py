@@ -101,21 +101,37 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1, eps=L2_EPS)
 
 
+def unchanged(x: torch.Tensor) -> torch.Tensor:
+    """The embedding as it is: scores are inner products (`similarity: dot`)."""
+    return x
+
+
+#: What each `similarity` does to user and item embeddings before their inner product.
+SCORING = {"cosine": normalize, "dot": unchanged}
+
+
 class SequenceDense(nn.Module):
-    """The dense part: [mask] → input features → encoder → L2 norm.
+    """The dense part: [mask] → input features → encoder → L2 norm (`similarity: cosine`).
 
     Args:
         features: the input features.
         encoder: the sequence encoder.
         mask_vector: width of a learned mask vector (cloze training), or None.
+        similarity: `cosine` (L2-normalized outputs) or `dot` (outputs as they are).
     """
 
     def __init__(
-        self, features: InputFeatures, encoder: SequenceEncoder, mask_vector: int | None = None
+        self,
+        features: InputFeatures,
+        encoder: SequenceEncoder,
+        mask_vector: int | None = None,
+        similarity: str = "cosine",
     ) -> None:
         super().__init__()
         self.features = features
         self.encoder = encoder
+        self.similarity = similarity
+        self.score_form = SCORING[similarity]
         self.mask = None
         if mask_vector is not None:
             self.mask = nn.Parameter(torch.empty(mask_vector).normal_(0.0, 0.02))
@@ -123,13 +139,13 @@ class SequenceDense(nn.Module):
     def forward(
         self, item_rows: torch.Tensor, rows: SequenceRows, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(N, d) item rows of jagged `rows` → (N, d) L2-normalized outputs."""
+        """(N, d) item rows of jagged `rows` → (N, d) outputs (L2-normalized for cosine)."""
         if mask is not None:
             if self.mask is None:
                 raise ValueError("SequenceDense: a mask was given but the model has no mask vector")
             item_rows = torch.where(mask.unsqueeze(1), self.mask.to(item_rows.dtype), item_rows)
         x = self.features(item_rows, rows)  # (N, d)
-        return normalize(self.encoder(x, rows))  # (N, d)
+        return self.score_form(self.encoder(x, rows))  # (N, d)
 
 
 class SequentialRecommender(SparseDenseModel):
@@ -140,6 +156,8 @@ class SequentialRecommender(SparseDenseModel):
         encoder: builds the encoder from `dims` (a zoo `SequenceEncoder` class or partial).
         features: builds the input features from `dims`.
         mask_vector: learn a mask vector (the masked-item task).
+        similarity: `cosine` (default: user and item embeddings L2-normalized) or `dot` (raw
+            inner products; `models.blocks.sampled_softmax.SoftmaxLossConfig.similarity`).
     """
 
     family = "sequential"
@@ -150,8 +168,11 @@ class SequentialRecommender(SparseDenseModel):
         encoder: Callable[[ModelDims], SequenceEncoder],
         features: Callable[[ModelDims], InputFeatures],
         mask_vector: bool = False,
+        similarity: str = "cosine",
     ) -> None:
         super().__init__()
+        if similarity not in SCORING:
+            raise ValueError(f"similarity: expected one of {list(SCORING)}, got {similarity!r}")
         self.dims = dims
         # The embedding tables draw from their own seeded generator; the dense layers are
         # built under the global RNG seeded by `dims.seed` (features first, then the encoder).
@@ -159,7 +180,10 @@ class SequentialRecommender(SparseDenseModel):
             built_features = features(dims)
             built_encoder = encoder(dims)
             dense = SequenceDense(
-                built_features, built_encoder, dims.embedding_dim if mask_vector else None
+                built_features,
+                built_encoder,
+                dims.embedding_dim if mask_vector else None,
+                similarity,
             )
         item = EmbeddingTableSpec(
             "item", dims.item_rows, dims.embedding_dim, (SEQUENCE_FEATURE, CANDIDATE_FEATURE)
@@ -200,7 +224,7 @@ class SequentialRecommender(SparseDenseModel):
         return SequenceOutput(
             user=user,
             lengths=items.lengths,
-            candidates=normalize(looked_up[CANDIDATE_FEATURE].values),
+            candidates=self.dense.score_form(looked_up[CANDIDATE_FEATURE].values),
         )
 
     def _user_ids(self, step: SequenceStep) -> Jagged:
@@ -220,20 +244,22 @@ class SequentialRecommender(SparseDenseModel):
     # --- items ----------------------------------------------------------------------------
 
     def item_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
-        """L2-normalized embeddings of item `ids` (M,) → (M, d)."""
+        """Scoring-form embeddings of item `ids` (M,) → (M, d): L2-normalized (cosine) or as
+        they are (dot)."""
         out = self.embeddings({CANDIDATE_FEATURE: Jagged(ids, torch.ones_like(ids))})
-        return normalize(out[CANDIDATE_FEATURE].values)
+        return self.dense.score_form(out[CANDIDATE_FEATURE].values)
 
     def item_table(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """Every item's L2-normalized embedding, shape (V, d) (rows 0 and 1 included)."""
+        """Every item's scoring-form embedding, shape (V, d) (rows 0 and 1 included)."""
         return self.item_embeddings(torch.arange(self.dims.item_rows, device=device))
 
     # --- serving --------------------------------------------------------------------------
 
     def item_caches(self) -> dict[str, ItemCache]:
-        """The retrieval index: every item's L2-normalized embedding."""
+        """The retrieval index: every item's scoring-form embedding (L2-normalized for cosine)."""
         d = self.dims.embedding_dim
-        return {"item_index": ItemCache("item_index", (d,), _normalize_items, feeds_request=False)}
+        compute = _normalize_items if self.dense.similarity == "cosine" else _items
+        return {"item_index": ItemCache("item_index", (d,), compute, feeds_request=False)}
 
     def serving_spec(self) -> ServingSpec:
         """One user's row (1 ≤ L ≤ max_len events, oldest first) → (d,) user embedding."""
@@ -287,11 +313,16 @@ class SequentialRecommender(SparseDenseModel):
             "causal": self.causal,
             "max_len": self.dims.max_len - (1 if dense.mask is not None else 0),
             "mask_vector": dense.mask is not None,
+            "similarity": dense.similarity,
         }
 
 
 def _normalize_items(item_rows: torch.Tensor, category_rows: torch.Tensor) -> torch.Tensor:
     return normalize(item_rows)
+
+
+def _items(item_rows: torch.Tensor, category_rows: torch.Tensor) -> torch.Tensor:
+    return item_rows
 
 
 def _merge_tables(tables: list[EmbeddingTableSpec]) -> list[EmbeddingTableSpec]:

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 SAMPLING = ("pooled", "independent", "shared")
+#: How a user embedding scores an item (`SoftmaxLossConfig.similarity`).
+SIMILARITIES = ("cosine", "dot")
 #: `loss.kind` choices (see the module docstring).
 KINDS = ("softmax", "bce", "bpr", "top1")
 
@@ -53,11 +55,14 @@ class SoftmaxLossConfig:
     Attributes:
         uniform_negatives: negatives drawn uniformly from item ids [2, V).
         in_batch_negatives: negatives drawn from the batch's other positives.
-        temperature: logits are cosine / temperature.
+        temperature: logits are similarity / temperature.
         sampling: `pooled`, `independent` or `shared` (see the module docstring).
         pool_size: candidates per batch and kind in `pooled` sampling (>= the negatives).
         full_softmax: score every item instead of sampling (small catalogs; kind `softmax`).
         kind: `softmax`, `bce`, `bpr` or `top1` (see the module docstring).
+        similarity: how a user embedding scores an item: `cosine` (both L2-normalized, the
+            HSTU reference) or `dot` (raw inner product, as RecBole's models: an item's norm
+            can carry its popularity). The model is built with it and serves with it.
     """
 
     uniform_negatives: int = 128
@@ -67,6 +72,7 @@ class SoftmaxLossConfig:
     pool_size: int = 2048
     full_softmax: bool = False
     kind: str = "softmax"
+    similarity: str = "cosine"
 
     def __post_init__(self) -> None:
         for name in ("uniform_negatives", "in_batch_negatives"):
@@ -88,6 +94,10 @@ class SoftmaxLossConfig:
             raise ValueError(
                 f"loss.pool_size: expected >= the negatives drawn from it ({most}), "
                 f"got {self.pool_size}"
+            )
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(
+                f"loss.similarity: expected one of {list(SIMILARITIES)}, got {self.similarity!r}"
             )
         if self.kind not in KINDS:
             raise ValueError(f"loss.kind: expected one of {list(KINDS)}, got {self.kind!r}")

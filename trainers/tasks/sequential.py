@@ -164,7 +164,11 @@ class SequentialTask(PlatformModule):
             ValueError: an encoder whose `causal` flag does not suit the task.
         """
         model = SequentialRecommender(
-            self.model_dims(schema), self.encoder, self.features, mask_vector=not self.causal
+            self.model_dims(schema),
+            self.encoder,
+            self.features,
+            mask_vector=not self.causal,
+            similarity=self.loss_config.similarity,
         )
         error = direction_error(type(self), self.causal, model.dense.encoder, model.dims)
         if error:
