@@ -30,6 +30,7 @@ from features.dataset import (
     plan_epoch,
 )
 from features.schema import expected_members
+from features.windows import TrainingWindows, window_ends
 from pipeline.sample_codec import SCHEMA_VERSION, SPLITS, UserSample, encode_members
 from pipeline.shard_writer import ShardWriter
 
@@ -318,6 +319,33 @@ def test_generative_view_yields_generative_batches(out_dir) -> None:
     valid = LifeseqDataset.from_manifest(str(root), "valid", view="generative", max_len=4)
     dropped = [int(b.dropped_items.lengths.sum()) for b in valid.iter_worker(0)]
     assert sum(dropped) > 0
+
+
+def test_generative_training_windows_cover_every_event_once_and_only_in_training(out_dir) -> None:
+    root, manifest = out_dir
+    windows = TrainingWindows(context=2)
+    batches = run_job(root, view="generative", max_len=4, batch_size=3, train_windows=windows)
+    real = [b for bs in batches.values() for b in bs if not b.is_padding]
+    stored = {u: 3 + int(u[4:]) % 11 for u in users_of(manifest)}  # make_sample's lengths
+    rows_per_user: dict[str, int] = {}
+    supervised_per_user: dict[str, int] = {}
+    for batch in real:
+        labels = batch.next_item().values.masked_fill(batch.context_positions(), 0)
+        lengths = batch.sequence["item"].lengths.tolist()
+        for user, row in zip(batch.users, torch.split(labels, lengths), strict=True):
+            rows_per_user[user] = rows_per_user.get(user, 0) + 1
+            supervised_per_user[user] = supervised_per_user.get(user, 0) + int((row > 0).sum())
+    assert sorted(rows_per_user) == users_of(manifest)  # each user's windows, exactly once
+    assert rows_per_user == {u: len(window_ends(n, 2)) for u, n in stored.items()}
+    # every stored event is labelled once (the newest by the positive target after it)
+    assert supervised_per_user == stored
+    valid = LifeseqDataset.from_manifest(
+        str(root), "valid", view="generative", max_len=4, train_windows=windows
+    )
+    assert all(int(b.row_context.sum()) == 0 and b.num_users == len(b.users)
+               for b in valid.iter_worker(0))  # fmt: skip
+    with pytest.raises(ValueError, match="train_windows: whole-history windows are for"):
+        LifeseqDataset.from_manifest(str(root), "train", view="ctr", train_windows=windows)
 
 
 # --- resuming mid-epoch ---------------------------------------------------------------------------
