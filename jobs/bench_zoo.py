@@ -5,7 +5,7 @@ time to a reference quality, on MovieLens-100K (or ML-1M, or any RecBole `.inter
         [--models sasrec,gru4rec,...] [--seeds 0,1,2] [--epochs N] [--max-len 50]
         [--val-every 1] [--patience N] [--reference-ndcg 0.0589]
         [--ml1m PATH/ratings.dat] [--inter PATH/NAME.inter] [--cache DIR]
-        [--tag NAME --override KEY=VALUE ...] [--skip-speed] [--fresh]
+        [--tag NAME --override KEY=VALUE ...] [--skip-speed] [--fresh] [--stored-only]
 
 Data: MovieLens-100K out of the `recbole==1.2.1` wheel (`jobs.movielens_data`), unless
 `--ml1m` or `--inter` name other data (each gets its own table); built once per workdir with
@@ -29,7 +29,8 @@ RNG states and selects nothing.
 mean ± sd over seeds. `--override KEY=VALUE` (repeatable) passes `--KEY=VALUE` to every fit and
 test of this invocation, which must be named by `--tag NAME` so the variant gets its own rows
 (`MODEL+NAME`). Results are kept per run in `WORKDIR/DATASET/results/ROW-seedN.json`; a re-run
-with the same workdir reuses those whose settings are the same (`--fresh` re-runs them), and
+with the same workdir reuses those whose settings are the same (`--fresh` re-runs them;
+`--stored-only` trains nothing and tabulates what is stored, leaving missing runs out), and
 the table also shows stored variants (other tags) of the chosen models and seeds — so a long
 table can be filled in pieces.
 
@@ -474,6 +475,9 @@ def run_dataset(
             if stored and stored.get("spec") == json.loads(json.dumps(spec)):
                 print(f"{dataset}: reusing {path}", flush=True)
                 result = stored
+            elif args.stored_only:
+                print(f"{dataset}: no stored {row} seed {seed} with these settings; left out")
+                continue
             else:
                 if stored:
                     print(f"{dataset}: {path} has other settings; re-running", flush=True)
@@ -522,6 +526,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default=None, help="variant name: rows MODEL+TAG")
     p.add_argument("--skip-speed", action="store_true", help="no training-speed table")
     p.add_argument("--fresh", action="store_true", help="re-run stored runs")
+    p.add_argument("--stored-only", action="store_true",
+                   help="train nothing: the table of the stored runs (missing ones left out)")  # fmt: skip
     return p
 
 

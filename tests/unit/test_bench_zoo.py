@@ -254,6 +254,33 @@ def test_stored_variants_match_settings_but_not_tag(tmp_path: Path) -> None:
     assert bench_zoo.stored_variants(tmp_path / "none", ["sasrec"], [0], like, set()) == []
 
 
+def test_stored_only_tabulates_stored_runs_and_trains_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "ml-100k"
+    (root / "results").mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps({"input_sha256": "a", "config_sha256": "b"}))
+    monkeypatch.setattr(bench_zoo, "build_dataset", lambda *a: root / "build")
+    monkeypatch.setattr(bench_zoo, "dataset_summary", lambda build: {"users": 3})
+
+    def no_training(*args: Any) -> dict:
+        raise AssertionError("--stored-only trained a model")
+
+    monkeypatch.setattr(bench_zoo, "train_and_test", no_training)
+    args = _args("--workdir", str(tmp_path), "--epochs", "2", "--stored-only")
+    settings = {"tag": None, "overrides": [], "max_len": 50, "epochs": 2, "val_every": 1,
+                "patience": None}  # fmt: skip
+    data = {"dataset": "ml-100k", "input_sha256": "a", "pipeline_sha256": "b"}
+    stored = _run("sasrec", 0, 0.06)
+    stored["spec"] = bench_zoo.run_spec(data, "sasrec", 0, settings)
+    (root / "results" / "sasrec-seed0.json").write_text(json.dumps(stored))
+    out = bench_zoo.run_dataset("ml-100k", tmp_path, "recbole_inter", args, settings,
+                                ["sasrec", "hstu"], [0, 1])  # fmt: skip
+    assert list(out["rows"]) == ["sasrec"]  # hstu has no stored run; sasrec only seed 0
+    assert out["rows"]["sasrec"]["seeds"] == [0]
+    assert out["rows"]["sasrec"]["recbole"]["ndcg@10"]["mean"] == pytest.approx(0.06)
+
+
 # --- QualityClock ---------------------------------------------------------------------------
 
 
