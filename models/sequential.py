@@ -3,8 +3,8 @@ table — the model every sequential task (next-item, masked-item) trains.
 
     model = SequentialRecommender(dims, encoder=Hstu, features=ItemAndPosition)
     out = model(SequenceStep(items, key_ts, query_ts, candidates))  # one embedding call
-    out.user        # (N, d) L2-normalized user embedding after each position
-    out.candidates  # (C, d) L2-normalized embeddings of `candidates` (the loss's items)
+    out.user        # (N, d) user embedding after each position (L2-normalized for cosine)
+    out.candidates  # (C, d) embeddings of `candidates` (the loss's items), same form
 
 Two parts (`models.interfaces.SparseDenseModel`): `embeddings` holds the item table (one table
 for the sequence's items and the candidates; TorchRec shards it) plus any table the encoder
@@ -86,9 +86,9 @@ class SequenceOutput:
     """Per-position outputs of a `SequenceStep`.
 
     Attributes:
-        user: (N, d) L2-normalized encoder output at each position.
+        user: (N, d) encoder output at each position (L2-normalized with `similarity: cosine`).
         lengths: (B,) row lengths of `user`.
-        candidates: (C, d) L2-normalized embeddings of the step's candidate ids.
+        candidates: (C, d) embeddings of the step's candidate ids, in the same form.
     """
 
     user: torch.Tensor
