@@ -315,8 +315,8 @@ def run(settings: DemoSettings) -> dict[str, Any]:
     ctr_length = ["--trainer.max_steps", steps, "--trainer.val_check_interval", steps]
     hstu_length = ["--trainer.max_epochs", str(settings.hstu_epochs),
                    "--trainer.check_val_every_n_epoch", str(settings.hstu_epochs)]  # fmt: skip
-    # The synthetic catalog (100,000 items) is too large for base.yaml's full softmax, and the
-    # demo's time budget holds the most recent max_len events per user, not the whole history.
+    # The synthetic catalog (100,000 items) is above base.yaml's full-softmax limit (refused at
+    # start-up), and the demo's time budget holds the most recent max_len events per user.
     hstu_overrides = (
         "--model.init_args.loss.full_softmax",
         "false",

@@ -234,12 +234,21 @@ class LifeseqCLI(LightningCLI):
     the run's data refused before the Trainer exists (`StartupRefused`)."""
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Refuse a task/model/data mismatch (`trainers.fit_check.fit_error`), then build the
-        Trainer (nothing has run or been written yet)."""
-        from trainers.fit_check import fit_error
+        """Refuse a task/model/data mismatch (`trainers.fit_check.fit_error`) and a full
+        softmax over too large a catalog (`catalog_error`), then build the Trainer (nothing has
+        run or been written yet)."""
+        from features.schema import FeatureSchema
+        from trainers.fit_check import catalog_error, fit_error
 
         data = self.datamodule
         error = fit_error(self.model, data.view, data.feature_config)
+        if error:
+            raise StartupRefused(error)
+        try:
+            schema = FeatureSchema.from_manifest(data.root, data.feature_config)
+        except (OSError, ValueError):  # the data module reports a missing or bad build itself
+            schema = None
+        error = catalog_error(self.model, schema) if schema else None
         if error:
             raise StartupRefused(error)
         return super().instantiate_trainer(**kwargs)

@@ -6,6 +6,8 @@ fits; no traceback, nothing written.
 * A task reads one data view (`PlatformModule.data_view`): the CTR task `ctr` batches, the
   sequential tasks `generative` ones — a CTR model on generative data (or a sequential task on
   CTR data) would fail at its first batch.
+* A full softmax is refused over a catalog larger than its loss allows (`catalog_error`, from
+  the build's manifest: the one check that needs the real vocabulary).
 * The model must build for the data's widths: every config check runs, and a sequential task
   refuses an encoder whose direction does not suit it (`direction_error`). Decided: a causal
   encoder under the masked-item task is refused too — each hidden event would be predicted
@@ -20,7 +22,7 @@ from dataclasses import is_dataclass
 from typing import Any
 
 from features.schema import FeatureConfig, FeatureSchema
-from models.blocks.sampled_softmax import FIRST_ITEM_ID
+from models.blocks.sampled_softmax import FIRST_ITEM_ID, SoftmaxLossConfig
 from models.blocks.seeding import seeded_init
 from models.interfaces import ModelDims, SequenceEncoder, class_path
 from models.zoo import discover
@@ -65,6 +67,17 @@ def fit_error(module: PlatformModule, view: str, config: FeatureConfig) -> str |
             f"{VIEW_CONFIGS.get(view, view)}"
         )
     return None
+
+
+def catalog_error(module: PlatformModule, schema: FeatureSchema) -> str | None:
+    """Why `module` cannot train over the catalog of `schema` (the run's manifest), or None:
+    a full softmax over more item rows than its loss allows (`SoftmaxLossConfig.catalog_error`).
+    """
+    loss = getattr(module, "loss_config", None)
+    if not isinstance(loss, SoftmaxLossConfig):
+        return None
+    error = loss.catalog_error(schema.tables["item"].num_embeddings)
+    return f"error: {error}" if error else None
 
 
 def zoo_paths(value: Any) -> list[str]:

@@ -1,10 +1,12 @@
-"""Next-item losses over L2-normalized embeddings: sampled softmax, full softmax, and the
+"""Next-item losses over user and item embeddings: sampled softmax, full softmax, and the
 binary and pairwise losses of the sequential-recommendation literature.
 
-Logits are cosine similarities divided by a temperature (HSTU reference: 0.05). Each labelled
-position's positive (logit s⁺) is scored against R negatives (logits s⁻): uniform draws from the
-catalog and/or positives of other positions in the batch ("in-batch"). A negative equal to the
-position's own positive is left out, so the positive never competes with itself.
+Logits are similarities divided by a temperature (HSTU reference: 0.05): cosines with
+`similarity: cosine` (the embeddings arrive L2-normalized), raw inner products with `dot`.
+Each labelled position's positive (logit s⁺) is scored against R negatives (logits s⁻): uniform
+draws from the catalog and/or positives of other positions in the batch ("in-batch"). A
+negative equal to the position's own positive is left out, so the positive never competes with
+itself.
 
 What a position's loss makes of s⁺ and its negatives' s⁻ (`loss.kind`):
 
@@ -59,6 +61,10 @@ class SoftmaxLossConfig:
         sampling: `pooled`, `independent` or `shared` (see the module docstring).
         pool_size: candidates per batch and kind in `pooled` sampling (>= the negatives).
         full_softmax: score every item instead of sampling (small catalogs; kind `softmax`).
+        full_softmax_max_items: the largest item table (rows) full softmax is built for: every
+            labelled position scores every item, so a step holds (batch × max_len) × items
+            logits and their gradient — at 128 × 200 positions and 10^5 items, 20 GB. A larger
+            catalog is refused at start-up (`catalog_error`) instead of running out of memory.
         kind: `softmax`, `bce`, `bpr` or `top1` (see the module docstring).
         similarity: how a user embedding scores an item: `cosine` (both L2-normalized, the
             HSTU reference) or `dot` (raw inner product, as RecBole's models: an item's norm
@@ -71,6 +77,7 @@ class SoftmaxLossConfig:
     sampling: str = "pooled"
     pool_size: int = 2048
     full_softmax: bool = False
+    full_softmax_max_items: int = 50_000
     kind: str = "softmax"
     similarity: str = "cosine"
 
@@ -101,11 +108,34 @@ class SoftmaxLossConfig:
             )
         if self.kind not in KINDS:
             raise ValueError(f"loss.kind: expected one of {list(KINDS)}, got {self.kind!r}")
+        if (
+            not isinstance(self.full_softmax_max_items, int)
+            or isinstance(self.full_softmax_max_items, bool)
+            or self.full_softmax_max_items < 1
+        ):
+            raise ValueError(
+                "loss.full_softmax_max_items: expected an int >= 1, got "
+                f"{self.full_softmax_max_items!r}"
+            )
         if self.full_softmax and self.kind != "softmax":
             raise ValueError(
                 f"loss.full_softmax: true needs loss.kind: softmax, got kind {self.kind!r}; set "
                 "full_softmax: false (negatives are sampled) or kind: softmax"
             )
+
+    def catalog_error(self, item_rows: int) -> str | None:
+        """Why full softmax cannot be trained over an item table of `item_rows` rows (more
+        than `full_softmax_max_items`), naming both numbers and what to set; None when it can
+        (or negatives are sampled)."""
+        if not self.full_softmax or item_rows <= self.full_softmax_max_items:
+            return None
+        return (
+            f"loss.full_softmax: true scores all {item_rows:,} item rows at every labelled "
+            f"position, more than loss.full_softmax_max_items ({self.full_softmax_max_items:,}).\n"
+            "What fits: --model.init_args.loss.full_softmax false (sampled negatives, for large "
+            "catalogs), or raise --model.init_args.loss.full_softmax_max_items if the memory "
+            "for (batch × max_len) × items logits is there"
+        )
 
 
 @dataclass
@@ -174,12 +204,13 @@ def sampled_logits(
     """Logits of each labelled position's positive and negatives.
 
     Args:
-        queries: shape (M, d), L2-normalized user embeddings of the labelled positions.
+        queries: shape (M, d), user embeddings of the labelled positions (L2-normalized with
+            similarity `cosine`, as every embedding here).
         positives: shape (M,), their next items.
-        positive_embeddings: shape (M, d), L2-normalized embeddings of `positives`.
+        positive_embeddings: shape (M, d), embeddings of `positives`.
         negatives: from `draw_negatives`.
-        negative_embeddings: shape (*negatives.ids.shape, d), L2-normalized.
-        temperature: logits are cosine / temperature.
+        negative_embeddings: shape (*negatives.ids.shape, d).
+        temperature: logits are similarity / temperature.
 
     Returns:
         (positive logits (M,), negative logits (M, R), collides (M, R) bool: the negative is
@@ -297,10 +328,10 @@ def full_softmax_loss(
     """Per-position softmax loss over every item, shape (M,).
 
     Args:
-        queries: shape (M, d), L2-normalized.
+        queries: shape (M, d) (L2-normalized with similarity `cosine`, as the table).
         positives: shape (M,), ids in [2, V).
-        item_embeddings: shape (V, d), L2-normalized table (ids 0 and 1 never score).
-        temperature: logits are cosine / temperature.
+        item_embeddings: shape (V, d), the item table (ids 0 and 1 never score).
+        temperature: logits are similarity / temperature.
     """
     logits = queries @ item_embeddings.T / temperature  # (M, V)
     logits[:, :FIRST_ITEM_ID] = float("-inf")

@@ -3,20 +3,24 @@ fits (`trainers.fit_check`, `jobs.train`): a bidirectional encoder on the next-i
 causal one on the masked-item task, a CTR model on generative data (and a sequential task on CTR
 data), a zoo class given where another interface goes, a model file on another family's base.
 `lifeseq train` (run in-process through `jobs.train.main`) exits 1 with two lines, no
-traceback, and writes nothing; the checks leave the global RNG and the module as they were."""
+traceback, and writes nothing; the checks leave the global RNG and the module as they were.
+A full softmax over a catalog above `loss.full_softmax_max_items` is refused the same way."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from features.schema import FeatureConfig
+from features.schema import FeatureConfig, FeatureSchema, expected_members
 from jobs import train
 from jobs.run_config import load_run_config
-from trainers.fit_check import fit_error
+from models.blocks.sampled_softmax import SoftmaxLossConfig
+from pipeline.sample_codec import SCHEMA_VERSION
+from trainers.fit_check import catalog_error, fit_error
 
 pytestmark = pytest.mark.unit
 
@@ -186,3 +190,56 @@ def test_lifeseq_train_exits_1_with_two_lines_before_training(
     assert lines[-2] == expected, lines
     assert lines[-1].startswith("What fits: ") and "Traceback" not in "\n".join(lines)
     assert not run.exists()  # refused before training wrote anything
+
+
+def test_a_full_softmax_over_a_catalog_above_its_limit_is_refused_at_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """base.yaml's full softmax over a 100,002-row item table (a build's manifest) exits 1
+    naming both sizes and what to set; the same catalog trains with sampled negatives."""
+    monkeypatch.setattr(sys, "argv", ["lifeseq train"])
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "members": expected_members(False),
+        "vocab": {"item": 100_002, "category": 3, "behavior": 3},
+    }  # fmt: skip
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    run = tmp_path / "run"
+    argv = ["fit", "--config", str(SEQ / "base.yaml"), "--config", str(SEQ / "sasrec.yaml"),
+            "--data.root", str(data), "--trainer.default_root_dir", str(run)]  # fmt: skip
+    assert train.main(argv) == 1
+    lines = capsys.readouterr().err.strip().split("\n")
+    assert lines[-2] == (
+        "error: loss.full_softmax: true scores all 100,002 item rows at every labelled "
+        "position, more than loss.full_softmax_max_items (50,000)."
+    )
+    assert lines[-1].startswith("What fits: --model.init_args.loss.full_softmax false")
+    assert not run.exists()
+    schema = FeatureSchema.from_manifest(str(data), FeatureConfig())
+    module = load_run_config(
+        [SEQ / "base.yaml", SEQ / "sasrec.yaml"],
+        ["--data.root", str(data), "--model.init_args.loss.full_softmax", "false"],
+    ).module
+    assert catalog_error(module, schema) is None
+
+
+def test_the_full_softmax_limit_is_checked_where_the_model_is_built_too() -> None:
+    """A library user who builds the task without `lifeseq train` gets the same refusal."""
+    module = load_run_config(
+        [SEQ / "base.yaml", SEQ / "sasrec.yaml"],
+        ["--data.root", "unused", "--model.init_args.loss.full_softmax_max_items", "11"],
+    ).module
+    schema = FeatureSchema.from_vocab({"item": 11, "category": 3, "behavior": 3}, FeatureConfig())
+    assert module.build_model(schema) is not None
+    too_large = FeatureSchema.from_vocab(
+        {"item": 12, "category": 3, "behavior": 3}, FeatureConfig()
+    )
+    with pytest.raises(ValueError, match=r"all 12 item rows .*loss.full_softmax_max_items \(11\)"):
+        module.build_model(too_large)
+
+
+@pytest.mark.parametrize("bad", [0, -5, True, 2.5])
+def test_a_bad_full_softmax_limit_names_the_key(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"loss.full_softmax_max_items: expected an int >= 1"):
+        SoftmaxLossConfig(full_softmax=True, full_softmax_max_items=bad)  # type: ignore[arg-type]

@@ -161,8 +161,12 @@ class SequentialTask(PlatformModule):
         """The encoder, its input features and the item table for `schema`.
 
         Raises:
-            ValueError: an encoder whose `causal` flag does not suit the task.
+            ValueError: an encoder whose `causal` flag does not suit the task, or a full
+                softmax over more items than `loss.full_softmax_max_items`.
         """
+        too_large = self.loss_config.catalog_error(schema.tables["item"].num_embeddings)
+        if too_large:
+            raise ValueError(too_large)
         model = SequentialRecommender(
             self.model_dims(schema),
             self.encoder,
