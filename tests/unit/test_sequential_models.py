@@ -582,6 +582,38 @@ def test_cloze_mask_respects_the_ratio_on_average() -> None:
     assert cloze_mask(torch.zeros(3, dtype=torch.int64), 0.2).numel() == 0
 
 
+def test_cloze_mask_rows_marked_last_only_hide_their_last_event_alone() -> None:
+    """The same draw with rows 1 and 4 marked: those rows hide exactly their last event (an
+    empty row nothing), the other rows are as unmarked."""
+    lengths = torch.tensor([4, 3, 0, 5, 2])
+    torch.manual_seed(3)
+    plain = cloze_mask(lengths, 0.5)
+    torch.manual_seed(3)
+    marked = cloze_mask(lengths, 0.5, last_only=torch.tensor([False, True, True, False, True]))
+    rows = torch.repeat_interleave(torch.arange(5), lengths)
+    assert torch.equal(marked[rows == 1], torch.tensor([False, False, True]))
+    assert torch.equal(marked[rows == 4], torch.tensor([False, True]))
+    for row in (0, 3):
+        assert torch.equal(marked[rows == row], plain[rows == row])
+
+
+def test_masked_item_module_with_last_item_ratio_one_trains_each_rows_last_event() -> None:
+    module = MaskedItemModule(
+        encoder_factory("sasrec_bidirectional"), embedding=EmbeddingConfig("torch"),
+        last_item_ratio=1.0,
+    )  # fmt: skip
+    module.setup_model(sequence_schema(max_len=12))
+    module.train()
+    batch = make_batch([12, 3, 7], max_len=12)
+    _, queries, positives = module.step(batch, train=True)
+    items = batch.sequence["item"]
+    last = torch.cumsum(items.lengths, 0) - 1
+    assert queries.shape[0] == 3 and torch.equal(positives, items.values[last])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"last_item_ratio: expected a value in \[0, 1\]"):
+            MaskedItemModule(encoder_factory("sasrec_bidirectional"), last_item_ratio=bad)
+
+
 def _two_target_sample() -> UserSample:
     """6 events (items 10..15, times 100..600); positive targets after 6 and after 4 events,
     and a negative one after 5."""

@@ -7,7 +7,9 @@ as the next-item task with a mask appended after the history.
 
 Training: each event of a row is hidden with probability `mask_ratio` (a row with none hidden
 gets its last event hidden), its input replaced by a learned mask vector; the loss is the
-softmax loss (sampled or full, `loss:`) of the hidden positions against their own items.
+softmax loss (sampled or full, `loss:`) of the hidden positions against their own items. With
+`last_item_ratio` > 0 that fraction of the rows hides only its last event instead — the case the
+evaluation asks (a mask after the history; RecBole's BERT4Rec `ft_ratio`).
 Evaluation: for each ranked target, the row `history[:target_hist_len] + [MASK]` (the mask at
 the target's request time) is encoded and the mask position's output is the query. The
 position table has `max_len + 1` rows, so a full row still takes its mask.
@@ -32,16 +34,22 @@ from trainers.tasks.sequential import RankingEvalConfig, SequentialTask, ranked_
 
 
 def cloze_mask(
-    lengths: torch.Tensor, ratio: float, context: torch.Tensor | None = None
+    lengths: torch.Tensor,
+    ratio: float,
+    context: torch.Tensor | None = None,
+    last_only: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N,) bool: each event of rows of `lengths` (B,) hidden with probability `ratio`, and a
     row's last event when nothing else of it is (every non-empty row trains). Events where
-    `context` (N,) bool is true (whole-history windows' context) are never hidden."""
+    `context` (N,) bool is true (whole-history windows' context) are never hidden; rows where
+    `last_only` (B,) bool is true hide their last event only."""
     n = int(lengths.sum())
     mask = torch.rand(n, device=lengths.device) < ratio
     if context is not None:
         mask &= ~context
     rows = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths)
+    if last_only is not None:
+        mask &= ~last_only[rows]
     hidden = torch.zeros_like(lengths).index_add_(0, rows, mask.to(lengths.dtype))
     last = torch.cumsum(lengths, 0) - 1
     mask[last[(hidden == 0) & (lengths > 0)]] = True
@@ -89,6 +97,8 @@ class MaskedItemModule(SequentialTask):
         loss: negatives, temperature, full softmax.
         eval: full-ranking evaluation.
         mask_ratio: probability of hiding each event in training, in (0, 1).
+        last_item_ratio: fraction of training rows that hide only their last event, in [0, 1]
+            (0: none, the paper's cloze alone).
         embedding, sharding, optimizer, seed, schema: the platform's (see `SequentialTask`).
     """
 
@@ -101,6 +111,7 @@ class MaskedItemModule(SequentialTask):
         loss: SoftmaxLossConfig | None = None,
         eval: RankingEvalConfig | None = None,  # noqa: A002 (the YAML key)
         mask_ratio: float = 0.2,
+        last_item_ratio: float = 0.0,
         embedding: EmbeddingConfig | None = None,
         sharding: ShardingConfig | None = None,
         optimizer: DenseOptimizerConfig | None = None,
@@ -113,7 +124,10 @@ class MaskedItemModule(SequentialTask):
         )  # fmt: skip
         if not 0 < mask_ratio < 1:
             raise ValueError(f"mask_ratio: expected a value in (0, 1), got {mask_ratio}")
+        if not 0 <= last_item_ratio <= 1:
+            raise ValueError(f"last_item_ratio: expected a value in [0, 1], got {last_item_ratio}")
         self.mask_ratio = mask_ratio
+        self.last_item_ratio = last_item_ratio
 
     def model_dims(self, schema: FeatureSchema) -> ModelDims:
         """The data's sizes with one more position (the mask appended to a full row)."""
@@ -128,7 +142,12 @@ class MaskedItemModule(SequentialTask):
         one masked row per ranked target (evaluation)."""
         if train:
             items, ts = batch.sequence["item"], batch.sequence["ts"].values
-            mask = cloze_mask(items.lengths, self.mask_ratio, batch.context_positions())
+            lengths = items.lengths
+            last_only = None
+            if self.last_item_ratio > 0:
+                last_only = torch.rand(lengths.shape[0], device=lengths.device)
+                last_only = last_only < self.last_item_ratio
+            mask = cloze_mask(lengths, self.mask_ratio, batch.context_positions(), last_only)
             positives = items.values[mask]
             users = batch.user_ids
         else:
