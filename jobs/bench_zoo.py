@@ -54,6 +54,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from jobs import bench_generative
 from jobs.bench_generative import (
     BASE_CONFIG,
@@ -202,8 +204,11 @@ def reference_for(model: str, max_len: int) -> tuple[str, float] | None:
 # --- one run ----------------------------------------------------------------------------------
 
 
-def _sha256_text(*paths: Path) -> str:
-    return hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()
+def config_sha256(*paths: Path) -> str:
+    """SHA-256 of the YAML configs' parsed content, in order: a comment or a layout change
+    keeps the stored runs; a changed value does not."""
+    content = [yaml.safe_load(path.read_text()) for path in paths]
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def run_spec(
@@ -213,7 +218,7 @@ def run_spec(
     benchmark settings (`tag`, `overrides`, `max_len`, `epochs`, `val_every`, `patience`). A
     stored result is reused only for the same spec."""
     configs = (BASE_CONFIG, MODEL_CONFIGS / f"{model}.yaml")
-    return {**dataset, "model": model, "config_sha256": _sha256_text(*configs), "seed": seed,
+    return {**dataset, "model": model, "config_sha256": config_sha256(*configs), "seed": seed,
             **settings}  # fmt: skip
 
 
@@ -445,7 +450,7 @@ def stored_variants(
             continue
         configs = (BASE_CONFIG, MODEL_CONFIGS / f"{spec['model']}.yaml")
         same = all(spec.get(k) == v for k, v in shared.items())
-        if same and spec.get("config_sha256") == _sha256_text(*configs):
+        if same and spec.get("config_sha256") == config_sha256(*configs):
             found.append(stored)
     return found
 

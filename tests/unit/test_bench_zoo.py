@@ -122,6 +122,18 @@ def test_cli_dispatches_bench_zoo(capsys: pytest.CaptureFixture[str]) -> None:
 # --- commands ---------------------------------------------------------------------------------
 
 
+def test_the_config_hash_ignores_comments_and_layout_but_not_values(tmp_path: Path) -> None:
+    base, model = tmp_path / "base.yaml", tmp_path / "model.yaml"
+    base.write_text("model:\n  init_args: {seed: 0}\n")
+    model.write_text("data: {max_len: 50}\n")
+    first = bench_zoo.config_sha256(base, model)
+    base.write_text("# a note\nmodel:\n  init_args:\n    seed: 0   # the seed\n")
+    assert bench_zoo.config_sha256(base, model) == first
+    model.write_text("data: {max_len: 51}\n")
+    assert bench_zoo.config_sha256(base, model) != first
+    assert bench_zoo.config_sha256(model, base) != bench_zoo.config_sha256(base, model)
+
+
 def test_run_commands_train_under_the_recbole_protocol_and_test_both(tmp_path: Path) -> None:
     settings = {"tag": "fs", "overrides": [("model.init_args.loss.full_softmax", "true")],
                 "max_len": 50, "epochs": 3, "val_every": 1, "patience": 4}  # fmt: skip
