@@ -28,8 +28,9 @@ def test_models_are_the_config_files() -> None:
 
 
 def test_configs_load_and_differ_only_in_the_encoder() -> None:
-    """hstu / sasrec / hstu_large share base.yaml's task, loss, features and dims; cloze swaps
-    the task for the masked-item one over a bidirectional SASRec."""
+    """hstu / sasrec / hstu_large share base.yaml's task, loss, input features and dims (SASRec
+    with RecBole's heads and dropout); cloze swaps the task for the masked-item one over a
+    bidirectional SASRec."""
     from models.zoo.sequence.hstu import Hstu
     from models.zoo.sequence.sasrec import SasRec
     from trainers.tasks.masked_item import MaskedItemModule
@@ -49,10 +50,12 @@ def test_configs_load_and_differ_only_in_the_encoder() -> None:
         50, bench_generative.SPEED_ITEMS,
     )  # fmt: skip
     hstu_config, sasrec_config = encoders["hstu"].config, encoders["sasrec"].config
-    assert (hstu_config.blocks, hstu_config.heads, hstu_config.dropout) == (
-        sasrec_config.blocks, sasrec_config.heads, sasrec_config.dropout,
-    )  # fmt: skip
-    assert hstu.sequential.dense.features.dropout.p == sasrec.sequential.dense.features.dropout.p
+    assert hstu_config.blocks == sasrec_config.blocks == 2
+    # HSTU keeps the reference's 1 head and dropout 0.2; SASRec has RecBole's 2 heads and 0.5.
+    assert (hstu_config.heads, hstu_config.dropout) == (1, 0.2)
+    assert (sasrec_config.heads, sasrec_config.dropout) == (2, 0.5)
+    features = (hstu.sequential.dense.features, sasrec.sequential.dense.features)
+    assert (features[0].dropout.p, features[1].dropout.p) == (0.2, 0.5)
     large = encoders["hstu_large"].config
     assert (large.blocks, large.heads, large.attention_dim, large.linear_dim) == (8, 2, 25, 25)
     assert isinstance(modules["cloze"], MaskedItemModule)
