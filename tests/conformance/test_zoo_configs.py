@@ -45,6 +45,11 @@ CASES = config_cases()
 TOL = 1e-5
 #: Training steps of the learning check, per task (cloze trains 20% of the positions a step).
 STEPS = {"ctr": 200, "next_item": 200, "masked_item": 1500}
+#: Configs that need more steps than their task's, with the measured reason.
+CASE_STEPS = {
+    # RecBole's dropout 0.5: HR@10 0.62 after 200 steps, 0.90 after 300, 1.0 after 400.
+    "config:sequential/sasrec": 400,
+}
 #: Models that do not learn the planted rule, with the measured reason (strict: the test
 #: fails once they do, so the entry must then go).
 KNOWN_NOT_LEARNING = {
@@ -98,7 +103,7 @@ def test_a_short_run_learns_the_planted_rule(case: ZooCase) -> None:
         train = planted.rule_batches(0, 512, 32, train=True)
         test = planted.rule_batches(10_000, 128, 64, train=False)
     optimizer = module.configure_optimizers()
-    for step in range(STEPS[_task(case)]):
+    for step in range(CASE_STEPS.get(case.name, STEPS[_task(case)])):
         loss = module.training_loss(train[step % len(train)])
         optimizer.zero_grad()
         loss.backward()
