@@ -9,7 +9,8 @@ Training: each event of a row is hidden with probability `mask_ratio` (a row wit
 gets its last event hidden), its input replaced by a learned mask vector; the loss is the
 softmax loss (sampled or full, `loss:`) of the hidden positions against their own items. With
 `last_item_ratio` > 0 that fraction of the rows hides only its last event instead — the case the
-evaluation asks (a mask after the history; RecBole's BERT4Rec `ft_ratio`).
+evaluation asks (a mask after the history; RecBole 1.2.1's BERT4Rec does so for a whole batch with
+probability `ft_ratio`, 0.5 by default; here each row draws).
 Evaluation: for each ranked target, the row `history[:target_hist_len] + [MASK]` (the mask at
 the target's request time) is encoded and the mask position's output is the query. The
 position table has `max_len + 1` rows, so a full row still takes its mask.
