@@ -251,9 +251,7 @@ def check_sequential_export(scorer: Scorer, model: torch.nn.Module, case: ZooCas
             )  # fmt: skip
             eager = target_queries(model(step), batch)[0]
     assert (user - eager).abs().max().item() <= TOL
-    top = scorer.recommend(
-        NextItemRequest(raw, ts.tolist(), request_ts, k=10, user_id=sample.user)
-    )
+    top = scorer.recommend(NextItemRequest(raw, ts.tolist(), request_ts, k=10, user_id=sample.user))
     exclude = torch.from_numpy(np.unique(items[items > 1]))
     _, ids = top_k_items(
         eager.unsqueeze(0).double(), model.item_table().double(), 10,
