@@ -61,11 +61,15 @@ class CtrOutput:
         logits: (T,) logits.
         aux_logits: (T,) logits of an auxiliary CTR task (SIM soft), or None.
         aux_weight: weight of the auxiliary task's BCE in the training loss.
+        aux_loss: () a loss the model computes itself against labels of its own (DIEN's
+            next-behavior loss), already scaled by the model's weight for it, or None; the
+            task adds it to the loss (times the batch's weight, 0 on a padding batch).
     """
 
     logits: torch.Tensor
     aux_logits: torch.Tensor | None = None
     aux_weight: float = 0.0
+    aux_loss: torch.Tensor | None = None
 
 
 @dataclass

@@ -10,7 +10,8 @@ Model building, sharding, optimizers and checkpoint extras come from
 `models.ctr.CtrRecommender`. This task owns:
 
 * the loss: BCE over targets, plus `aux_weight` × BCE of a model's auxiliary logits (SIM soft),
-  times `batch.weight` (finite, 0, on a padding batch);
+  plus a model's own auxiliary loss `CtrOutput.aux_loss` (DIEN's next-behavior loss), times
+  `batch.weight` (finite, 0, on a padding batch);
 * the metrics: `train/loss` per step (rank-local); `val/` and `test/` `loss` (exact global mean
   over targets), `auc` (`BinaryAUROC`), `logloss`, `gauc` (`EvalMetrics`), exact over ranks.
 """
@@ -42,10 +43,13 @@ def bce(logits: torch.Tensor, batch: CtrBatch) -> torch.Tensor:
 
 
 def ctr_loss(output: CtrOutput, batch: CtrBatch) -> torch.Tensor:
-    """BCE of the logits plus `aux_weight` × BCE of the auxiliary logits (a scalar)."""
+    """BCE of the logits plus `aux_weight` × BCE of the auxiliary logits, plus the model's own
+    auxiliary loss `aux_loss` × `batch.weight` (a scalar)."""
     total = bce(output.logits, batch)
     if output.aux_logits is not None:
         total = total + output.aux_weight * bce(output.aux_logits, batch)
+    if output.aux_loss is not None:
+        total = total + batch.weight * output.aux_loss
     return total
 
 
