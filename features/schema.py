@@ -85,6 +85,12 @@ class FeatureConfig:
         for name, (value, low, high) in checks.items():
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"FeatureConfig.{name}: expected an int, got {value!r}")
+            if name == "max_history" and value > MAX_HISTORY_LIMIT:
+                raise ValueError(
+                    f"FeatureConfig.max_history (data.max_history) is {value:,}, above the "
+                    f"{MAX_HISTORY_LIMIT:,} events the pipeline keeps per user "
+                    f"(lifelong.max_history); set --data.max_history <= {MAX_HISTORY_LIMIT}"
+                )
             if value < low or (high is not None and value > high):
                 bound = f"[{low}, {high}]" if high is not None else f">= {low}"
                 raise ValueError(f"FeatureConfig.{name}: expected a value in {bound}, got {value}")

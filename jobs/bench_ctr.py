@@ -1,28 +1,37 @@
-"""Lifelong CTR benchmark: quality, training throughput and scoring latency of every CTR model.
+"""Lifelong CTR benchmark: quality against the generator's ceiling, training throughput and
+scoring latency of every CTR model.
 
 On one fixed synthetic dataset (`jobs.synth`, seed 7, built once with the Spark pipeline and
 `configs/pipeline/ctr_bench.yaml`, reused while its parameters are unchanged) it runs, for each
 model config `configs/ctr/NAME.yaml` (every file there but `base.yaml`, which each is merged
-onto: DIN-100 alone, or with one long-term unit):
+onto) and each seed of `--seeds`:
 
-* `jobs/train.py fit` for one epoch (or `--steps` steps; a subprocess per model, one after
-  another — CTR models over-fit item ids when trained for several epochs), then
-  `jobs/train.py test` on `last.ckpt`: test AUC, GAUC (and its user counts), logloss from the
-  CSV logger; training targets/s = median of the logged `train/samples_per_s` after the first
-  10% of steps; wall seconds of `fit`;
+* `jobs/train.py fit` for one epoch (or `--steps` steps; a subprocess per run), then
+  `jobs/train.py test` on `last.ckpt`: test AUC, GAUC, logloss from the CSV logger; training
+  targets/s = median of the logged `train/samples_per_s` after the first 10% of steps; then
+  every test target's logit in this process (`jobs.ctr_eval.model_logits`) for the test AUC per
+  gap bucket (events since the target's category last occurred in its window) and on the far
+  targets (gap >= 100: the category occurred, but before what DIN-100 sees);
+* the **oracle** (`pipeline.synth_oracle`): the generator's own probability that each test
+  target is the real positive, its AUC/GAUC/logloss overall and per bucket, and a Monte-Carlo
+  replica of its AUC from fresh draws of the generator (they must agree);
 * per-target scoring latency, in this process on 2 threads (torch embedding backend, eval mode,
-  no grad, fresh weights): one request = one user with L = 1,000 or 10,000 history events and
-  100 candidate targets at request time, every window covering the whole history; median of 7
-  timed forwards after 2 warm-ups, in ms per request and per target. Other jobs on the
-  machine inflate these; the 1-minute load average before timing is recorded with them.
+  no grad, fresh weights): one request = one user with L = 1K / 10K / 100K history events and
+  100 candidates, every window covering the whole history; median of 7 timed forwards after 2
+  warm-ups (100K: 1 warm-up, 1 timed).
 
-Prints a Markdown table (with the dataset counts, each model's AUC minus DIN-100's and the
-full / TWIN latency ratio at 10K) and, with `--out FILE.json`, writes the numbers, settings,
-commit and machine. Exits nonzero when any model failed (the others still run).
+Prints a Markdown table (mean ± sd over seeds; each model's AUC minus DIN-100's; the share of
+the DIN-100 → oracle gap a model closes on the far targets), writes `--out FILE.json` and
+`--png FILE.png` (AUC per gap bucket per model, the oracle as a line). Exits nonzero when any
+run failed (the others still run).
 
-    python -m jobs.bench_ctr [--quick] [--out bench_out/ctr.json] [--workdir bench_out/ctr]
-        [--models din,twin,...] [--steps N]
-        [--skip-latency] [--skip-train]
+    python -m jobs.bench_ctr [--quick] [--seeds 0,1,2] [--out bench_out/ctr.json]
+        [--png docs/ctr_auc_by_gap.png] [--workdir bench_out/ctr] [--models din,twin,...]
+        [--steps N] [--skip-latency] [--skip-train] [--fresh]
+
+A finished run's result is stored in `WORKDIR/results/` and reused while the dataset, the
+model's configs, the training length and the seed are unchanged (`--fresh` retrains), so adding
+a model trains only the new one.
 
 Dataset: 1,000 users of at most 5,000 events (`--quick`: 300 users). Validation runs once, at
 the end of training, over the whole validation split.
@@ -47,8 +56,10 @@ import torch
 
 from features.batch import CtrBatch, collate_ctr
 from features.schema import FeatureConfig, FeatureSchema
+from jobs import ctr_eval
 from jobs.bench_report import (
     WARMUP_FRACTION,
+    config_sha256,
     git_commit,
     newest_csv,
     read_metrics_csv,
@@ -78,10 +89,13 @@ SYNTH_SIZES = {
 #: so a return to one typically comes more than 100 events after the previous one (with the
 #: synth defaults, 4 interests at 4%, most returns fall inside the last 100 events).
 SYNTH_LONG_TERM = {"long_term_interests": 16, "long_term_share": 0.2}
-LATENCY_LENGTHS = (1000, 10_000)
+LATENCY_LENGTHS = (1000, 10_000, 100_000)
 LATENCY_TARGETS = 100
 LATENCY_WARMUP = 2
 LATENCY_REPEATS = 7
+#: From this history length on, one warm-up and one timed forward (full attention at 100K
+#: takes seconds per request).
+LATENCY_LONG = 100_000
 LATENCY_THREADS = 2
 #: Test metrics read from the CSV logger (`test/<name>`).
 TEST_METRICS = ("auc", "gauc", "logloss", "gauc_users", "gauc_skipped_users")
@@ -230,13 +244,15 @@ def final_test_metrics(series: dict[str, list[tuple[int, float]]]) -> dict[str, 
 
 
 def train_commands(
-    model: str, build: Path, run_dir: Path, steps: int | None
+    model: str, build: Path, run_dir: Path, steps: int | None, seed: int = 0
 ) -> tuple[list[str], list[str]]:
-    """The `fit` and `test` command lines of one model: one epoch (validated at its end), or
-    `steps` steps (validated at the last one)."""
+    """The `fit` and `test` command lines of one model and seed (model init, data order): one
+    epoch (validated at its end), or `steps` steps (validated at the last one)."""
     common = [
         *config_args(model), "--data.root", str(build),
         "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
+        "--seed_everything", str(seed), "--model.init_args.seed", str(seed),
+        "--data.seed", str(seed),
     ]  # fmt: skip
     script = [sys.executable, str(REPO_ROOT / "jobs" / "train.py")]
     if steps is None:
@@ -251,17 +267,38 @@ def train_commands(
     return fit, test
 
 
-def train_model(model: str, build: Path, workdir: Path, steps: int | None) -> dict[str, Any]:
-    """Fit and test one model in subprocesses; its metrics, or {"error": ...} on a failure."""
-    run_dir = workdir / "runs" / model
+def scorer_metrics(
+    probs: np.ndarray, targets: ctr_eval.CtrTargets
+) -> dict[str, float | dict[str, float | None] | None]:
+    """AUC per gap bucket and on the far targets (category last seen >= 100 events back) of one
+    scorer."""
+    far = ctr_eval.far_mask(targets.gap)
+    rows = ctr_eval.metrics_by_gap({"s": probs}, targets)
+    return {
+        "auc_by_gap": {row["bucket"]: row["s"] for row in rows},
+        "far_auc": ctr_eval.auc(probs[far], targets.label[far]),
+    }
+
+
+def train_model(
+    model: str,
+    build: Path,
+    workdir: Path,
+    steps: int | None,
+    seed: int = 0,
+    targets: ctr_eval.CtrTargets | None = None,
+) -> dict[str, Any]:
+    """Fit and test one model at one seed in subprocesses, then score `targets` (the test
+    split) from its checkpoint; its metrics, or {"error": ...} on a failure."""
+    run_dir = workdir / "runs" / f"{model}-s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    fit, test = train_commands(model, build, run_dir, steps)
+    fit, test = train_commands(model, build, run_dir, steps, seed)
     result: dict[str, Any] = {}
     for stage, command in (("fit", fit), ("test", test)):
-        log_stem = workdir / "logs" / f"{model}-{stage}"
+        log_stem = workdir / "logs" / f"{model}-s{seed}-{stage}"
         seconds, rc = run_logged(command, log_stem)
         if rc != 0:
-            print(f"--- {model} {stage} failed ({rc}); stderr tail:", file=sys.stderr)
+            print(f"--- {model} seed {seed} {stage} failed ({rc}); stderr tail:", file=sys.stderr)
             print(tail(Path(f"{log_stem}.err")), file=sys.stderr)
             return {**result, "error": f"{stage} exited {rc}; see {log_stem}.err"}
         try:
@@ -282,7 +319,49 @@ def train_model(model: str, build: Path, workdir: Path, steps: int | None) -> di
             if "auc" not in metrics:
                 return {**result, "error": "test: no test/auc in the CSV log"}
             result.update(metrics)
+    if targets is not None:
+        logits = ctr_eval.model_logits(run_dir / "checkpoints" / "last.ckpt", build)
+        result.update(scorer_metrics(ctr_eval.sigmoid(logits), targets))
     return result
+
+
+def run_spec(model: str, dataset: dict[str, Any], steps: int | None, seed: int) -> dict[str, Any]:
+    """What identifies a run: the dataset's parameters, the model's configs (parsed YAML,
+    hashed), the training length and the seed. A stored result is reused only for the same
+    spec (model code changes are not in it: `--fresh` retrains)."""
+    sha = config_sha256(BASE_CONFIG, MODEL_CONFIGS / f"{model}.yaml")
+    return {"dataset": dataset, "model": model, "config_sha256": sha, "steps": steps, "seed": seed}
+
+
+def stored_result(workdir: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The result stored for `spec` by an earlier run (`workdir/results/MODEL-sSEED.json`)."""
+    path = workdir / "results" / f"{spec['model']}-s{spec['seed']}.json"
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return stored["result"] if stored.get("spec") == spec else None
+
+
+def store_result(workdir: Path, spec: dict[str, Any], result: dict[str, Any]) -> None:
+    """Keep a finished run's result for `stored_result` (failed runs are not kept)."""
+    if "error" in result:
+        return
+    path = workdir / "results" / f"{spec['model']}-s{spec['seed']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"spec": spec, "result": result}, indent=1) + "\n")
+
+
+def oracle_metrics(build: Path, synth_dir: Path, targets: ctr_eval.CtrTargets) -> dict[str, Any]:
+    """The oracle's metrics on the test split, and its Monte-Carlo AUC from fresh draws."""
+    scores, fresh, fresh_labels = ctr_eval.oracle_scores(
+        build, synth_dir, targets, fresh_positives=np.random.default_rng(SYNTH_SEED)
+    )
+    return {
+        **ctr_eval.ctr_metrics(scores, targets),
+        **scorer_metrics(scores, targets),
+        "monte_carlo_auc": ctr_eval.auc(fresh, fresh_labels),
+    }
 
 
 # --- latency -------------------------------------------------------------------------------------
@@ -343,26 +422,30 @@ def build_model(model: str, build: Path) -> torch.nn.Module:
     return run.module.build_model(FeatureSchema.from_manifest(str(build), features))
 
 
-def time_forward(model: torch.nn.Module, batch: CtrBatch) -> float:
-    """Median seconds of `LATENCY_REPEATS` forwards after `LATENCY_WARMUP` warm-ups."""
+def time_forward(model: torch.nn.Module, batch: CtrBatch, warmup: int, repeats: int) -> float:
+    """Median seconds of `repeats` forwards after `warmup` warm-ups."""
     times = []
     with torch.no_grad():
-        for repeat in range(LATENCY_WARMUP + LATENCY_REPEATS):
+        for repeat in range(warmup + repeats):
             start = time.perf_counter()
             model(batch)
-            if repeat >= LATENCY_WARMUP:
+            if repeat >= warmup:
                 times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def model_latency(model_name: str, build: Path) -> dict[str, dict[str, float]]:
-    """ms per request and per target of a fresh `model_name` model at each `LATENCY_LENGTHS`."""
+def model_latency(
+    model_name: str, build: Path, lengths: tuple[int, ...] = LATENCY_LENGTHS
+) -> dict[str, dict[str, float]]:
+    """ms per request and per target of a fresh `model_name` model at each of `lengths`."""
     model = build_model(model_name, build).eval()
     dims = model.dims
     vocab = {"item": dims.item_rows, "category": dims.category_rows, "behavior": dims.behavior_rows}
     per_request, per_target = {}, {}
-    for length in LATENCY_LENGTHS:
-        ms = 1000 * time_forward(model, latency_batch(vocab, length, seed=length))
+    for length in lengths:
+        warmup, repeats = (1, 1) if length >= LATENCY_LONG else (LATENCY_WARMUP, LATENCY_REPEATS)
+        batch = latency_batch(vocab, length, seed=length)
+        ms = 1000 * time_forward(model, batch, warmup, repeats)
         per_request[str(length)] = round(ms, 3)
         per_target[str(length)] = round(ms / LATENCY_TARGETS, 4)
     return {"latency_ms_per_request": per_request, "latency_ms_per_target": per_target}
@@ -375,24 +458,102 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def markdown(payload: dict[str, Any]) -> str:
-    """The results table plus dataset, DIN-100-delta and full / TWIN lines, in Markdown."""
+def mean_sd(values: list[float | None]) -> dict[str, float] | None:
+    """Mean and sample sd (0 for one value) of the values that are present, and their count."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    sd = statistics.stdev(present) if len(present) > 1 else 0.0
+    return {"mean": statistics.fmean(present), "sd": sd, "n": len(present)}
+
+
+def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± sd over a model's seeds (`runs`: seed → result) of every quality number."""
+    ok = [r for r in runs.values() if "error" not in r]
+    out: dict[str, Any] = {"seeds": len(ok), "errors": len(runs) - len(ok)}
+    for key in ("auc", "gauc", "logloss", "far_auc", "train_samples_per_s", "fit_seconds"):
+        out[key] = mean_sd([r.get(key) for r in ok])
+    buckets = {b for r in ok for b in r.get("auc_by_gap", {})}
+    out["auc_by_gap"] = {
+        b: mean_sd([r.get("auc_by_gap", {}).get(b) for r in ok]) for b in sorted(buckets)
+    }
+    return out
+
+
+def _ms(entry: dict[str, float] | None, spec: str = ".4f") -> str:
+    if entry is None:
+        return "-"
+    if entry["n"] == 1:
+        return format(entry["mean"], spec)
+    return f"{format(entry['mean'], spec)} ± {format(entry['sd'], spec)}"
+
+
+def gap_closed(
+    model_far: float | None, din_far: float | None, oracle_far: float | None
+) -> float | None:
+    """Share of the DIN-100 → oracle far-target AUC gap a model closes (None without both)."""
+    if None in (model_far, din_far, oracle_far) or oracle_far <= din_far:
+        return None
+    return (model_far - din_far) / (oracle_far - din_far)
+
+
+def summarize(payload: dict[str, Any]) -> dict[str, Any]:
+    """Side-by-side numbers: AUC minus DIN-100's, the share of the far-target gap to the oracle
+    each model closes, and full / TWIN latency at 10K."""
     models: dict[str, dict[str, Any]] = payload["models"]
+    summary: dict[str, Any] = {}
+    base = (models.get(BASELINE, {}).get("quality") or {}).get("auc")
+    base_far = (models.get(BASELINE, {}).get("quality") or {}).get("far_auc")
+    oracle_far = (payload.get("oracle") or {}).get("far_auc")
+    for name, r in models.items():
+        quality = r.get("quality") or {}
+        if name != BASELINE and base and quality.get("auc"):
+            summary[f"auc_minus_din_{name}"] = round(quality["auc"]["mean"] - base["mean"], 5)
+        if base_far and quality.get("far_auc"):
+            closed = gap_closed(quality["far_auc"]["mean"], base_far["mean"], oracle_far)
+            if closed is not None:
+                summary[f"far_gap_closed_{name}"] = round(closed, 3)
+    full = models.get("full", {}).get("latency_ms_per_target", {}).get("10000")
+    twin = models.get("twin", {}).get("latency_ms_per_target", {}).get("10000")
+    if full and twin:
+        summary["full_over_twin_ms_per_target_10000"] = round(full / twin, 2)
+    return summary
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The results table (mean ± sd over seeds) plus dataset, oracle and delta lines."""
+    models: dict[str, dict[str, Any]] = payload["models"]
+    summary = payload.get("summary", {})
     lengths = [str(n) for n in LATENCY_LENGTHS]
-    head = "| model | test AUC | GAUC | logloss | train targets/s | " + " | ".join(
-        f"ms/target @{int(n) // 1000}K" for n in lengths
+    buckets = [name for _, _, name in ctr_eval.GAP_BUCKETS] + [ctr_eval.NO_SAME_CATEGORY]
+    head = (
+        "| model | test AUC | GAUC | logloss | "
+        + " | ".join(f"AUC gap {ctr_eval.SHORT_NAMES[b]}" for b in buckets)
+        + " | far AUC | far gap closed | train targets/s | "
+        + " | ".join(f"ms/target @{int(n) // 1000}K" for n in lengths)
     )
     lines = [head + " |", "|---|" + "---:|" * (head.count("|") - 1)]
+    oracle = payload.get("oracle")
+    if oracle:
+        cells = ["oracle", _fmt(oracle.get("auc"), ".4f"), _fmt(oracle.get("gauc"), ".4f"),
+                 _fmt(oracle.get("logloss"), ".4f"),
+                 *(_fmt(oracle["auc_by_gap"].get(b), ".4f") for b in buckets),
+                 _fmt(oracle.get("far_auc"), ".4f"), "1", "-", *("-" for _ in lengths)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     for name, r in models.items():
+        q = r.get("quality") or {}
         latency = r.get("latency_ms_per_target", {})
-        cells = [
-            name,
-            "error" if "error" in r else _fmt(r.get("auc"), ".4f"),
-            _fmt(r.get("gauc"), ".4f"),
-            _fmt(r.get("logloss"), ".4f"),
-            _fmt(r.get("train_samples_per_s"), ",.0f"),
-            *(_fmt(latency.get(n), ".3f") for n in lengths),
+        closed = summary.get(f"far_gap_closed_{name}")
+        quality_cells = [
+            _ms(q.get("auc")) if q.get("seeds") else ("error" if q.get("errors") else "-"),
+            _ms(q.get("gauc")),
+            _ms(q.get("logloss")),
+            *(_ms((q.get("auc_by_gap") or {}).get(b)) for b in buckets),
+            _ms(q.get("far_auc")),
+            "0" if name == BASELINE and q.get("seeds") else _fmt(closed, ".2f"),
+            _fmt((q.get("train_samples_per_s") or {}).get("mean"), ",.0f"),
         ]
+        cells = [name, *quality_cells, *(_fmt(latency.get(n), ".3f") for n in lengths)]
         lines.append("| " + " | ".join(cells) + " |")
     data = payload.get("dataset")
     if data:
@@ -406,42 +567,57 @@ def markdown(payload: dict[str, Any]) -> str:
                 if s in splits
             )
         )
-    signal = (data or {}).get("signal")
-    if signal:
+    if oracle and oracle.get("monte_carlo_auc") is not None:
         lines.append(
-            "test targets whose category occurs only beyond the last 100 events: "
-            f"{signal['positives_category_only_beyond_recent']:.1%} of positives, "
-            f"{signal['negatives_category_only_beyond_recent']:.1%} of negatives; AUC of the "
-            f"same-category count in the last 100: {signal['auc_recent_same_category_count']:.3f};"
-            " on the targets without one there, AUC of earlier non-view same-category events: "
-            f"{signal['auc_earlier_engaged_count_on_those']:.3f}"
+            f"oracle AUC on the test targets {oracle['auc']:.4f}; on a Monte-Carlo replica "
+            f"(fresh draws of the generator at the same request times) {oracle['monte_carlo_auc']:.4f}"
         )
-    base = models.get(BASELINE, {}).get("auc")
-    deltas = [
-        f"{name} {r['auc'] - base:+.4f}"
-        for name, r in models.items()
-        if name != BASELINE and base is not None and r.get("auc") is not None
-    ]
+    deltas = [f"{k.removeprefix('auc_minus_din_')} {v:+.4f}" for k, v in summary.items()
+              if k.startswith("auc_minus_din_")]  # fmt: skip
     if deltas:
-        lines.append("AUC - DIN-100: " + ", ".join(deltas))
-    ratio = payload.get("summary", {}).get("full_over_twin_ms_per_target_10000")
+        lines.append("AUC - DIN-100 (means): " + ", ".join(deltas))
+    ratio = summary.get("full_over_twin_ms_per_target_10000")
     if ratio is not None:
         lines.append(f"full / twin latency per target @10K: {ratio:.2f}x")
     return "\n".join(lines)
 
 
-def summarize(models: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Side-by-side ratios: AUC deltas against DIN-100 and full / TWIN latency at 10K."""
-    summary: dict[str, float] = {}
-    base = models.get(BASELINE, {}).get("auc")
-    for name, r in models.items():
-        if name != BASELINE and base is not None and r.get("auc") is not None:
-            summary[f"auc_minus_din_{name}"] = round(r["auc"] - base, 5)
-    full = models.get("full", {}).get("latency_ms_per_target", {}).get("10000")
-    twin = models.get("twin", {}).get("latency_ms_per_target", {}).get("10000")
-    if full and twin:
-        summary["full_over_twin_ms_per_target_10000"] = round(full / twin, 2)
-    return summary
+def plot(payload: dict[str, Any], path: Path) -> Path:
+    """AUC per gap bucket per model (mean over seeds, sd as error bars), the oracle as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buckets = [name for _, _, name in ctr_eval.GAP_BUCKETS] + [ctr_eval.NO_SAME_CATEGORY]
+    models = {
+        n: r["quality"]
+        for n, r in payload["models"].items()
+        if (r.get("quality") or {}).get("seeds")
+    }
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    x = np.arange(len(buckets))
+    width = 0.8 / max(len(models), 1)
+    for i, (name, q) in enumerate(models.items()):
+        stats = [q["auc_by_gap"].get(b) or {"mean": np.nan, "sd": 0.0} for b in buckets]
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, [s["mean"] for s in stats], width,
+               yerr=[s["sd"] for s in stats], label=name, capsize=2)  # fmt: skip
+    oracle = payload.get("oracle")
+    if oracle:
+        values = [oracle["auc_by_gap"].get(b) for b in buckets]
+        ax.plot(x, [np.nan if v is None else v for v in values], "k-o", lw=2, label="oracle")
+    counts = payload.get("gap_targets", {})
+    ax.set_xticks(x, [f"{b}\n{counts.get(b, 0):,} targets" for b in buckets])
+    ax.set_ylim(0.5, 1.0)
+    ax.set_ylabel("test AUC")
+    ax.set_xlabel("events since the target's category last occurred in its window")
+    ax.set_title("Lifelong CTR models by gap, against the generator's oracle")
+    ax.legend(ncol=4, fontsize=8, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _model_list(text: str) -> list[str]:
@@ -454,18 +630,34 @@ def _model_list(text: str) -> list[str]:
     return names
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds >= 0, got {text!r}")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`python -m jobs.bench_ctr`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="300 users instead of 1,000")
     parser.add_argument("--out", default=None, help="write JSON results here")
+    parser.add_argument("--png", default=None, help="write the AUC-by-gap plot here")
     parser.add_argument("--workdir", default="bench_out/ctr", help="dataset, runs and logs")
     parser.add_argument("--models", type=_model_list, default=list(MODELS), help="e.g. din,twin")
+    parser.add_argument("--seeds", type=_seed_list, default=[0], help="e.g. 0,1,2")
     parser.add_argument(
         "--steps", type=int, default=None, help="train this many steps instead of one epoch"
     )
     parser.add_argument("--skip-latency", action="store_true", help="no latency measurement")
     parser.add_argument("--skip-train", action="store_true", help="no training / test")
+    parser.add_argument("--skip-oracle", action="store_true", help="no oracle")
+    parser.add_argument(
+        "--fresh", action="store_true", help="retrain runs whose results are stored in WORKDIR"
+    )
     args = parser.parse_args(argv)
     steps = args.steps
     if steps is not None and steps < 1:
@@ -489,13 +681,25 @@ def main(argv: list[str] | None = None) -> int:
     dataset = {**dataset_summary(json.loads((build / "manifest.json").read_text())), **params}
     dataset.update(build_timings)
     dataset["signal"] = signal_analysis(build)
+    targets = ctr_eval.collect_targets(build, "test")
+    gap_targets = {name: int(m.sum()) for name, m in ctr_eval.bucket_masks(targets.gap).items()}
+    oracle = None
+    if not args.skip_oracle:
+        print("oracle ...", flush=True)
+        oracle = oracle_metrics(build, workdir / "events", targets)
+        print(f"  oracle: {json.dumps(oracle)}", flush=True)
 
-    models: dict[str, dict[str, Any]] = {name: {} for name in args.models}
+    models: dict[str, dict[str, Any]] = {name: {"runs": {}} for name in args.models}
     if not args.skip_train:
         for name in args.models:
-            print(f"training {name}: {steps or 'one epoch of'} steps ...", flush=True)
-            models[name].update(train_model(name, build, workdir, steps))
-            print(f"  {name}: {json.dumps(models[name])}", flush=True)
+            for seed in args.seeds:
+                print(
+                    f"training {name} seed {seed}: {steps or 'one epoch of'} steps ...", flush=True
+                )
+                result = train_model(name, build, workdir, steps, seed, targets)
+                models[name]["runs"][str(seed)] = result
+                print(f"  {name} seed {seed}: {json.dumps(result)}", flush=True)
+            models[name]["quality"] = aggregate(models[name]["runs"])
     load_before_latency = None
     if not args.skip_latency:
         torch.set_num_threads(LATENCY_THREADS)
@@ -506,11 +710,13 @@ def main(argv: list[str] | None = None) -> int:
 
     payload = {
         "models": models,
-        "summary": summarize(models),
+        "oracle": oracle,
+        "gap_targets": gap_targets,
         "dataset": dataset,
         "settings": {
             "quick": args.quick,
             "steps": steps if steps is not None else "one epoch",
+            "seeds": args.seeds,
             "models": args.models,
             "model_configs": {
                 n: ["configs/ctr/base.yaml", f"configs/ctr/{n}.yaml"] for n in args.models
@@ -521,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
                 "targets_per_request": LATENCY_TARGETS,
                 "warmup": LATENCY_WARMUP,
                 "repeats": LATENCY_REPEATS,
+                "long_from": LATENCY_LONG,
                 "threads": LATENCY_THREADS,
                 "backend": "torch",
             },
@@ -535,13 +742,16 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "load_avg_1m_before_latency": load_before_latency,
         },
-        "seconds": round(time.perf_counter() - started, 1),
     }
+    payload["summary"] = summarize(payload)
+    payload["seconds"] = round(time.perf_counter() - started, 1)
     print(markdown(payload))
     print(f"total {payload['seconds']:.0f} s")
     if args.out:
         write_json(args.out, payload)
-    failed = [name for name, r in models.items() if "error" in r]
+    if args.png and not args.skip_train:
+        print(f"wrote {plot(payload, Path(args.png))}")
+    failed = [name for name, r in models.items() if (r.get("quality") or {}).get("errors")]
     if failed:
         print(f"error: failed models: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ file it is written to, logged subprocesses and Lightning CSV logs."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import statistics
@@ -12,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Logged throughput values of the first `WARMUP_FRACTION` of the steps are left out.
@@ -124,3 +127,10 @@ def newest_csv(run_dir: Path) -> Path:
         raise FileNotFoundError(f"no {run_dir}/logs/csv/version_*/metrics.csv")
     newest = max(versions, key=lambda p: int(p.name.removeprefix("version_")))
     return newest / "metrics.csv"
+
+
+def config_sha256(*paths: Path) -> str:
+    """SHA-256 of the YAML configs' parsed content, in order: a comment or a layout change
+    keeps the stored runs; a changed value does not."""
+    content = [yaml.safe_load(path.read_text()) for path in paths]
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

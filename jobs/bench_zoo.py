@@ -43,7 +43,6 @@ RecBole protocol, mean ± sd, RecBole's reference numbers as lines). Exits 1 whe
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import shutil
@@ -53,8 +52,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from jobs import bench_generative
 from jobs.bench_generative import (
@@ -69,7 +66,15 @@ from jobs.bench_generative import (
     read_test_metrics,
     train_commands,
 )
-from jobs.bench_report import git_commit, newest_csv, read_metrics_csv, run_logged, tail, write_json
+from jobs.bench_report import (
+    config_sha256,
+    git_commit,
+    newest_csv,
+    read_metrics_csv,
+    run_logged,
+    tail,
+    write_json,
+)
 from jobs.movielens_data import fetch_ml100k
 
 #: Test NDCG@10 of RecBole's models on ML-100K (leave-one-out, full ranking, history
@@ -202,13 +207,6 @@ def reference_for(model: str, max_len: int) -> tuple[str, float] | None:
 
 
 # --- one run ----------------------------------------------------------------------------------
-
-
-def config_sha256(*paths: Path) -> str:
-    """SHA-256 of the YAML configs' parsed content, in order: a comment or a layout change
-    keeps the stored runs; a changed value does not."""
-    content = [yaml.safe_load(path.read_text()) for path in paths]
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def run_spec(

@@ -234,28 +234,56 @@ class LifeseqCLI(LightningCLI):
     the run's data refused before the Trainer exists (`StartupRefused`)."""
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Refuse a task/model/data mismatch (`trainers.fit_check.fit_error`) and a full
-        softmax over too large a catalog (`catalog_error`), then build the Trainer (nothing has
-        run or been written yet)."""
+        """Refuse a task/model/data mismatch (`trainers.fit_check.fit_error`), a full softmax
+        over too large a catalog (`catalog_error`) and CTR windows the machine cannot hold
+        (`window_memory_error`), then build the Trainer (nothing has run or been written yet)."""
         from features.schema import FeatureSchema
-        from trainers.fit_check import catalog_error, fit_error
+        from trainers.fit_check import (
+            available_memory_bytes,
+            catalog_error,
+            fit_error,
+            window_memory_error,
+        )
 
         data = self.datamodule
         error = fit_error(self.model, data.view, data.feature_config)
         if error:
             raise StartupRefused(error)
+        from pipeline import storage
+
+        manifest = None
         try:
-            schema = FeatureSchema.from_manifest(data.root, data.feature_config)
+            manifest = storage.read_json(storage.join(data.root, "manifest.json"))
+            schema = FeatureSchema.from_manifest_dict(manifest, data.feature_config)
         except (OSError, ValueError):  # the data module reports a missing or bad build itself
             schema = None
         error = catalog_error(self.model, schema) if schema else None
         if error:
             raise StartupRefused(error)
+        if data.view == "ctr" and schema is not None:
+            error = window_memory_error(
+                data.batch_size,
+                data.eval_batch_size,
+                data.feature_config.max_history,
+                (manifest or {}).get("max_user_events"),
+                data.feature_config.embedding_dim,
+                available_memory_bytes(str(kwargs.get("accelerator", "cpu"))),
+            )
+            if error:
+                raise StartupRefused(error)
         return super().instantiate_trainer(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         devices, nodes = _torchrun_layout()
         parser.set_defaults({"trainer.devices": devices, "trainer.num_nodes": nodes})
+
+    def instantiate_classes(self) -> None:
+        """Instantiate the task and the data module; a config value they reject (a
+        `ValueError` naming the field) is refused in one line, without a traceback."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            raise StartupRefused(f"error: {error}") from error
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -319,9 +319,10 @@ def config_field_docs() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Catalog:
-    """Items and categories, shared by all users of one seed.
+    """Items and categories, shared by all users of one seed (hashed by identity: one per
+    seed and sizes, cached).
 
     Items are stored by *position*: the positions of category ``c`` (0-based index, id
     ``c + 1``) are ``offsets[c]:offsets[c + 1]``, in decreasing popularity.
@@ -553,6 +554,35 @@ def history_lengths(cfg: SynthConfig, num_users: int, start: int = 0) -> np.ndar
     )
 
 
+@dataclass(frozen=True)
+class UserState:
+    """Everything the generator drew for one user before its per-event coins: the hidden
+    state an oracle may condition on (`pipeline.synth_oracle`).
+
+    Attributes:
+        truth: the user's ground truth (length, long-term interests, phases).
+        session: (L,) int64 session index of each event.
+        short_term: (sessions, S) int64 category indices (0-based) of the session's
+            short-term interest slots.
+        episodes: (K,) int64 number of long-term return episodes drawn for each interest.
+    """
+
+    truth: UserTruth
+    session: np.ndarray
+    short_term: np.ndarray
+    episodes: np.ndarray
+
+
+def user_state(cfg: SynthConfig, user_index: int) -> UserState:
+    """The hidden state of user ``user_index`` (see `UserState`), consistent with
+    ``generate_user_events``.
+
+    Raises:
+        ValueError: If ``user_index`` is negative.
+    """
+    return _generate(cfg, user_index, with_source=False)[1]
+
+
 def generate_user_events(
     cfg: SynthConfig, user_index: int, *, with_source: bool = False
 ) -> dict[str, np.ndarray]:
@@ -573,6 +603,13 @@ def generate_user_events(
     Raises:
         ValueError: If ``user_index`` is negative.
     """
+    return _generate(cfg, user_index, with_source=with_source)[0]
+
+
+def _generate(
+    cfg: SynthConfig, user_index: int, *, with_source: bool
+) -> tuple[dict[str, np.ndarray], UserState]:
+    """The events of ``generate_user_events`` and the state they were drawn from."""
     catalog = build_catalog(cfg)
     rng = _user_rng(cfg, user_index)
     truth = _draw_truth(cfg, catalog, rng, user_index)
@@ -604,7 +641,7 @@ def generate_user_events(
     phases, k = active.shape
     active_count = active.sum(axis=0)  # (K,)
     mean_episodes = cfg.long_term_share * n / cfg.episode_events  # over all interests
-    episodes = rng.poisson(mean_episodes * active_count / active_count.sum())
+    episodes = rng.poisson(mean_episodes * active_count / active_count.sum())  # (K,)
     owner = np.repeat(np.arange(k), episodes)  # (E,) interest of each episode
     if owner.shape[0]:
         nth = (rng.random(owner.shape[0]) * active_count[owner]).astype(np.int64)
@@ -657,7 +694,8 @@ def generate_user_events(
         out["value"] = dwell.astype(np.float32)
     if with_source:
         out["source"] = source
-    return out
+    state = UserState(truth=truth, session=session, short_term=short_term, episodes=episodes)
+    return out, state
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ fits; no traceback, nothing written.
   CTR data) would fail at its first batch.
 * A full softmax is refused over a catalog larger than its loss allows (`catalog_error`, from
   the build's manifest: the one check that needs the real vocabulary).
+* A CTR window the machine cannot hold is refused (`window_memory_error`, from the build's
+  longest user): a batch holds up to `batch_size` users of `min(max_history, longest)` events.
 * The model must build for the data's widths: every config check runs, and a sequential task
   refuses an encoder whose direction does not suit it (`direction_error`). Decided: a causal
   encoder under the masked-item task is refused too — each hidden event would be predicted
@@ -119,3 +121,81 @@ def direction_error(
         f"{class_path(encoder)} is {found}.\nWhat fits: this encoder under {other}, or a "
         f"{wanted} encoder here: {', '.join(suiting)}"
     )
+
+
+#: Bytes one history event costs in a training step, per embedding column, and fixed: measured
+#: 740 bytes per event for TWIN at D = 16 (forward + backward on CPU, 20K → 200K events, 64
+#: targets). A lower bound for units that keep per-(target, event) activations (full
+#: attention: ~50 KB per event at 64 targets).
+TRAIN_BYTES_PER_EVENT_PER_DIM = 48
+TRAIN_BYTES_PER_EVENT_FIXED = 64
+#: Share of the available memory one batch's history may take (the rest: tables, the model,
+#: the loader's prefetched batches).
+WINDOW_MEMORY_SHARE = 0.5
+
+
+def window_bytes(users: int, events_per_user: int, embedding_dim: int, train: bool) -> int:
+    """Estimated bytes of one batch's history: `users` × `events_per_user` events; evaluation
+    (no gradient) costs half a training step's."""
+    per_event = TRAIN_BYTES_PER_EVENT_PER_DIM * embedding_dim + TRAIN_BYTES_PER_EVENT_FIXED
+    return users * events_per_user * per_event // (1 if train else 2)
+
+
+def window_memory_error(
+    batch_size: int,
+    eval_batch_size: int,
+    max_history: int,
+    longest_user: int | None,
+    embedding_dim: int,
+    available_bytes: int | None,
+) -> str | None:
+    """Why batches of CTR windows of `max_history` events do not fit in `available_bytes`, or None.
+
+    A batch holds each user's history once, at most `min(max_history, longest_user)` events
+    (the build's longest user, `manifest.max_user_events`).
+
+    Returns:
+        `error: ...` in two lines naming the numbers and what to lower.
+    """
+    if not available_bytes:
+        return None
+    events = min(max_history, longest_user) if longest_user else max_history
+    need = max(
+        window_bytes(batch_size, events, embedding_dim, train=True),
+        window_bytes(eval_batch_size, events, embedding_dim, train=False),
+    )
+    budget = int(available_bytes * WINDOW_MEMORY_SHARE)
+    if need <= budget:
+        return None
+    fits = max(1, budget // window_bytes(1, 1, embedding_dim, train=True))
+    return (
+        f"error: data.max_history {max_history:,} (this build's longest user: "
+        f"{longest_user or 'unknown'}) × data.batch_size {batch_size} / eval_batch_size "
+        f"{eval_batch_size} needs ~{_size(need)} for one batch's history "
+        f"(embedding_dim {embedding_dim}), more than half of the {_size(available_bytes)} "
+        f"available here.\nWhat fits: batch_size × max_history <= {fits:,} events per batch "
+        "(lower --data.max_history, --data.batch_size or --data.eval_batch_size), or a machine "
+        "with more memory"
+    )
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**30:.1f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
+
+
+def available_memory_bytes(accelerator: str | None) -> int | None:
+    """Free memory of the device a run trains on: the first CUDA device's free memory when the
+    accelerator is a GPU and CUDA is there, else the host's `MemAvailable` (Linux); None when
+    unknown."""
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

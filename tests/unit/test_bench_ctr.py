@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs import bench_ctr
+from jobs import bench_ctr, ctr_eval
 
 pytestmark = pytest.mark.unit
 
@@ -144,25 +144,32 @@ def test_build_model_follows_the_config(name: str, tmp_path: Path) -> None:
     assert logits.shape == (10,) and bool(torch.isfinite(logits).all())
 
 
-def test_markdown_table_deltas_and_ratio() -> None:
+def _quality(auc: float, far: float, seeds: int = 1) -> dict:
+    one = {"mean": auc, "sd": 0.01 if seeds > 1 else 0.0, "n": seeds}
+    return {
+        "seeds": seeds, "errors": 0, "auc": one, "gauc": {**one, "mean": auc - 0.01},
+        "logloss": {**one, "mean": 0.5}, "far_auc": {**one, "mean": far},
+        "train_samples_per_s": {"mean": 1234.4, "sd": 1.0, "n": seeds},
+        "auc_by_gap": {name: {**one, "mean": auc} for _, _, name in ctr_eval.GAP_BUCKETS},
+    }  # fmt: skip
+
+
+def test_markdown_table_oracle_deltas_gap_closed_and_ratio() -> None:
     models = {
-        "din": {
-            "auc": 0.70, "gauc": 0.65, "logloss": 0.60, "train_samples_per_s": 1234.4,
-            "latency_ms_per_target": {"1000": 0.01, "10000": 0.012},
-        },
-        "twin": {
-            "auc": 0.7250, "gauc": 0.68, "logloss": 0.58, "train_samples_per_s": 800.0,
-            "latency_ms_per_target": {"1000": 0.05, "10000": 0.2},
-        },
-        "full": {
-            "auc": 0.73, "gauc": 0.69, "logloss": 0.57, "train_samples_per_s": 300.0,
-            "latency_ms_per_target": {"1000": 0.1, "10000": 1.0},
-        },
-        "eta": {"error": "fit exited 1"},
+        "din": {"quality": _quality(0.70, 0.60),
+                "latency_ms_per_target": {"1000": 0.01, "10000": 0.012, "100000": 0.02}},
+        "twin": {"quality": _quality(0.725, 0.70, seeds=3),
+                 "latency_ms_per_target": {"1000": 0.05, "10000": 0.2}},
+        "full": {"quality": _quality(0.73, 0.75), "latency_ms_per_target": {"10000": 1.0}},
+        "eta": {"quality": {"seeds": 0, "errors": 1}},
+    }  # fmt: skip
+    oracle = {
+        "auc": 0.95, "gauc": 0.94, "logloss": 0.2, "far_auc": 0.80,
+        "auc_by_gap": {name: 0.9 for _, _, name in ctr_eval.GAP_BUCKETS},
     }  # fmt: skip
     payload = {
         "models": models,
-        "summary": bench_ctr.summarize(models),
+        "oracle": {**oracle, "monte_carlo_auc": 0.951},
         "dataset": {
             "events_valid": 12345,
             "users": 300,
@@ -173,24 +180,68 @@ def test_markdown_table_deltas_and_ratio() -> None:
             },
         },
     }
-    text = bench_ctr.markdown(payload)
-    lines = text.splitlines()
-    assert lines[0] == (
-        "| model | test AUC | GAUC | logloss | train targets/s | ms/target @1K | ms/target @10K |"
-    )
-    assert lines[1] == "|---|---:|---:|---:|---:|---:|---:|"
-    assert "| din | 0.7000 | 0.6500 | 0.6000 | 1,234 | 0.010 | 0.012 |" in lines
-    assert "| eta | error | - | - | - | - | - |" in lines
-    assert "dataset: 12,345 events, 300 users; targets train 9,000 (4,500 positive)," in text
-    assert "AUC - DIN-100: twin +0.0250, full +0.0300" in lines
-    assert "full / twin latency per target @10K: 5.00x" in lines
+    payload["summary"] = bench_ctr.summarize(payload)
+    assert payload["summary"]["far_gap_closed_twin"] == 0.5  # (0.70 - 0.60) / (0.80 - 0.60)
+    assert payload["summary"]["far_gap_closed_full"] == 0.75
+    assert payload["summary"]["auc_minus_din_twin"] == 0.025
     assert payload["summary"]["full_over_twin_ms_per_target_10000"] == 5.0
+    lines = bench_ctr.markdown(payload).splitlines()
+    assert lines[0].startswith(
+        "| model | test AUC | GAUC | logloss | AUC gap < 100 | AUC gap 100–999 | AUC gap ≥ 1K "
+        "| AUC gap never | far AUC"
+    )
+    assert lines[0].endswith("| far AUC | far gap closed | train targets/s | ms/target @1K "
+                             "| ms/target @10K | ms/target @100K |")  # fmt: skip
+    assert lines[2] == (
+        "| oracle | 0.9500 | 0.9400 | 0.2000 | 0.9000 | 0.9000 | 0.9000 | - | 0.8000 | 1 | - "
+        "| - | - | - |"
+    )
+    assert lines[3] == (
+        "| din | 0.7000 | 0.6900 | 0.5000 | 0.7000 | 0.7000 | 0.7000 | - | 0.6000 | 0 | 1,234 "
+        "| 0.010 | 0.012 | 0.020 |"
+    )
+    assert lines[4].startswith("| twin | 0.7250 ± 0.0100 | 0.7150 ± 0.0100 |")
+    assert "| 0.7000 ± 0.0100 | 0.50 | 1,234 | 0.050 | 0.200 | - |" in lines[4]
+    assert "| eta | error | - |" in lines[6]
+    text = "\n".join(lines)
+    assert "dataset: 12,345 events, 300 users; targets train 9,000 (4,500 positive)," in text
+    assert "oracle AUC on the test targets 0.9500; on a Monte-Carlo replica" in text
+    assert "AUC - DIN-100 (means): twin +0.0250, full +0.0300" in lines
+    assert "full / twin latency per target @10K: 5.00x" in lines
 
 
-def test_markdown_without_baseline_or_latency() -> None:
-    text = bench_ctr.markdown({"models": {"twin": {"auc": 0.7}}, "summary": {}})
-    assert "| twin | 0.7000 | - | - | - | - | - |" in text
-    assert "DIN-100" not in text and "full / twin" not in text
+def test_markdown_without_baseline_oracle_or_latency() -> None:
+    payload = {"models": {"twin": {"quality": _quality(0.7, 0.6)}}}
+    payload["summary"] = bench_ctr.summarize(payload)
+    text = bench_ctr.markdown(payload)
+    assert "| twin | 0.7000 | 0.6900 | 0.5000 |" in text
+    assert "DIN-100" not in text and "full / twin" not in text and "oracle" not in text
+
+
+def test_aggregate_mean_and_sd_over_seeds_skips_failed_runs() -> None:
+    runs = {
+        "0": {"auc": 0.8, "far_auc": 0.7, "auc_by_gap": {"a": 0.9}},
+        "1": {"auc": 0.9, "far_auc": None, "auc_by_gap": {"a": 0.7}},
+        "2": {"error": "fit exited 1"},
+    }
+    q = bench_ctr.aggregate(runs)
+    assert (q["seeds"], q["errors"]) == (2, 1)
+    assert q["auc"]["mean"] == pytest.approx(0.85) and q["auc"]["sd"] == pytest.approx(
+        0.0707, abs=1e-4
+    )
+    assert q["far_auc"] == {"mean": 0.7, "sd": 0.0, "n": 1}
+    assert q["auc_by_gap"]["a"]["mean"] == pytest.approx(0.8)
+    assert bench_ctr.gap_closed(0.7, 0.6, 0.6) is None  # no gap to close
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    payload = {
+        "models": {"din": {"quality": _quality(0.7, 0.6)}, "twin": {"quality": _quality(0.8, 0.7, 3)}},
+        "oracle": {"auc_by_gap": {name: 0.9 for _, _, name in ctr_eval.GAP_BUCKETS}},
+        "gap_targets": {name: 10 for _, _, name in ctr_eval.GAP_BUCKETS},
+    }  # fmt: skip
+    path = bench_ctr.plot(payload, tmp_path / "auc_by_gap.png")
+    assert path.stat().st_size > 5000
 
 
 def test_dataset_reuse_check(tmp_path: Path) -> None:
@@ -234,7 +285,10 @@ def test_dataset_summary() -> None:
 
 
 def test_train_commands() -> None:
-    fit, test = bench_ctr.train_commands("twin", Path("/b"), Path("/r/twin"), 20)
+    fit, test = bench_ctr.train_commands("twin", Path("/b"), Path("/r/twin"), 20, seed=2)
+    assert fit[fit.index("--seed_everything") + 1] == "2"
+    assert fit[fit.index("--model.init_args.seed") + 1] == "2"
+    assert fit[fit.index("--data.seed") + 1] == "2" and "--data.seed" in test
     assert fit[2:7] == ["fit", *bench_ctr.config_args("twin")]
     assert fit[4].endswith("configs/ctr/base.yaml") and fit[6].endswith("configs/ctr/twin.yaml")
     assert fit[-4:] == ["--trainer.max_steps", "20", "--trainer.val_check_interval", "20"]
@@ -249,3 +303,16 @@ def test_model_list_rejects_unknown_names() -> None:
     assert bench_ctr._model_list("din, twin") == ["din", "twin"]
     with pytest.raises(argparse.ArgumentTypeError, match="subset"):
         bench_ctr._model_list("din,transformer")
+
+
+def test_stored_results_are_reused_only_for_the_same_spec(tmp_path: Path) -> None:
+    params = bench_ctr.dataset_params(quick=True)
+    spec = bench_ctr.run_spec("twin", params, None, 1)
+    assert bench_ctr.stored_result(tmp_path, spec) is None
+    bench_ctr.store_result(tmp_path, spec, {"auc": 0.9})
+    assert bench_ctr.stored_result(tmp_path, spec) == {"auc": 0.9}
+    assert bench_ctr.stored_result(tmp_path, bench_ctr.run_spec("twin", params, 50, 1)) is None
+    other = bench_ctr.dataset_params(quick=False)
+    assert bench_ctr.stored_result(tmp_path, bench_ctr.run_spec("twin", other, None, 1)) is None
+    bench_ctr.store_result(tmp_path, bench_ctr.run_spec("din", params, None, 1), {"error": "x"})
+    assert bench_ctr.stored_result(tmp_path, bench_ctr.run_spec("din", params, None, 1)) is None

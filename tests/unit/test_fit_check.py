@@ -20,7 +20,7 @@ from jobs import train
 from jobs.run_config import load_run_config
 from models.blocks.sampled_softmax import SoftmaxLossConfig
 from pipeline.sample_codec import SCHEMA_VERSION
-from trainers.fit_check import catalog_error, fit_error
+from trainers.fit_check import catalog_error, fit_error, window_bytes, window_memory_error
 
 pytestmark = pytest.mark.unit
 
@@ -243,3 +243,89 @@ def test_the_full_softmax_limit_is_checked_where_the_model_is_built_too() -> Non
 def test_a_bad_full_softmax_limit_names_the_key(bad: object) -> None:
     with pytest.raises(ValueError, match=r"loss.full_softmax_max_items: expected an int >= 1"):
         SoftmaxLossConfig(full_softmax=True, full_softmax_max_items=bad)  # type: ignore[arg-type]
+
+
+def _ctr_build(tmp_path: Path, longest_user: int) -> Path:
+    data = tmp_path / "data"
+    data.mkdir(parents=True)
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "members": expected_members(False),
+        "vocab": {"item": 1000, "category": 20, "behavior": 5}, "max_user_events": longest_user,
+    }  # fmt: skip
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    return data
+
+
+@pytest.mark.parametrize(
+    ("unit", "cls"),
+    [("twin", "Twin"), ("sim_hard", "SimHard"), ("eta", "Eta"), ("sim_soft", "SimSoft")],
+)
+def test_a_long_term_unit_retrieving_more_than_a_window_holds_is_refused(
+    unit: str, cls: str
+) -> None:
+    """`top_k` > `data.max_history`: the message names both numbers and the keys to change."""
+    error = check([CTR / "base.yaml", CTR / f"{unit}.yaml"], "--data.max_history", "50")
+    assert error == (
+        f"error: {cls}: config.top_k is 64 but data.max_history is 50, so a target's window never "
+        "holds 64 behaviors to retrieve. Set "
+        "--model.init_args.model.init_args.long_term.init_args.config.top_k <= 50, or raise "
+        "--data.max_history"
+    )
+    assert check([CTR / "base.yaml", CTR / f"{unit}.yaml"], "--data.max_history", "64") is None
+
+
+def test_a_window_above_what_the_pipeline_keeps_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["lifeseq train"])
+    data, run = _ctr_build(tmp_path, 5000), tmp_path / "run"
+    argv = ["fit", "--config", str(CTR / "base.yaml"), "--config", str(CTR / "twin.yaml"),
+            "--data.root", str(data), "--data.max_history", "1000000",
+            "--trainer.default_root_dir", str(run)]  # fmt: skip
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.strip().split("\n")[-1] == (
+        "error: FeatureConfig.max_history (data.max_history) is 1,000,000, above the 100,000 "
+        "events the pipeline keeps per user (lifelong.max_history); set --data.max_history "
+        "<= 100000"
+    )
+    assert "Traceback" not in err and not run.exists()
+
+
+def test_windows_the_machine_cannot_hold_are_refused_with_the_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10^5-event windows of 10^5-event users, 4,096 per batch: far beyond this machine's
+    memory, refused before training with the estimate and what fits; a build whose longest user
+    is short fits the same settings (a batch holds each user's history once)."""
+    monkeypatch.setattr(sys, "argv", ["lifeseq train"])
+    run = tmp_path / "run"
+
+    def argv(data: Path) -> list[str]:
+        return ["fit", "--config", str(CTR / "base.yaml"), "--config", str(CTR / "twin.yaml"),
+                "--data.root", str(data), "--data.max_history", "100000",
+                "--data.batch_size", "4096", "--trainer.default_root_dir", str(run)]  # fmt: skip
+
+    assert train.main(argv(_ctr_build(tmp_path / "big", 100_000))) == 1
+    lines = capsys.readouterr().err.strip().split("\n")
+    assert lines[-2].startswith(
+        "error: data.max_history 100,000 (this build's longest user: 100000) × data.batch_size "
+        "4096 / eval_batch_size 32 needs ~317.4 GiB for one batch's history (embedding_dim 16)"
+    )
+    assert lines[-1].startswith("What fits: batch_size × max_history <= ")
+    assert not run.exists()
+    fits = window_memory_error(4096, 32, 100_000, 20, 16, 16 * 2**30)
+    assert fits is None
+
+
+def test_window_memory_estimate() -> None:
+    """The estimate: users × min(max_history, longest user) × (48 D + 64) bytes in training,
+    half that per event in evaluation; refused above half the available memory."""
+    assert window_bytes(8, 1000, 16, train=True) == 8 * 1000 * 832
+    assert window_bytes(8, 1000, 16, train=False) == 8 * 1000 * 416
+    budget = 2 * window_bytes(8, 1000, 16, train=True)
+    assert window_memory_error(8, 8, 1000, None, 16, budget) is None
+    assert window_memory_error(9, 8, 1000, None, 16, budget) is not None
+    assert window_memory_error(9, 8, 1000, 880, 16, budget) is None  # the longest user is shorter
+    assert window_memory_error(8, 17, 1000, None, 16, budget) is not None  # eval batches too
+    assert window_memory_error(10**6, 8, 1000, None, 16, None) is None  # unknown memory

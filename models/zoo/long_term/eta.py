@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.blocks.checks import check_positive
+from models.blocks.checks import check_positive, check_top_k
 from models.blocks.lifelong_inputs import LifelongInputs
 from models.blocks.search import EtaSearch, SearchResult
 from models.blocks.target_attention import EsuConfig
@@ -57,6 +57,7 @@ class Eta(RetrievalUnit):
     """
 
     def __init__(self, dims: ModelDims, config: EtaConfig = DEFAULT_CONFIG) -> None:
+        check_top_k("Eta", config.top_k, dims.max_history)
         super().__init__(dims, config.esu)
         self.config = config
         d = dims.embedding_dim

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.blocks.checks import check_positive
+from models.blocks.checks import check_positive, check_top_k
 from models.blocks.lifelong_inputs import LifelongInputs
 from models.blocks.search import SearchResult, SimHardSearch
 from models.blocks.target_attention import EsuConfig
@@ -53,6 +53,7 @@ class SimHard(RetrievalUnit):
     """
 
     def __init__(self, dims: ModelDims, config: SimHardConfig = DEFAULT_CONFIG) -> None:
+        check_top_k("SimHard", config.top_k, dims.max_history)
         super().__init__(dims, config.esu)
         self.config = config
         self.search = SimHardSearch(config.top_k, config.chunk)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.blocks.checks import check_positive
+from models.blocks.checks import check_positive, check_top_k
 from models.blocks.embeddings import EmbeddingTableSpec
 from models.blocks.lifelong_inputs import LifelongInputs
 from models.blocks.search import SearchResult, SimSoftSearch
@@ -72,6 +72,7 @@ class SimSoft(RetrievalUnit):
     """
 
     def __init__(self, dims: ModelDims, config: SimSoftConfig = DEFAULT_CONFIG) -> None:
+        check_top_k("SimSoft", config.top_k, dims.max_history)
         super().__init__(dims, config.esu)
         self.config = config
         self.dims = dims

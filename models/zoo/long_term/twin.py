@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.blocks.checks import check_positive
+from models.blocks.checks import check_positive, check_top_k
 from models.blocks.lifelong_inputs import LifelongInputs
 from models.blocks.search import SearchResult, TwinSearch
 from models.blocks.target_attention import EsuConfig
@@ -57,6 +57,7 @@ class Twin(RetrievalUnit):
     """
 
     def __init__(self, dims: ModelDims, config: TwinConfig = DEFAULT_CONFIG) -> None:
+        check_top_k("Twin", config.top_k, dims.max_history)
         super().__init__(dims, config.esu)
         self.config = config
         self.search = TwinSearch(config.top_k, config.chunk)
