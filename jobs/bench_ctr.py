@@ -423,28 +423,36 @@ def build_model(model: str, build: Path) -> torch.nn.Module:
 
 
 def time_forward(model: torch.nn.Module, batch: CtrBatch, warmup: int, repeats: int) -> float:
-    """Median seconds of `repeats` forwards after `warmup` warm-ups."""
+    """Median seconds of `repeats` forwards after `warmup` warm-ups (on CUDA: bf16 autocast,
+    synchronized)."""
+    cuda = next(model.parameters()).is_cuda
     times = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
         for repeat in range(warmup + repeats):
             start = time.perf_counter()
             model(batch)
+            if cuda:
+                torch.cuda.synchronize()
             if repeat >= warmup:
                 times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def model_latency(
-    model_name: str, build: Path, lengths: tuple[int, ...] = LATENCY_LENGTHS
+    model_name: str,
+    build: Path,
+    lengths: tuple[int, ...] = LATENCY_LENGTHS,
+    device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
-    """ms per request and per target of a fresh `model_name` model at each of `lengths`."""
-    model = build_model(model_name, build).eval()
+    """ms per request and per target of a fresh `model_name` model at each of `lengths` on
+    `device` (`cuda`: bf16 autocast)."""
+    model = build_model(model_name, build).eval().to(device)
     dims = model.dims
     vocab = {"item": dims.item_rows, "category": dims.category_rows, "behavior": dims.behavior_rows}
     per_request, per_target = {}, {}
     for length in lengths:
         warmup, repeats = (1, 1) if length >= LATENCY_LONG else (LATENCY_WARMUP, LATENCY_REPEATS)
-        batch = latency_batch(vocab, length, seed=length)
+        batch = latency_batch(vocab, length, seed=length).to(device)
         ms = 1000 * time_forward(model, batch, warmup, repeats)
         per_request[str(length)] = round(ms, 3)
         per_target[str(length)] = round(ms / LATENCY_TARGETS, 4)
@@ -656,6 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-train", action="store_true", help="no training / test")
     parser.add_argument("--skip-oracle", action="store_true", help="no oracle")
     parser.add_argument(
+        "--device", default="cpu", help="latency on this device (cuda: bf16 autocast)"
+    )
+    parser.add_argument(
         "--fresh", action="store_true", help="retrain runs whose results are stored in WORKDIR"
     )
     args = parser.parse_args(argv)
@@ -680,10 +691,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     dataset = {**dataset_summary(json.loads((build / "manifest.json").read_text())), **params}
     dataset.update(build_timings)
-    dataset["signal"] = signal_analysis(build)
-    targets = ctr_eval.collect_targets(build, "test")
-    gap_targets = {name: int(m.sum()) for name, m in ctr_eval.bucket_masks(targets.gap).items()}
-    oracle = None
+    targets, gap_targets, oracle = None, {}, None
+    if not (args.skip_train and args.skip_oracle):  # a latency-only run reads the manifest only
+        dataset["signal"] = signal_analysis(build)
+        targets = ctr_eval.collect_targets(build, "test")
+        gap_targets = {n: int(m.sum()) for n, m in ctr_eval.bucket_masks(targets.gap).items()}
     if not args.skip_oracle:
         print("oracle ...", flush=True)
         oracle = oracle_metrics(build, workdir / "events", targets)
@@ -706,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         load_before_latency = round(os.getloadavg()[0], 2)  # other jobs inflate the latencies
         for name in args.models:
             print(f"latency {name} ...", flush=True)
-            models[name].update(model_latency(name, build))
+            models[name].update(model_latency(name, build, device=args.device))
 
     payload = {
         "models": models,
@@ -730,6 +742,7 @@ def main(argv: list[str] | None = None) -> int:
                 "long_from": LATENCY_LONG,
                 "threads": LATENCY_THREADS,
                 "backend": "torch",
+                "device": args.device,
             },
             "skip_train": args.skip_train,
             "skip_latency": args.skip_latency,
@@ -741,6 +754,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "load_avg_1m_before_latency": load_before_latency,
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         },
     }
     payload["summary"] = summarize(payload)

@@ -16,8 +16,8 @@ with `pip download --no-deps` into the cache, see `jobs.movielens_data`; MovieLe
 Speed (`--skip-speed` to leave out): training steps in this process on synthetic jagged batches
 (every row exactly L events, about `SPEED_TOKENS` events per batch) at L = 50, 200, 1000: the
 configs' models (torch embedding backend, AdamW), median step time (forward, loss, backward,
-optimizer) of `SPEED_REPEATS` steps after `SPEED_WARMUP`, and training tokens/s. CPU only
-unless CUDA is present (then also bf16 autocast and peak memory).
+optimizer) of `SPEED_REPEATS` steps after `SPEED_WARMUP`, and training tokens/s. Where CUDA is
+present, on the GPU under bf16 autocast, also at L = 2,048 / 4,096 / 8,192, with peak memory.
 
 Prints Markdown tables and, with `--out FILE.json`, writes
 `{"ml-100k": {"sasrec": {"hr@10": .., "ndcg@10": .., "mrr": ..}, "hstu": {...}, ...}, ...}` plus
@@ -72,6 +72,8 @@ METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")
 FORMATS = {"ml-100k": "recbole_inter", "ml-1m": "movielens_dat"}
 
 SPEED_LENGTHS = (50, 200, 1000)
+#: Added on CUDA, where steps run under bf16 autocast.
+GPU_SPEED_LENGTHS = (2048, 4096, 8192)
 SPEED_TOKENS = 8192
 SPEED_WARMUP = 2
 SPEED_REPEATS = 5
@@ -269,7 +271,8 @@ def time_training_steps(
         torch.cuda.reset_peak_memory_stats(device)
     for step in range(SPEED_WARMUP + SPEED_REPEATS):
         start = time.perf_counter()
-        loss = module.training_loss(batch)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = module.training_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -296,7 +299,8 @@ def speed(
     model with the command-line flags `overrides`, named by `label.format(model=...)`."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out: dict[str, dict[str, dict[str, float]]] = {label.format(model=m): {} for m in models}
-    for length in SPEED_LENGTHS:
+    lengths = SPEED_LENGTHS + (GPU_SPEED_LENGTHS if device.type == "cuda" else ())
+    for length in lengths:
         for model in models:
             name = label.format(model=model)
             print(f"speed {name} L={length} ...", flush=True)
