@@ -705,10 +705,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_train:
         for name in args.models:
             for seed in args.seeds:
-                print(
-                    f"training {name} seed {seed}: {steps or 'one epoch of'} steps ...", flush=True
-                )
-                result = train_model(name, build, workdir, steps, seed, targets)
+                spec = run_spec(name, params, steps, seed)
+                result = None if args.fresh else stored_result(workdir, spec)
+                if result is None:
+                    print(f"training {name} seed {seed}: {steps or 'one epoch of'} steps ...",
+                          flush=True)  # fmt: skip
+                    result = train_model(name, build, workdir, steps, seed, targets)
+                    store_result(workdir, spec, result)
+                else:
+                    print(f"reusing the stored run of {name} seed {seed}", flush=True)
                 models[name]["runs"][str(seed)] = result
                 print(f"  {name} seed {seed}: {json.dumps(result)}", flush=True)
             models[name]["quality"] = aggregate(models[name]["runs"])
