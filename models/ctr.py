@@ -16,6 +16,7 @@ around the same dense part, so the exported program scores like the trained mode
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +31,12 @@ from models.blocks.seeding import seeded_init
 from models.blocks.windows import TargetWindows
 from models.interfaces import (
     CtrModel,
+    ExportUnsupported,
     ItemCache,
     ModelDims,
     ProgramVariant,
     RequestInput,
+    ServingProgram,
     ServingSpec,
     SparseDenseModel,
     describe_module,
@@ -51,6 +54,8 @@ CTR_ID_FIELDS = {
 #: Largest history and candidate counts an exported CTR program accepts.
 MAX_EVENTS = 1 << 22
 MAX_CANDIDATES = 1 << 20
+#: Largest number of users one exported state update accepts.
+MAX_USERS = 1 << 16
 
 
 @dataclass
@@ -103,6 +108,37 @@ class CtrFeatures:
     def num_targets(self) -> int:
         """T (symbolic under `torch.export`)."""
         return self.target_item.shape[0]
+
+
+@dataclass
+class CtrEvents:
+    """One event per user, as an incremental-state model's `update_state` reads it.
+
+    Attributes:
+        item, category, behavior, ts: (B,) int64 the event of each of B users.
+        embedded: each history feature (an `event_*` id field's) → (B, D) looked-up rows.
+    """
+
+    item: torch.Tensor
+    category: torch.Tensor
+    behavior: torch.Tensor
+    ts: torch.Tensor
+    embedded: dict[str, torch.Tensor]
+
+
+@dataclass
+class CtrTargets:
+    """Targets as an incremental-state model's `score_from_state` reads them.
+
+    Attributes:
+        item, category, ts: (T,) int64 targets and their request times.
+        embedded: each target feature (a `target_*` id field's) → (T, D) looked-up rows.
+    """
+
+    item: torch.Tensor
+    category: torch.Tensor
+    ts: torch.Tensor
+    embedded: dict[str, torch.Tensor]
 
 
 def batch_ids(batch: CtrBatch) -> dict[str, Jagged]:
@@ -229,7 +265,78 @@ class CtrRecommender(SparseDenseModel):
                 ProgramVariant("model_no_history", {"events": 0, "candidates": 4}, ("events",)),
             ],
             example=example,
+            **self._state_programs(inputs, example),
         )
+
+    def _state_programs(
+        self, inputs: list[RequestInput], example: Callable[[dict[str, int]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """`programs` and `state` of an incremental-state model (`CtrModel.incremental`):
+        `update` (B users' states and one event each → their states, B dynamic) and
+        `score_state` (one user's state and C candidates → (C,) logits); none otherwise.
+
+        Raises:
+            ExportUnsupported: an incremental model that declares item caches.
+        """
+        if not self.dense.incremental:
+            return {}
+        if self.item_caches():
+            raise ExportUnsupported(
+                f"{type(self.dense).__name__}: an incremental-state model with item caches is "
+                "not supported by serving's state programs"
+            )
+        state = {k: v[0].detach().clone() for k, v in self.dense.initial_state(1).items()}
+        state_inputs = {
+            "update": [
+                RequestInput(k, "float32", ("users", *v.shape), f"state:{k}")
+                for k, v in state.items()
+            ],
+            "score_state": [
+                RequestInput(k, "float32", (1, *v.shape), f"state:{k}") for k, v in state.items()
+            ],
+        }
+        update_inputs = [
+            dataclasses.replace(i, shape=("users", *i.shape[1:]))
+            for i in inputs
+            if i.shape[0] == "events"
+        ]
+        score_inputs = [i for i in inputs if i.shape[0] != "events"]
+        features = tuple(self._feature_ids)
+
+        def update_example(sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+            out = example({"events": sizes["users"], "candidates": 1})
+            out = {i.name: out[i.name] for i in update_inputs}
+            generator = torch.Generator().manual_seed(1)
+            for k, v in state.items():
+                out[k] = v + 0.1 * torch.randn(sizes["users"], *v.shape, generator=generator)
+            return out
+
+        def score_example(sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+            out = example({"events": 1, "candidates": sizes["candidates"]})
+            out = {i.name: out[i.name] for i in score_inputs}
+            return {**out, **{k: v.unsqueeze(0).clone() for k, v in state.items()}}  # no views
+
+        return {
+            "programs": [
+                ServingProgram(
+                    "update",
+                    CtrStateUpdateProgram(self.dense, features, tuple(state)),
+                    update_inputs + state_inputs["update"],
+                    {"users": (1, MAX_USERS)},
+                    {"users": 4},
+                    update_example,
+                ),
+                ServingProgram(
+                    "score_state",
+                    CtrStateScoreProgram(self.dense, features, tuple(state)),
+                    score_inputs + state_inputs["score_state"],
+                    {"candidates": (1, MAX_CANDIDATES)},
+                    {"candidates": 4},
+                    score_example,
+                ),
+            ],  # fmt: skip
+            "state": state,
+        }
 
     def describe(self) -> dict[str, Any]:
         """Class path and config of the zoo model (and of its long-term unit, if any)."""
@@ -276,3 +383,65 @@ class CtrRequestProgram(nn.Module):
             request_ts=request_ts,
         )
         return self.dense(features).logits
+
+
+class CtrStateUpdateProgram(nn.Module):
+    """An incremental-state model's `update_state` as a serving program: B users' states and
+    one event each (ids and looked-up history rows, inputs named as `CtrRequestProgram`'s with
+    `users` for `events`) → their states after it (a dict of the same names).
+
+    Args:
+        dense: the zoo model (`CtrModel.incremental`).
+        features: the embedding features it reads (its history features are inputs).
+        state: the state's tensor names (inputs and outputs).
+    """
+
+    def __init__(self, dense: CtrModel, features: tuple[str, ...], state: tuple[str, ...]) -> None:
+        super().__init__()
+        self.dense = dense
+        self.feature_names = features
+        self.state_names = state
+
+    def forward(self, request: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The users' new states, name → (B, ...)."""
+        event = CtrEvents(
+            item=request["event_item"],
+            category=request["event_category"],
+            behavior=request["event_behavior"],
+            ts=request["event_ts"],
+            embedded={f: request[rows_input(f)] for f in self.feature_names
+                      if rows_input(f) in request},
+        )  # fmt: skip
+        return self.dense.update_state({k: request[k] for k in self.state_names}, event)
+
+
+class CtrStateScoreProgram(nn.Module):
+    """An incremental-state model's `score_from_state` as a serving program: one user's state
+    (name → (1, ...)) and C candidates (as `CtrRequestProgram`'s target inputs, and the
+    request time) → (C,) logits.
+
+    Args:
+        dense: the zoo model (`CtrModel.incremental`).
+        features: the embedding features it reads (its target features are inputs).
+        state: the state's tensor names.
+    """
+
+    def __init__(self, dense: CtrModel, features: tuple[str, ...], state: tuple[str, ...]) -> None:
+        super().__init__()
+        self.dense = dense
+        self.feature_names = features
+        self.state_names = state
+
+    def forward(self, request: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(C,) logits of the candidates."""
+        target_item = request["target_item"]
+        c = target_item.shape[0]
+        targets = CtrTargets(
+            item=target_item,
+            category=request["target_category"],
+            ts=request["request_ts"].expand(c),
+            embedded={f: request[rows_input(f)] for f in self.feature_names
+                      if rows_input(f) in request},
+        )  # fmt: skip
+        state = {k: request[k].expand(c, *request[k].shape[1:]) for k in self.state_names}
+        return self.dense.score_from_state(state, targets)

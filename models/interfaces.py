@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -39,6 +39,9 @@ from models.blocks.embeddings import (
 )
 from models.blocks.jagged_attention import LengthGroup, length_groups
 from models.blocks.sampled_softmax import FIRST_ITEM_ID
+
+if TYPE_CHECKING:
+    from models.ctr import CtrEvents, CtrTargets
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,31 @@ class CtrModel(nn.Module):
         """Per-item tensors serving reads instead of recomputing them (default: none)."""
         return {}
 
+    #: Whether the model reads events beyond a window's most recent ones by design (MIMN's
+    #: memory): the conformance suite then asks it to learn a far-history signal, as it asks a
+    #: `LifelongCtr` with a long-term unit.
+    reads_far_history: ClassVar[bool] = False
+
+    #: Whether the model keeps an incremental per-user state (MIMN's memory): `initial_state`,
+    #: `update_state` (one event per user) and `score_from_state`, which its forward is made
+    #: of. Serving then exports the last two as programs of their own and updates a user's
+    #: state per event instead of re-reading the history.
+    incremental: ClassVar[bool] = False
+
+    def initial_state(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """The state of `batch_size` users with no events, name → (batch_size, ...)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no incremental state")
+
+    def update_state(
+        self, state: dict[str, torch.Tensor], event: CtrEvents
+    ) -> dict[str, torch.Tensor]:
+        """Each user's state after one more event (`event`: one event per user)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no incremental state")
+
+    def score_from_state(self, state: dict[str, torch.Tensor], targets: CtrTargets) -> torch.Tensor:
+        """(T,) logits of targets from their users' states (name → (T, ...), one per target)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no incremental state")
+
 
 # --- sparse + dense ---------------------------------------------------------------------------
 
@@ -319,8 +347,9 @@ class RequestInput:
             `table:FEATURE@FIELD` (rows of the table serving `FEATURE` at the ids of `FIELD`),
             `hashed:FEATURE@FIELD` (rows of a hashed table at
             `models.blocks.user_embedding.hashed_rows` of the 63-bit hashes in `FIELD`: the
-            user table at `user_hash`) or `cache:NAME@FIELD` (rows of item cache `NAME` at the
-            ids of `FIELD`).
+            user table at `user_hash`), `cache:NAME@FIELD` (rows of item cache `NAME` at the
+            ids of `FIELD`) or `state:NAME` (tensor `NAME` of the per-user state the caller
+            holds, `ServingSpec.state`).
     """
 
     name: str
@@ -345,6 +374,29 @@ class ProgramVariant:
 
 
 @dataclass
+class ServingProgram:
+    """A program a model exports beside its request program (`dense/{name}.pt2`), e.g. the
+    incremental-state models' `update` (state + one event → state) and `score_state` (state +
+    candidates → logits).
+
+    Attributes:
+        name: file stem under `dense/`; the name serving calls it by.
+        program: the module `torch.export` traces: `forward(request: dict[str, Tensor])`.
+        inputs: its inputs (sources as in `RequestInput`).
+        dims: `(min, max)` of each dynamic dimension its inputs name.
+        sizes: example size of each of them.
+        example: `sizes -> input dict` of valid example inputs.
+    """
+
+    name: str
+    program: nn.Module
+    inputs: list[RequestInput]
+    dims: dict[str, tuple[int, int]]
+    sizes: dict[str, int]
+    example: Callable[[dict[str, int]], dict[str, torch.Tensor]]
+
+
+@dataclass
 class ServingSpec:
     """How a model is served: its request program and inputs (built by the composite, from the
     dense part alone).
@@ -356,6 +408,9 @@ class ServingSpec:
         dims: `(min, max)` of every dynamic dimension.
         variants: the programs to export.
         example: `sizes -> request dict` of valid example inputs.
+        programs: further programs to export beside the request program (default: none).
+        state: a user's initial per-user state, name → tensor with no batch dimension (the
+            inputs `state:NAME` of `programs`; default: none).
     """
 
     family: str
@@ -364,6 +419,8 @@ class ServingSpec:
     dims: dict[str, tuple[int, int]]
     variants: list[ProgramVariant]
     example: Callable[[dict[str, int]], dict[str, torch.Tensor]]
+    programs: list[ServingProgram] = field(default_factory=list)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def rows_input(feature: str) -> str:

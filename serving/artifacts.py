@@ -10,6 +10,9 @@
                                            L2-normalized item index (n, d)
       dense/model.pt2                      `torch.export` program of the request model
       dense/model_no_history.pt2           CTR: the same program for a user with no history
+      dense/{update,score_state}.pt2       incremental-state models (MIMN): a user's state after
+                                           one more event; candidates' scores from a state
+      state/{name}.npy                     their initial per-user state, one array per tensor
       vocab/{item,category,behavior}.parquet   raw_id → id (item: + category_id)
 
 Everything is `.npy`, Parquet, JSON or a `.pt2` archive (its tensors are raw bytes; it holds

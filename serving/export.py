@@ -23,6 +23,10 @@
 * The request program is traced by `torch.export` with dynamic sizes into `dense/*.pt2` (one
   file per `ProgramVariant`, e.g. CTR's `model` and `model_no_history`); the manifest's
   `request` section lists its inputs and their sources, which is all the scorer reads.
+* A model may declare further programs (`ServingSpec.programs`: an incremental-state model's
+  `update` and `score_state`), traced the same way into `dense/{name}.pt2` and listed with
+  their inputs in the manifest's `programs` section, and an initial per-user state
+  (`ServingSpec.state`), written as `state/{name}.npy` (manifest `state`).
 * Vocabularies are read from the pipeline output (`OUT/vocab/`) into one Parquet file each.
 * `manifest.json` lists versions, the model (class paths and configs), shapes, dtypes and
   every file's sha256.
@@ -50,7 +54,7 @@ import torch
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from features.schema import FeatureSchema
-from models.interfaces import ExportUnsupported, ServingSpec, SparseDenseModel, class_path
+from models.interfaces import ExportUnsupported, RequestInput, SparseDenseModel, class_path
 from serving.artifacts import EXPORT_FORMAT_VERSION, MANIFEST_FILE, ExportError, file_entry
 from serving.scorer import Vocab
 from trainers.checkpoint import JsonFileSystemReader, load_tensors, read_checkpoint_tree
@@ -313,26 +317,68 @@ def _check_no_pickle(path: Path) -> None:
                 raise ExportError(f"{path}: {name} stores pickled tensors; export refuses them")
 
 
-def _dynamic_shapes(spec: ServingSpec, static: tuple[str, ...]) -> dict[str, Any]:
-    """`torch.export` dynamic shapes of the spec's inputs: named dims dynamic within
-    `spec.dims` unless `static`, integer dims static."""
-    dims = {name: torch.export.Dim(name, min=low, max=high)
-            for name, (low, high) in spec.dims.items()}  # fmt: skip
+def _dynamic_shapes(
+    inputs: list[RequestInput], dims: dict[str, tuple[int, int]], static: tuple[str, ...]
+) -> dict[str, Any]:
+    """`torch.export` dynamic shapes of a program's inputs: named dims dynamic within `dims`
+    unless `static`, integer dims static."""
+    dynamic = {name: torch.export.Dim(name, min=low, max=high)
+               for name, (low, high) in dims.items()}  # fmt: skip
     return {
         i.name: {
-            axis: torch.export.Dim.STATIC if (not isinstance(n, str) or n in static) else dims[n]
+            axis: torch.export.Dim.STATIC if (not isinstance(n, str) or n in static) else dynamic[n]
             for axis, n in enumerate(i.shape)
         }
-        for i in spec.inputs
+        for i in inputs
     }
+
+
+def _export_program(
+    path: Path, module: torch.nn.Module, example: dict[str, torch.Tensor], shapes: dict[str, Any],
+    what: str, name: str,
+) -> None:  # fmt: skip
+    """`torch.export` `module` on `example` into `path` (no pickled tensors).
+
+    Raises:
+        ExportError: tracing failed, naming the model (`name`) and the program (`what`).
+    """
+    try:
+        program = torch.export.export(module, (example,), dynamic_shapes=(shapes,))
+    except Exception as err:  # noqa: BLE001 (any tracing failure is the model's)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(
+            f"{name}: torch.export of its {what} failed ({first}); the dense part must trace "
+            "with dynamic sizes (see models.interfaces.ServingSpec)"
+        ) from err
+    torch.export.save(program, path)
+    _check_no_pickle(path)
 
 
 def export_dense(root: Path, model: SparseDenseModel) -> tuple[dict[str, Any], dict[str, Any]]:
     """Trace the model's request program (`serving_spec`) with `torch.export`, one program
-    per variant; returns the manifest's `dense` and `request` sections.
+    per variant; returns the manifest's `dense` and `request` sections (`export_programs`
+    without the spec's further programs and state).
 
     Raises:
         ExportError: the model has no request program, or tracing it failed (naming the model).
+    """
+    sections = export_programs(root, model, extras=False)
+    return sections["dense"], sections["request"]
+
+
+def export_programs(root: Path, model: SparseDenseModel, extras: bool = True) -> dict[str, Any]:
+    """Trace the model's request program (`serving_spec`) with `torch.export`, one program
+    per variant, and (`extras`) the spec's further programs (`ServingSpec.programs`, e.g. an
+    incremental-state model's `update` and `score_state`) into `dense/{name}.pt2`, and write
+    its initial per-user state (`ServingSpec.state`) as `state/{name}.npy`.
+
+    Returns:
+        The manifest's `dense`, `request`, `programs` and `state` sections (the last two
+        empty for a model with neither).
+
+    Raises:
+        ExportError: the model has no request program, a program name is taken twice, or
+            tracing failed (naming the model and the program).
     """
     name = model_label(model)
     try:
@@ -346,18 +392,9 @@ def export_dense(root: Path, model: SparseDenseModel) -> tuple[dict[str, Any], d
     with torch.no_grad():
         for variant in spec.variants:
             example = spec.example(variant.sizes)
-            shapes = _dynamic_shapes(spec, variant.static)
-            try:
-                program = torch.export.export(scorer, (example,), dynamic_shapes=(shapes,))
-            except Exception as err:  # noqa: BLE001 (any tracing failure is the model's)
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ExportError(
-                    f"{name}: torch.export of its request program failed ({first}); the dense "
-                    "part must trace with dynamic sizes (see models.interfaces.ServingSpec)"
-                ) from err
+            shapes = _dynamic_shapes(spec.inputs, spec.dims, variant.static)
             path = dense_dir / f"{variant.name}.pt2"
-            torch.export.save(program, path)
-            _check_no_pickle(path)
+            _export_program(path, scorer, example, shapes, "request program", name)
             programs[variant.name] = {
                 "file": f"dense/{variant.name}.pt2",
                 "static": {dim: variant.sizes[dim] for dim in variant.static},
@@ -374,7 +411,27 @@ def export_dense(root: Path, model: SparseDenseModel) -> tuple[dict[str, Any], d
         "inputs": [dataclasses.asdict(i) for i in spec.inputs],
         "dims": {k: list(v) for k, v in spec.dims.items()},
     }
-    return programs, request
+    extra: dict[str, Any] = {}
+    state: dict[str, Any] = {}
+    for program in spec.programs if extras else []:
+        if program.name in programs or program.name in extra:
+            raise ExportError(f"{name}: two programs named {program.name!r}; names must differ")
+        shapes = _dynamic_shapes(program.inputs, program.dims, ())
+        with torch.no_grad():
+            _export_program(
+                dense_dir / f"{program.name}.pt2", program.program.eval(),
+                program.example(program.sizes), shapes, f"{program.name!r} program", name,
+            )  # fmt: skip
+        extra[program.name] = {
+            "file": f"dense/{program.name}.pt2",
+            "inputs": [dataclasses.asdict(i) for i in program.inputs],
+            "dims": {k: list(v) for k, v in program.dims.items()},
+        }
+    for key, tensor in spec.state.items() if extras else []:
+        array = tensor.detach().to(torch.float32).cpu().numpy()
+        state[key] = {"file": _save_npy(root, f"state/{key}.npy", array),
+                      "shape": list(array.shape), "dtype": "float32"}  # fmt: skip
+    return {"dense": programs, "request": request, "programs": extra, "state": state}
 
 
 def _model_section(
@@ -437,7 +494,7 @@ def export_checkpoint(
     vocab = export_vocabs(Path(data.root), tmp)
     tables = export_tables(ckpt, tmp, model)
     caches = export_item_caches(tmp, model, tables)
-    dense, request = export_dense(tmp, model)
+    sections = export_programs(tmp, model)
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     manifest = {
         "format_version": EXPORT_FORMAT_VERSION,
@@ -456,8 +513,7 @@ def export_checkpoint(
         "model": _model_section(model, data, migrate_hparams(tree["hyper_parameters"])),
         "tables": tables,
         "caches": caches,
-        "dense": dense,
-        "request": request,
+        **sections,
         "vocab": vocab,
         "files": {str(p.relative_to(tmp)): file_entry(p) for p in files},
     }

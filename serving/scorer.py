@@ -16,6 +16,14 @@ rows of a feature's table (memory-mapped shards) at a field's ids, rows of a has
 user table: `features.batch.user_hash` of the request's raw `user_id`, any user, no OOV) or
 rows of an item cache (e.g. TWIN's ESU keys) at the history's items.
 
+An export of an incremental-state model (MIMN) also keeps a user's state per event instead of
+re-reading the history (`update` and `score_state` programs, `state/` initial state):
+
+    state = scorer.initial_state()                         # name → float32 array
+    state = scorer.update_state(state, "i17", "view", 1700000000)   # one event
+    scorer.score_state(state, candidates=["i5", "i77"], request_ts=1700007200)
+    save_state("u42.npz", state); state = load_state("u42.npz")     # plain .npz, no pickle
+
 Malformed requests raise `RequestError` naming the field; nothing is guessed.
 """
 
@@ -225,6 +233,15 @@ class Scorer:
             name: torch.export.load(root / spec["file"]).module()
             for name, spec in manifest["dense"].items()
         }
+        #: Further programs of the model (`ServingSpec.programs`), by name.
+        self.extra_programs = {
+            name: torch.export.load(root / spec["file"]).module()
+            for name, spec in manifest.get("programs", {}).items()
+        }
+        self._state = {
+            name: np.load(root / spec["file"], allow_pickle=False)
+            for name, spec in manifest.get("state", {}).items()
+        }
         self.request_inputs: list[dict[str, Any]] = manifest["request"]["inputs"]
         self.feature_table = {
             feature: name
@@ -255,17 +272,25 @@ class Scorer:
     def _rows(self, table: str, ids: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.tables[table].take(ids))
 
-    def program_inputs(self, ids: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """The request program's input dict from the request's id fields (`ids`), as the
-        manifest's `request.inputs` say: `ids:FIELD`, `table:FEATURE@FIELD`,
-        `hashed:FEATURE@FIELD` (the table's rows at `hashed_rows` of the 63-bit hashes in FIELD),
-        `cache:NAME@FIELD`.
+    def program_inputs(
+        self,
+        ids: dict[str, np.ndarray],
+        specs: list[dict[str, Any]] | None = None,
+        state: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """A program's input dict from the request's id fields (`ids`), as its inputs (`specs`;
+        default: the request program's, the manifest's `request.inputs`) say: `ids:FIELD`,
+        `table:FEATURE@FIELD`, `hashed:FEATURE@FIELD` (the table's rows at `hashed_rows` of
+        the 63-bit hashes in FIELD), `cache:NAME@FIELD`, `state:NAME` (`state[NAME]`, one
+        user's, given a batch dimension of 1).
         """
         out: dict[str, torch.Tensor] = {}
-        for spec in self.request_inputs:
+        for spec in self.request_inputs if specs is None else specs:
             kind, _, what = spec["source"].partition(":")
             name, _, field_name = what.partition("@")
-            if kind == "ids":
+            if kind == "state" and state is not None:
+                out[spec["name"]] = torch.from_numpy(np.asarray(state[name])).unsqueeze(0)
+            elif kind == "ids":
                 out[spec["name"]] = torch.from_numpy(ids[name])
             elif kind == "table":
                 out[spec["name"]] = self._rows(self.feature_table[name], ids[field_name])
@@ -345,6 +370,98 @@ class Scorer:
         with torch.no_grad():
             logits = program(inputs).numpy().astype(np.float32)
         return CtrScores(logits, 1.0 / (1.0 + np.exp(-logits)), oov)
+
+    # --- incremental user state -------------------------------------------------------------
+
+    def _state_program(self, name: str) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+        if self.family != "ctr" or name not in self.extra_programs:
+            raise RequestError(
+                f"this export ({self.name}) keeps no incremental user state (no {name!r} "
+                "program); score whole histories with score()"
+            )
+        return self.extra_programs[name], self.manifest["programs"][name]["inputs"]
+
+    def initial_state(self) -> dict[str, np.ndarray]:
+        """A new user's state (name → float32 array, no batch dimension), for `update_state`.
+
+        Raises:
+            RequestError: the export keeps no incremental state.
+        """
+        self._state_program("update")
+        return {name: array.copy() for name, array in self._state.items()}
+
+    def _check_state(self, state: dict[str, np.ndarray]) -> None:
+        if not isinstance(state, dict) or set(state) != set(self._state):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise RequestError(f"state: expected tensors {sorted(self._state)}, got {got}")
+        for name, expected in self._state.items():
+            shape = tuple(np.shape(state[name]))
+            if shape != expected.shape:
+                raise RequestError(
+                    f"state[{name!r}]: shape {shape}, this export's is {expected.shape} "
+                    "(a state of another export?)"
+                )
+
+    def update_state(self, state: dict[str, np.ndarray], item: Any, behavior: Any,
+                     ts: int) -> dict[str, np.ndarray]:  # fmt: skip
+        """The user's state after one more event, through the exported `update` program (the
+        model's own step: nothing else of the history is read).
+
+        Args:
+            state: the user's state (`initial_state`, or an earlier `update_state`'s).
+            item: the event's raw item id.
+            behavior: its raw behavior.
+            ts: its epoch seconds.
+
+        Returns:
+            The new state (the given one is left unchanged).
+
+        Raises:
+            RequestError: no incremental state in this export, a state of other tensors or
+                shapes, or a malformed event.
+        """
+        program, specs = self._state_program("update")
+        self._check_state(state)
+        (item,) = _raw_ids("item", [item])
+        (behavior,) = _raw_ids("behavior", [behavior])
+        event_ts, _ = _timestamps("ts", [ts], ts)
+        event_item, _ = self.vocab["item"].lookup([item])
+        event_behavior, _ = self.vocab["behavior"].lookup([behavior])
+        ids = {
+            "event_item": event_item,
+            "event_category": self.vocab["item"].categories(event_item),
+            "event_behavior": event_behavior,
+            "event_ts": event_ts,
+        }
+        with torch.no_grad():
+            out = program(self.program_inputs(ids, specs, state))
+        return {name: out[name][0].numpy().astype(np.float32) for name in self._state}
+
+    def score_state(
+        self, state: dict[str, np.ndarray], candidates: Sequence[Any], request_ts: int
+    ) -> CtrScores:
+        """CTR scores of `candidates` from a user's state (`update_state`), through the
+        exported `score_state` program.
+
+        Raises:
+            RequestError: no incremental state in this export, a state of other tensors or
+                shapes, or malformed candidates.
+        """
+        program, specs = self._state_program("score_state")
+        self._check_state(state)
+        raw = _raw_ids("candidates", candidates)
+        if not raw:
+            raise RequestError("candidates: empty; send at least one item to score")
+        _, request_ts = _timestamps("history_ts", [], request_ts)
+        target_item, oov = self.vocab["item"].lookup(raw)
+        ids = {
+            "target_item": target_item,
+            "target_category": self.vocab["item"].categories(target_item),
+            "request_ts": np.array([request_ts], dtype=np.int64),
+        }
+        with torch.no_grad():
+            logits = program(self.program_inputs(ids, specs, state)).numpy().astype(np.float32)
+        return CtrScores(logits, 1.0 / (1.0 + np.exp(-logits)), {"candidates": oov})
 
     # --- sequential -------------------------------------------------------------------------
 
@@ -432,7 +549,20 @@ class Scorer:
                                best_scores[order], {"history_items": oov})  # fmt: skip
 
 
+def save_state(path: str | Path, state: dict[str, np.ndarray]) -> None:
+    """Write a user's state (`Scorer.update_state`) to `path` as `.npz` (plain arrays, no
+    pickle)."""
+    with open(path, "wb") as f:
+        np.savez(f, **{name: np.asarray(array) for name, array in state.items()})
+
+
+def load_state(path: str | Path) -> dict[str, np.ndarray]:
+    """A user's state written by `save_state` (`allow_pickle=False`)."""
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
 __all__ = [
     "CtrRequest", "CtrScores", "ExportError", "NextItemRequest", "Recommendations",
-    "RequestError", "Scorer",
+    "RequestError", "Scorer", "load_state", "save_state",
 ]  # fmt: skip
