@@ -15,6 +15,7 @@ args), with the torch embedding backend; `build(schema)` returns the task module
 from __future__ import annotations
 
 import copy
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,17 @@ class ZooCase:
 
     @property
     def long_term(self) -> bool:
-        """Whether the model is `LifelongCtr` with a long-term unit."""
+        """Whether the CTR model reads far history by design: `LifelongCtr` with a long-term
+        unit, or a zoo `CtrModel` that says so (`reads_far_history`, e.g. MIMN's memory)."""
         model = self.hparams.get("model") or {}
-        return bool((model.get("init_args") or {}).get("long_term"))
+        if (model.get("init_args") or {}).get("long_term"):
+            return True
+        path = str(model.get("class_path", ""))
+        if not path.startswith("models.zoo."):
+            return False
+        module, _, name = path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        return bool(getattr(cls, "reads_far_history", False))
 
     def schema(self) -> FeatureSchema:
         """The planted data's schema for this family (small widths)."""
