@@ -333,9 +333,15 @@ def run_spec(model: str, dataset: dict[str, Any], steps: int | None, seed: int) 
     return {"dataset": dataset, "model": model, "config_sha256": sha, "steps": steps, "seed": seed}
 
 
+def result_path(workdir: Path, spec: dict[str, Any]) -> Path:
+    """`workdir/results/MODEL-sSEED-LENGTH.json` (LENGTH: `epoch` or the steps)."""
+    length = "epoch" if spec["steps"] is None else f"{spec['steps']}steps"
+    return workdir / "results" / f"{spec['model']}-s{spec['seed']}-{length}.json"
+
+
 def stored_result(workdir: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The result stored for `spec` by an earlier run (`workdir/results/MODEL-sSEED.json`)."""
-    path = workdir / "results" / f"{spec['model']}-s{spec['seed']}.json"
+    """The result stored for `spec` by an earlier run (`result_path`)."""
+    path = result_path(workdir, spec)
     try:
         stored = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -347,7 +353,7 @@ def store_result(workdir: Path, spec: dict[str, Any], result: dict[str, Any]) ->
     """Keep a finished run's result for `stored_result` (failed runs are not kept)."""
     if "error" in result:
         return
-    path = workdir / "results" / f"{spec['model']}-s{spec['seed']}.json"
+    path = result_path(workdir, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"spec": spec, "result": result}, indent=1) + "\n")
 

@@ -316,3 +316,16 @@ def test_stored_results_are_reused_only_for_the_same_spec(tmp_path: Path) -> Non
     assert bench_ctr.stored_result(tmp_path, bench_ctr.run_spec("twin", other, None, 1)) is None
     bench_ctr.store_result(tmp_path, bench_ctr.run_spec("din", params, None, 1), {"error": "x"})
     assert bench_ctr.stored_result(tmp_path, bench_ctr.run_spec("din", params, None, 1)) is None
+
+
+def test_runs_of_other_lengths_are_stored_apart(tmp_path: Path) -> None:
+    params = bench_ctr.dataset_params(quick=True)
+    epoch, steps = (
+        bench_ctr.run_spec("twin", params, None, 0),
+        bench_ctr.run_spec("twin", params, 480, 0),
+    )
+    bench_ctr.store_result(tmp_path, epoch, {"auc": 0.9})
+    bench_ctr.store_result(tmp_path, steps, {"auc": 0.8})
+    assert bench_ctr.stored_result(tmp_path, epoch) == {"auc": 0.9}
+    assert bench_ctr.stored_result(tmp_path, steps) == {"auc": 0.8}
+    assert bench_ctr.result_path(tmp_path, steps).name == "twin-s0-480steps.json"
