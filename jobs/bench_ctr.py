@@ -77,8 +77,16 @@ PIPELINE_CONFIG = REPO_ROOT / "configs" / "pipeline" / "ctr_bench.yaml"
 MODEL_CONFIGS = REPO_ROOT / "configs" / "ctr"
 BASE_CONFIG = MODEL_CONFIGS / "base.yaml"
 #: Every model config of the family (`configs/ctr/*.yaml` but the base): a new file is a new row.
-MODELS = tuple(sorted(p.stem for p in MODEL_CONFIGS.glob("*.yaml") if p != BASE_CONFIG))
 BASELINE = "din"
+#: Table order: the baseline, the long-term units, the whole models; a new file comes last.
+ORDER = ("din", "sim_hard", "sim_soft", "eta", "twin", "full", "ubr4ctr", "sdim", "bst", "dien",
+         "mimn")  # fmt: skip
+MODELS = tuple(
+    sorted(
+        (p.stem for p in MODEL_CONFIGS.glob("*.yaml") if p != BASE_CONFIG),
+        key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), name),
+    )
+)
 SYNTH_SEED = 7
 #: `jobs.synth` sizes of the full and the `--quick` dataset.
 SYNTH_SIZES = {

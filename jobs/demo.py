@@ -1,21 +1,26 @@
 """`lifeseq demo` (`make demo`): the whole path on synthetic data with one command.
 
-    lifeseq demo [--workdir out/demo] [--events 2000000] [--ctr-steps 60] [--hstu-epochs 6]
+    lifeseq demo [--workdir out/demo] [--events 2000000] [--ctr-steps 150] [--hstu-epochs 6]
 
-1. `lifeseq synth`: lifelong synthetic events (Parquet).
-2. `lifeseq build`: the Spark build (local Spark): quarantine, vocabularies, lifelong table,
-   time-split CTR targets, WebDataset shards.
+1. `lifeseq synth`: lifelong synthetic events (Parquet), with the CTR benchmark's long-term
+   construction (16 long-term interests sharing 20% of each user's events, at most 5,000 events
+   per user).
+2. `lifeseq build`: the Spark build (local Spark) with `configs/pipeline/ctr_bench.yaml`:
+   quarantine, vocabularies, lifelong table, time-split CTR targets (negatives drawn by
+   popularity), WebDataset shards.
 3. `jobs/train.py fit` + `test` (LightningCLI subprocesses, Lightning's progress bars) of TWIN
    (`configs/ctr/base.yaml` + `twin.yaml`), DIN-100 (+ `din.yaml`) for `--ctr-steps` steps and
    HSTU (`configs/sequential/base.yaml` + `hstu.yaml`) for `--hstu-epochs` epochs, on the same
    build.
-4. Per-target test scores of DIN-100 and TWIN (in-process, from the checkpoints), grouped by
+4. Per-target test scores of DIN-100 and TWIN (in-process, from the checkpoints) and of the
+   oracle (`pipeline.synth_oracle`: the generator's own probability, the ceiling), grouped by
    how many events back the target's category last occurred in its history.
 5. `lifeseq export` of the three models, a few requests of a test user through
    `serving.Scorer`, and the scorer's latency (`jobs.bench_serving`).
 
 Writes `WORKDIR/report.md` (the final table, also printed), `WORKDIR/report.json` and
-`WORKDIR/plots/*.png` (each model's training curves; test AUC of DIN-100 vs TWIN by gap).
+`WORKDIR/plots/*.png` (each model's training curves; test AUC of DIN-100 vs TWIN by gap, the
+oracle as a line).
 Runs are short demonstrations, not tuned results: `lifeseq bench ctr` / `bench generative`
 measure the models properly.
 """
@@ -37,15 +42,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from jobs import ctr_eval
+from jobs.bench_ctr import SYNTH_LONG_TERM, SYNTH_SIZES
 from jobs.bench_report import newest_csv, read_metrics_csv, train_throughput
 from trainers.checkpoint import read_checkpoint_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGES = 7
-#: Gap buckets (events since the target's category last occurred in its window).
-GAP_BUCKETS = ((0, 100, "< 100 (DIN-100 sees it)"), (100, 1000, "100 – 999"),
-               (1000, None, "≥ 1,000"))  # fmt: skip
-NO_SAME_CATEGORY = "never in history"
+#: The CTR benchmark's synthetic construction (`jobs.bench_ctr`): users of at most 5,000 events
+#: with 16 long-term interests sharing 20% of their events, so many returns to an interest
+#: come more than 100 events after the previous one.
+SYNTH_ARGS = ("--max-events", str(SYNTH_SIZES["full"]["max_events"]),
+              "--long-term-interests", str(SYNTH_LONG_TERM["long_term_interests"]),
+              "--long-term-share", str(SYNTH_LONG_TERM["long_term_share"]))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,8 @@ class DemoSettings:
     workdir: Path
     events: int = 2_000_000
     seed: int = 7
-    pipeline_config: str = "configs/pipeline/synthetic.yaml"
-    ctr_steps: int = 60
+    pipeline_config: str = "configs/pipeline/ctr_bench.yaml"
+    ctr_steps: int = 150
     hstu_epochs: int = 6
     latency_requests: int = 20
 
@@ -141,60 +150,22 @@ def fit_and_test(
 # --- AUC by gap -------------------------------------------------------------------------------
 
 
-def test_predictions(ckpt: Path, build: Path) -> dict[str, np.ndarray]:
-    """Every test target's logit and label, and its gap: events between the end of its window
-    and the last event of its category (-1: none in the window)."""
-    from features.dataset import LifeseqDataset
-    from serving.export import load_trained_model
+def gap_scores(runs: dict[str, dict[str, Any]], build: Path, events: Path) -> dict[str, Any]:
+    """Test targets of the build, DIN-100's and TWIN's probabilities and the oracle's."""
+    from jobs import ctr_eval
 
-    model, data = load_trained_model(ckpt, str(build))
-    dataset = LifeseqDataset.from_manifest(
-        str(build), "test", batch_size=16, max_history=data.feature_config.max_history,
-        shuffle=False,
-    )  # fmt: skip
-    logits, labels, gaps = [], [], []
-    with torch.no_grad():
-        for batch in dataset.iter_worker(0):
-            logits.append(model(batch).logits.numpy())
-            labels.append(batch.label.numpy())
-            categories = batch.history["category"].values.numpy()
-            offsets = batch.history["category"].offsets.numpy()
-            for j in range(batch.num_targets):
-                start = offsets[int(batch.target_user[j])]
-                lo = start + int(batch.target_hist_start[j])
-                hi = start + int(batch.target_hist_len[j])
-                same = np.flatnonzero(categories[lo:hi] == int(batch.target_category[j]))
-                gaps.append(hi - lo - 1 - int(same[-1]) if same.size else -1)
-    return {"logit": np.concatenate(logits), "label": np.concatenate(labels),
-            "gap": np.asarray(gaps, dtype=np.int64)}  # fmt: skip
-
-
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    if labels.min(initial=1) == labels.max(initial=0):
-        return None
-    from torchmetrics.functional.classification import binary_auroc
-
-    return float(binary_auroc(torch.from_numpy(scores), torch.from_numpy(labels).long()))
-
-
-def auc_by_gap(predictions: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-    """Per gap bucket: target count, positive share and each model's AUC."""
-    gap = next(iter(predictions.values()))["gap"]
-    label = next(iter(predictions.values()))["label"]
-    rows = []
-    buckets = [(lo, hi, name) for lo, hi, name in GAP_BUCKETS] + [(-1, 0, NO_SAME_CATEGORY)]
-    for lo, hi, name in buckets:
-        mask = (gap >= lo) & (gap < (hi if hi is not None else np.iinfo(np.int64).max))
-        row: dict[str, Any] = {"bucket": name, "targets": int(mask.sum()),
-                               "positive_share": float(label[mask].mean()) if mask.any() else None}  # fmt: skip
-        for model, p in predictions.items():
-            row[model] = _auc(p["logit"][mask], p["label"][mask]) if mask.any() else None
-        rows.append(row)
-    return rows
+    targets = ctr_eval.collect_targets(build, "test")
+    scores = {
+        name: ctr_eval.sigmoid(ctr_eval.model_logits(Path(runs[name]["checkpoint"]), build))
+        for name in ("din", "twin")
+    }
+    scores["oracle"] = ctr_eval.oracle_scores(build, events, targets)
+    return {"targets": targets, "scores": scores}
 
 
 def plot_auc_by_gap(rows: list[dict[str, Any]], models: list[str], path: Path) -> None:
-    """Grouped bars: each model's test AUC per gap bucket (target counts under the labels)."""
+    """Grouped bars: each model's test AUC per gap bucket (target counts under the labels), the
+    oracle as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,11 +177,14 @@ def plot_auc_by_gap(rows: list[dict[str, Any]], models: list[str], path: Path) -
     for i, model in enumerate(models):
         values = [r[model] if r[model] is not None else np.nan for r in rows]
         ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
+    if all("oracle" in r for r in rows):
+        oracle = [r["oracle"] if r["oracle"] is not None else np.nan for r in rows]
+        ax.plot(x, oracle, "k-o", lw=2, label="oracle (the generator's own probability)")
     ax.set_xticks(x, [f"{r['bucket']}\n{r['targets']:,} targets" for r in rows])
     ax.set_ylim(0.4, 1.0)
     ax.set_ylabel("test AUC")
     ax.set_xlabel("events since the target's category last occurred in its history")
-    ax.set_title("DIN-100 vs TWIN by gap to the last same-category event")
+    ax.set_title("DIN-100 vs TWIN by gap to the last same-category event, against the oracle")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -285,11 +259,15 @@ def report_table(report: dict[str, Any]) -> str:
                  if h in latency else "–" for h in (1000, 10_000)]  # fmt: skip
         lines.append(f"| {name} | {run['steps']} | {_fmt(run['train_samples_per_s'], ',.0f')} | "
                      f"{quality} | {_fmt(run.get('export_mb'), '.1f')} | {cells[0]} | {cells[1]} |")  # fmt: skip
-    lines += ["", "| gap to last same-category event | targets | positives | DIN-100 AUC | TWIN AUC |",
-              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    oracle = report.get("oracle") or {}
+    lines.append(f"| oracle | – | – | AUC {_fmt(oracle.get('auc'))}, GAUC {_fmt(oracle.get('gauc'))}"
+                 " (the generator's own probability: the ceiling) | – | – | – |")  # fmt: skip
+    lines += ["", "| gap to last same-category event | targets | positives | DIN-100 AUC | TWIN AUC "
+              "| oracle AUC |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for row in report["auc_by_gap"]:
         lines.append(f"| {row['bucket']} | {row['targets']:,} | {_fmt(row['positive_share'], '.0%')} "
-                     f"| {_fmt(row.get('din'))} | {_fmt(row.get('twin'))} |")  # fmt: skip
+                     f"| {_fmt(row.get('din'))} | {_fmt(row.get('twin'))} "
+                     f"| {_fmt(row.get('oracle'))} |")  # fmt: skip
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in report["stage_seconds"].items())
     lines += ["", f"time: {report['total_s']:.0f} s ({stages})"]
     return "\n".join(lines)
@@ -303,9 +281,10 @@ def run(settings: DemoSettings) -> dict[str, Any]:
     work = settings.workdir
     events, build, plots = work / "events", work / "build", work / "plots"
     stages = Stages()
-    stages.begin(1, f"synth: lifeseq synth --events {settings.events:,} --seed {settings.seed}")
+    stages.begin(1, f"synth: lifeseq synth --events {settings.events:,} --seed {settings.seed} "
+                    f"{' '.join(SYNTH_ARGS)}")  # fmt: skip
     if synth.main(["--out", str(events), "--events", str(settings.events), "--seed",
-                   str(settings.seed), "--overwrite"]):  # fmt: skip
+                   str(settings.seed), "--overwrite", *SYNTH_ARGS]):  # fmt: skip
         raise RuntimeError("lifeseq synth failed")
     stages.begin(2, f"build: lifeseq build --config {settings.pipeline_config} (local Spark)")
     if build_lifelong.main(["--config", settings.pipeline_config, "--input", str(events),
@@ -343,9 +322,11 @@ def run(settings: DemoSettings) -> dict[str, Any]:
         if (curves / "training_curves.png").is_file():
             plots.mkdir(parents=True, exist_ok=True)
             shutil.copy(curves / "training_curves.png", plots / f"{name}_training_curves.png")
-    stages.begin(4, "evaluate: DIN-100 vs TWIN test AUC by gap to the last same-category event")
-    predictions = {n: test_predictions(Path(runs[n]["checkpoint"]), build) for n in ("din", "twin")}
-    gap_rows = auc_by_gap(predictions)
+    stages.begin(4, "evaluate: DIN-100, TWIN and the oracle: test AUC by gap to the last "
+                    "same-category event")  # fmt: skip
+    scored = gap_scores(runs, build, events)
+    gap_rows = ctr_eval.metrics_by_gap(scored["scores"], scored["targets"])
+    oracle = ctr_eval.ctr_metrics(scored["scores"]["oracle"], scored["targets"])
     plot_auc_by_gap(gap_rows, ["din", "twin"], plots / "auc_by_gap.png")
     stages.begin(5, "export: lifeseq export of TWIN, DIN-100, HSTU")
     exports = {}
@@ -380,6 +361,7 @@ def run(settings: DemoSettings) -> dict[str, Any]:
         },
         "runs": runs,
         "auc_by_gap": gap_rows,
+        "oracle": oracle,
         "stage_seconds": stages.seconds,
         "total_s": round(time.monotonic() - stages.started, 1),
         "latency_settings": latency["settings"],

@@ -44,6 +44,9 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path: Path) -> None:
         assert 0.0 <= runs[name]["test"]["auc"] <= 1.0
         assert [c["history"] for c in runs[name]["latency"]] == [1000, 10_000]
     assert 0.0 <= runs["hstu"]["test"]["hr@10"] <= 1.0
+    for name in ("twin", "din"):  # the oracle is the ceiling of every trained model
+        assert report["oracle"]["auc"] > runs[name]["test"]["auc"]
+    assert all(r["oracle"] is not None for r in report["auc_by_gap"] if r["targets"] > 20)
     for name in runs:
         exported = json.loads((work / "export" / name / "manifest.json").read_text())
         size = sum(e["bytes"] for e in exported["files"].values()) / 1e6
@@ -51,4 +54,4 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path: Path) -> None:
     for png in ("auc_by_gap.png", "twin_training_curves.png", "hstu_training_curves.png"):
         assert (work / "plots" / png).stat().st_size > 1000
     table = (work / "report.md").read_text()
-    assert "| twin | 2 |" in table and "| din | 2 |" in table
+    assert "| twin | 2 |" in table and "| din | 2 |" in table and "| oracle |" in table

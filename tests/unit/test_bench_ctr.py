@@ -116,7 +116,8 @@ def test_latency_batch_runs_through_a_model() -> None:
 def test_models_are_the_config_files() -> None:
     """`MODELS`: every `configs/ctr/*.yaml` but the base; `config_args` passes the base first."""
     files = sorted(p.stem for p in bench_ctr.MODEL_CONFIGS.glob("*.yaml"))
-    assert list(bench_ctr.MODELS) == [name for name in files if name != "base"]
+    assert sorted(bench_ctr.MODELS) == [name for name in files if name != "base"]
+    assert bench_ctr.MODELS[0] == "din"
     assert {"din", "sim_hard", "sim_soft", "eta", "twin", "full"} <= set(bench_ctr.MODELS)
     base, twin = bench_ctr.BASE_CONFIG, bench_ctr.MODEL_CONFIGS / "twin.yaml"
     assert bench_ctr.config_args("twin") == ["--config", str(base), "--config", str(twin)]
