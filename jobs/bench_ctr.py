@@ -342,9 +342,11 @@ def run_spec(model: str, dataset: dict[str, Any], steps: int | None, seed: int) 
 
 
 def result_path(workdir: Path, spec: dict[str, Any]) -> Path:
-    """`workdir/results/MODEL-sSEED-LENGTH.json` (LENGTH: `epoch` or the steps)."""
+    """`workdir/results/MODEL-sSEED-LENGTH-CONFIG.json` (LENGTH: `epoch` or the steps; CONFIG:
+    the configs' hash prefix), so runs of another length or config never replace each other."""
     length = "epoch" if spec["steps"] is None else f"{spec['steps']}steps"
-    return workdir / "results" / f"{spec['model']}-s{spec['seed']}-{length}.json"
+    name = f"{spec['model']}-s{spec['seed']}-{length}-{spec['config_sha256'][:10]}.json"
+    return workdir / "results" / name
 
 
 def stored_result(workdir: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -617,24 +619,25 @@ def plot(payload: dict[str, Any], path: Path) -> Path:
         for n, r in payload["models"].items()
         if (r.get("quality") or {}).get("seeds")
     }
-    fig, ax = plt.subplots(figsize=(10, 4.8))
+    fig, ax = plt.subplots(figsize=(12, 4.8))
     x = np.arange(len(buckets))
     width = 0.8 / max(len(models), 1)
+    colors = plt.get_cmap("tab20")(np.arange(len(models)) % 20)
     for i, (name, q) in enumerate(models.items()):
         stats = [q["auc_by_gap"].get(b) or {"mean": np.nan, "sd": 0.0} for b in buckets]
         ax.bar(x + (i - (len(models) - 1) / 2) * width, [s["mean"] for s in stats], width,
-               yerr=[s["sd"] for s in stats], label=name, capsize=2)  # fmt: skip
+               yerr=[s["sd"] for s in stats], label=name, capsize=2, color=colors[i])  # fmt: skip
     oracle = payload.get("oracle")
     if oracle:
         values = [oracle["auc_by_gap"].get(b) for b in buckets]
         ax.plot(x, [np.nan if v is None else v for v in values], "k-o", lw=2, label="oracle")
     counts = payload.get("gap_targets", {})
     ax.set_xticks(x, [f"{b}\n{counts.get(b, 0):,} targets" for b in buckets])
-    ax.set_ylim(0.5, 1.0)
+    ax.set_ylim(0.4, 1.0)
     ax.set_ylabel("test AUC")
     ax.set_xlabel("events since the target's category last occurred in its window")
     ax.set_title("Lifelong CTR models by gap, against the generator's oracle")
-    ax.legend(ncol=4, fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

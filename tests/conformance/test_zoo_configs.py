@@ -68,7 +68,7 @@ CASE_STEPS = {
 KNOWN_NOT_LEARNING = {
     "config:ctr/sim_soft": "SIM soft's GSU is trained only by its auxiliary task, which stays at "
     "AUC ≈ 0.45 on this signal; the ESU sees the far events only when the untrained top-64 of "
-    "240 picks them: test AUC 0.74-0.84 over 100-600 steps (issue 15 revisits the unit)",
+    "240 picks them: test AUC 0.74-0.84 over 100-600 steps (also at DIN-100's level on bench ctr)",
     "config:ctr/mimn": "MIMN's memory reads the whole window but is target-independent by "
     "design (kept per user, updated per event), so it has no (target, behavior) same-category "
     "feature, which is how every long-term unit finds the planted events: test AUC 0.49 after "
