@@ -26,7 +26,8 @@ from torch import nn
 
 from features.batch import CtrBatch
 from features.jagged import Jagged
-from models.blocks.embeddings import build_embeddings
+from models.blocks.embeddings import EmbeddingTableSpec, build_embeddings
+from models.blocks.lifelong_inputs import LifelongInputs
 from models.blocks.seeding import seeded_init
 from models.blocks.windows import TargetWindows
 from models.interfaces import (
@@ -445,3 +446,46 @@ class CtrStateScoreProgram(nn.Module):
         )  # fmt: skip
         state = {k: request[k].expand(c, *request[k].shape[1:]) for k in self.state_names}
         return self.dense.score_from_state(state, targets)
+
+
+def item_category_tables(dims: ModelDims) -> list[EmbeddingTableSpec]:
+    """The `item` and `category` tables every CTR model of the zoo declares, each serving the
+    history and the targets (`history_item` + `target_item`, `history_category` +
+    `target_category`)."""
+    d = dims.embedding_dim
+    return [
+        EmbeddingTableSpec("item", dims.item_rows, d, ("history_item", "target_item")),
+        EmbeddingTableSpec(
+            "category", dims.category_rows, d, ("history_category", "target_category")
+        ),
+    ]
+
+
+def lifelong_inputs(
+    features: CtrFeatures,
+    behavior_embedding: nn.Embedding,
+    gap_embedding: nn.Embedding,
+    match_embedding: nn.Embedding,
+) -> LifelongInputs:
+    """A batch as the long-term units see it (`LifelongInputs`): item-inherent features
+    `[item_emb, category_emb]` of events (N, 2D) and targets (T, 2D), the behavior embedding
+    (N, D) and the cross-feature tables."""
+    e = features.embedded
+    return LifelongInputs(
+        windows=features.windows,
+        event_item=features.event_item,
+        event_category=features.event_category,
+        event_behavior_id=features.event_behavior,
+        event_ts=features.event_ts,
+        event_inherent=torch.cat([e["history_item"], e["history_category"]], dim=1),  # (N, 2D)
+        event_behavior=behavior_embedding(features.event_behavior),  # (N, D)
+        target_item=features.target_item,
+        target_category=features.target_category,
+        target_ts=features.target_ts,
+        target_inherent=torch.cat([e["target_item"], e["target_category"]], dim=1),  # (T, 2D)
+        gap_embedding=gap_embedding,
+        match_embedding=match_embedding,
+        request_ts=features.request_ts,
+        embedded=e,
+        cached=features.cached,
+    )

@@ -27,7 +27,7 @@ from torch import nn
 from models.blocks.embeddings import EmbeddingTableSpec
 from models.blocks.lifelong_inputs import LifelongInputs, PairFeatures
 from models.blocks.windows import gather_rows, recent
-from models.ctr import CtrFeatures
+from models.ctr import CtrFeatures, item_category_tables, lifelong_inputs
 from models.interfaces import ModelDims
 
 #: The shared tables' features → the id field each looks up (as `LifelongCtr`'s).
@@ -88,13 +88,7 @@ class RecentBehaviorInputs(nn.Module):
 
     def tables(self) -> list[EmbeddingTableSpec]:
         """`item` and `category`, each serving the history and the targets."""
-        d, dims = self.dims.embedding_dim, self.dims
-        return [
-            EmbeddingTableSpec("item", dims.item_rows, d, ("history_item", "target_item")),
-            EmbeddingTableSpec(
-                "category", dims.category_rows, d, ("history_category", "target_category")
-            ),
-        ]
+        return item_category_tables(self.dims)
 
     def feature_ids(self) -> dict[str, str]:
         """Each feature's id field."""
@@ -102,24 +96,8 @@ class RecentBehaviorInputs(nn.Module):
 
     def lifelong_inputs(self, features: CtrFeatures) -> LifelongInputs:
         """The batch as `LifelongInputs` (the same view `LifelongCtr.inputs` gives its units)."""
-        e = features.embedded
-        return LifelongInputs(
-            windows=features.windows,
-            event_item=features.event_item,
-            event_category=features.event_category,
-            event_behavior_id=features.event_behavior,
-            event_ts=features.event_ts,
-            event_inherent=torch.cat([e["history_item"], e["history_category"]], dim=1),  # (N, 2D)
-            event_behavior=self.behavior_embedding(features.event_behavior),  # (N, D)
-            target_item=features.target_item,
-            target_category=features.target_category,
-            target_ts=features.target_ts,
-            target_inherent=torch.cat([e["target_item"], e["target_category"]], dim=1),  # (T, 2D)
-            gap_embedding=self.gap_embedding,
-            match_embedding=self.match_embedding,
-            request_ts=features.request_ts,
-            embedded=e,
-            cached=features.cached,
+        return lifelong_inputs(
+            features, self.behavior_embedding, self.gap_embedding, self.match_embedding
         )
 
     def forward(self, features: CtrFeatures) -> tuple[LifelongInputs, RecentBehaviors]:

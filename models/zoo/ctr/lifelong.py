@@ -33,7 +33,7 @@ from models.blocks.lifelong_inputs import LifelongInputs
 from models.blocks.mlp import mlp
 from models.blocks.target_attention import DinAttention
 from models.blocks.windows import gather_rows, recent
-from models.ctr import CtrFeatures, CtrOutput
+from models.ctr import CtrFeatures, CtrOutput, item_category_tables, lifelong_inputs
 from models.interfaces import CtrModel, ItemCache, LongTermUnit, ModelDims
 
 #: The shared tables' features → the id field each looks up.
@@ -102,15 +102,8 @@ class LifelongCtr(CtrModel):
 
     def tables(self) -> list[EmbeddingTableSpec]:
         """`item` and `category` (history and targets share them), then the unit's own."""
-        d, dims = self.dims.embedding_dim, self.dims
         own = self.long_term.tables() if self.long_term is not None else []
-        return [
-            EmbeddingTableSpec("item", dims.item_rows, d, ("history_item", "target_item")),
-            EmbeddingTableSpec(
-                "category", dims.category_rows, d, ("history_category", "target_category")
-            ),
-            *own,
-        ]
+        return [*item_category_tables(self.dims), *own]
 
     def feature_ids(self) -> dict[str, str]:
         """The shared features' id fields, then the unit's."""
@@ -123,24 +116,8 @@ class LifelongCtr(CtrModel):
 
     def inputs(self, features: CtrFeatures) -> LifelongInputs:
         """The units' view of a batch: item-inherent and behavior embeddings, cross tables."""
-        e = features.embedded
-        return LifelongInputs(
-            windows=features.windows,
-            event_item=features.event_item,
-            event_category=features.event_category,
-            event_behavior_id=features.event_behavior,
-            event_ts=features.event_ts,
-            event_inherent=torch.cat([e["history_item"], e["history_category"]], dim=1),  # (N, 2D)
-            event_behavior=self.behavior_embedding(features.event_behavior),  # (N, D)
-            target_item=features.target_item,
-            target_category=features.target_category,
-            target_ts=features.target_ts,
-            target_inherent=torch.cat([e["target_item"], e["target_category"]], dim=1),  # (T, 2D)
-            gap_embedding=self.gap_embedding,
-            match_embedding=self.match_embedding,
-            request_ts=features.request_ts,
-            embedded=e,
-            cached=features.cached,
+        return lifelong_inputs(
+            features, self.behavior_embedding, self.gap_embedding, self.match_embedding
         )
 
     def short_term(self, inputs: LifelongInputs) -> torch.Tensor:

@@ -71,7 +71,7 @@ from models.blocks.checks import check_positive, check_widths
 from models.blocks.embeddings import EmbeddingTableSpec
 from models.blocks.mlp import mlp
 from models.blocks.windows import TargetWindows, gather_rows, recent
-from models.ctr import CtrEvents, CtrFeatures, CtrOutput, CtrTargets
+from models.ctr import CtrEvents, CtrFeatures, CtrOutput, CtrTargets, item_category_tables
 from models.interfaces import CtrModel, ModelDims
 
 #: Embedding features → the id field each looks up (history and targets share the tables).
@@ -190,13 +190,7 @@ class Mimn(CtrModel):
 
     def tables(self) -> list[EmbeddingTableSpec]:
         """`item` and `category`, each serving the history and the targets."""
-        d, dims = self.dims.embedding_dim, self.dims
-        return [
-            EmbeddingTableSpec("item", dims.item_rows, d, ("history_item", "target_item")),
-            EmbeddingTableSpec(
-                "category", dims.category_rows, d, ("history_category", "target_category")
-            ),
-        ]
+        return item_category_tables(self.dims)
 
     def feature_ids(self) -> dict[str, str]:
         """Each feature's id field."""

@@ -24,7 +24,7 @@ from models.blocks.checks import check_widths
 from models.blocks.embeddings import EmbeddingTableSpec
 from models.blocks.mlp import mlp
 from models.blocks.windows import window_mean
-from models.ctr import CtrFeatures, CtrOutput
+from models.ctr import CtrFeatures, CtrOutput, item_category_tables
 from models.interfaces import CtrModel, ModelDims
 
 
@@ -62,13 +62,7 @@ class SmokeCtr(CtrModel):
 
     def tables(self) -> list[EmbeddingTableSpec]:
         """`item` and `category`, each serving the history and the targets."""
-        d, dims = self.dims.embedding_dim, self.dims
-        return [
-            EmbeddingTableSpec("item", dims.item_rows, d, ("history_item", "target_item")),
-            EmbeddingTableSpec(
-                "category", dims.category_rows, d, ("history_category", "target_category")
-            ),
-        ]
+        return item_category_tables(self.dims)
 
     def feature_ids(self) -> dict[str, str]:
         """Each feature's id field."""
