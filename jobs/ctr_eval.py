@@ -8,8 +8,8 @@ generator's own probability, the ceiling of what any model can reach on `lifeseq
     targets = collect_targets(build, "test")
     logits = model_logits(ckpt, build, "test")              # same order as `targets`
     oracle = oracle_scores(build, synth_dir, targets)
-    row = ctr_metrics(logits, targets)                      # auc, gauc, logloss, targets
-    rows = metrics_by_gap({"twin": logits, "oracle": oracle}, targets)
+    row = ctr_metrics(sigmoid(logits), targets)             # auc, gauc, logloss
+    rows = metrics_by_gap({"twin": logits, "oracle": oracle}, targets)   # AUC per gap bucket
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ NO_SAME_CATEGORY = "never in history"
 #: Column labels of the buckets in tables.
 SHORT_NAMES = {"< 100 (DIN-100 sees it)": "< 100", "100 – 999": "100–999", "≥ 1,000": "≥ 1K",
                NO_SAME_CATEGORY: "never"}  # fmt: skip
-#: Gap buckets where only a long-term unit sees the target's category.
-FAR_BUCKETS = ("100 – 999", "≥ 1,000")
 _EPS = 1e-7
 
 
