@@ -537,6 +537,11 @@ def summarize(payload: dict[str, Any]) -> dict[str, Any]:
             closed = gap_closed(quality["far_auc"]["mean"], base_far["mean"], oracle_far)
             if closed is not None:
                 summary[f"far_gap_closed_{name}"] = round(closed, 3)
+    oracle_auc = (payload.get("oracle") or {}).get("auc")
+    trained = [(r.get("quality") or {}).get("auc") for r in models.values()]
+    trained = [a["mean"] for a in trained if a]
+    if oracle_auc is not None and trained:
+        summary["oracle_minus_best_model_auc"] = round(oracle_auc - max(trained), 5)
     full = models.get("full", {}).get("latency_ms_per_target", {}).get("10000")
     twin = models.get("twin", {}).get("latency_ms_per_target", {}).get("10000")
     if full and twin:
@@ -595,6 +600,10 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append(
             f"oracle AUC on the test targets {oracle['auc']:.4f}; on a Monte-Carlo replica "
             f"(fresh draws of the generator at the same request times) {oracle['monte_carlo_auc']:.4f}"
+        )
+    if "oracle_minus_best_model_auc" in summary:
+        lines.append(
+            f"oracle AUC minus the best model's: {summary['oracle_minus_best_model_auc']:+.4f}"
         )
     deltas = [f"{k.removeprefix('auc_minus_din_')} {v:+.4f}" for k, v in summary.items()
               if k.startswith("auc_minus_din_")]  # fmt: skip

@@ -186,6 +186,7 @@ def test_markdown_table_oracle_deltas_gap_closed_and_ratio() -> None:
     assert payload["summary"]["far_gap_closed_full"] == 0.75
     assert payload["summary"]["auc_minus_din_twin"] == 0.025
     assert payload["summary"]["full_over_twin_ms_per_target_10000"] == 5.0
+    assert payload["summary"]["oracle_minus_best_model_auc"] == pytest.approx(0.22)
     lines = bench_ctr.markdown(payload).splitlines()
     assert lines[0].startswith(
         "| model | test AUC | GAUC | logloss | AUC gap < 100 | AUC gap 100–999 | AUC gap ≥ 1K "
@@ -209,6 +210,7 @@ def test_markdown_table_oracle_deltas_gap_closed_and_ratio() -> None:
     assert "oracle AUC on the test targets 0.9500; on a Monte-Carlo replica" in text
     assert "AUC - DIN-100 (means): twin +0.0250, full +0.0300" in lines
     assert "full / twin latency per target @10K: 5.00x" in lines
+    assert "oracle AUC minus the best model's: +0.2200" in lines
 
 
 def test_markdown_without_baseline_oracle_or_latency() -> None:
