@@ -106,6 +106,14 @@ def test_dien_loss_is_the_ctr_loss_plus_its_weighted_aux_loss() -> None:
     assert off.dense.aux_net is None and off(batch).aux_loss is None
 
 
+def test_dien_evaluation_has_no_aux_loss_and_leaves_the_global_rng_alone() -> None:
+    recommender = model(Dien, recent_len=12).eval()
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        assert recommender(batch_of(range(4))).aux_loss is None
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_dien_aux_loss_learns_to_score_the_true_next_behavior_above_another() -> None:
     """Histories follow a successor rule (item k is followed by item k + 1), so the extractor
     state after event i tells event i + 1; 100 steps on the auxiliary loss alone teach the

@@ -36,9 +36,9 @@ The data has no sampled non-clicked sequence (the paper's ê), so the **negative
 the item-inherent features e of a uniformly drawn event of the batch's flat history (a draw per
 pair, from the global RNG — so popular items are drawn more often, as an in-batch softmax's
 negatives are); a pair whose negative is its own next item is dropped. The loss goes to the task
-as `CtrOutput.aux_loss` (the task adds it, times the batch's weight, to the CTR loss) for every
-batch — training and evaluation, where `loss` is then a draw of the objective — and is never
-computed for a serving request (`features.request_ts` set), so export traces no random draw.
+as `CtrOutput.aux_loss` (the task adds it, times the batch's weight, to the CTR loss) in
+training only: evaluation (`val/loss` is the BCE alone) and serving requests draw nothing, so
+validation leaves the training RNG stream as it was and export traces no random draw.
 
 Windows shorter than n leave their first slots invalid: both GRUs keep their state there (a
 masked step), the attention gives them weight 0 and the auxiliary loss skips them, so a target
@@ -260,7 +260,8 @@ class Dien(CtrModel):
         return self.config.aux_weight * terms.sum() / count
 
     def forward(self, features: CtrFeatures) -> CtrOutput:
-        """(T,) logits, and the auxiliary loss (not for a serving request)."""
+        """(T,) logits, and the auxiliary loss in training (its negatives come from the global
+        RNG, so evaluation and serving leave it alone and `val/loss` is the BCE alone)."""
         inputs, recent = self.behaviors(features)
         states = self.extract(inputs, recent)  # (T, n, H)
         attention = self.attend(states, recent)  # (T, n)
@@ -272,6 +273,6 @@ class Dien(CtrModel):
             )  # (T, 5D)
         logits = self.tower(torch.cat(parts, dim=1)).squeeze(1)  # (T,)
         aux = None
-        if self.aux_net is not None and features.request_ts is None:
-            aux = self.aux_loss(inputs, recent, states)
+        if self.aux_net is not None and self.training and features.request_ts is None:
+            aux = self.aux_loss(inputs, recent, states)  # draws negatives: training only
         return CtrOutput(logits, aux_loss=aux)
