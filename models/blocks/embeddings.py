@@ -135,7 +135,7 @@ def _init_table_(weight: torch.Tensor, generator: torch.Generator | None) -> Non
     """Normal(0, DEFAULT_INIT_STD) rows, row `PADDING_ID` zero; deterministic given `generator`."""
     if weight.device.type == "meta":
         return
-    values = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
+    values = torch.randn(weight.shape, generator=generator, dtype=torch.float32, device="cpu")
     values.mul_(DEFAULT_INIT_STD)
     values[PADDING_ID].zero_()
     weight.copy_(values)

@@ -170,7 +170,8 @@ class EtaSearch(_TopKSearch):
             raise ValueError(f"eta bits: expected >= 1, got {bits}")
         self.bits = bits
         generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("hyperplanes", torch.randn(input_dim, bits, generator=generator))
+        hyperplanes = torch.randn(input_dim, bits, generator=generator, device="cpu")
+        self.register_buffer("hyperplanes", hyperplanes)
 
     def signatures(self, features: torch.Tensor) -> torch.Tensor:
         """(..., m) ±1 float signatures of (..., input_dim) features (no gradient)."""

@@ -241,7 +241,8 @@ class OnlineSoftmaxPool:
         targets: T.
         groups: shape G of the independent softmaxes per target (e.g. `(heads,)`, or `()`).
         width: d, width of the values.
-        like: a tensor whose dtype and device the state takes.
+        like: a tensor whose device the state takes (the state is float32 whatever `like`'s
+            dtype, so a bf16 autocast forward accumulates in float32).
         null_logit: (*G) logit of a zero-valued "null" slot in every softmax (None: no slot).
     """
 
@@ -254,12 +255,12 @@ class OnlineSoftmaxPool:
         null_logit: torch.Tensor | None = None,
     ) -> None:
         if null_logit is None:
-            self.max = like.new_full((targets, *groups), NEG_INF)
-            self.denominator = like.new_zeros(targets, *groups)
+            self.max = like.new_full((targets, *groups), NEG_INF, dtype=torch.float32)
+            self.denominator = like.new_zeros(targets, *groups, dtype=torch.float32)
         else:
-            self.max = null_logit.expand(targets, *groups)
-            self.denominator = like.new_ones(targets, *groups)  # exp(null - max) = 1
-        self.numerator = like.new_zeros(targets, *groups, width)
+            self.max = null_logit.to(torch.float32).expand(targets, *groups)
+            self.denominator = like.new_ones(targets, *groups, dtype=torch.float32)  # exp(0)
+        self.numerator = like.new_zeros(targets, *groups, width, dtype=torch.float32)
 
     def add(self, rows: torch.Tensor, logits: torch.Tensor, values: torch.Tensor) -> None:
         """Add a chunk.
@@ -293,13 +294,14 @@ class OnlineSoftmaxPool:
         weight_sum: torch.Tensor,
         weighted: torch.Tensor,
     ) -> None:
+        scale, weight_sum, weighted = scale.float(), weight_sum.float(), weighted.float()
         self.denominator = self.denominator.index_put(
             (rows,), self.denominator[rows] * scale + weight_sum
         )
         self.numerator = self.numerator.index_put(
             (rows,), self.numerator[rows] * scale.unsqueeze(-1) + weighted
         )
-        self.max = self.max.index_put((rows,), new_max)
+        self.max = self.max.index_put((rows,), new_max.float())
 
     def result(self) -> torch.Tensor:
         """(T, *G, d) pooled values."""

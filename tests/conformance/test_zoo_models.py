@@ -15,7 +15,9 @@ Both:
 * a padding batch (no users) gives a finite zero loss and a gradient for every parameter (DDP
   needs every parameter in every step); a real batch's gradients reach every parameter and
   the embedding tables;
-* a DCP checkpoint round trip (`trainers.checkpoint`) reproduces the outputs exactly.
+* a DCP checkpoint round trip (`trainers.checkpoint`) reproduces the outputs exactly;
+* a bf16 autocast forward (the precision of `bench ctr --device cuda` and of bf16-mixed
+  training), here on the CPU, runs and stays close to the float32 outputs.
 """
 
 from __future__ import annotations
@@ -218,3 +220,14 @@ def test_a_checkpoint_round_trip_reproduces_the_outputs(case: ZooCase, tmp_path:
     load_tensors(path, {f"/state_dict/{k}": v for k, v in other.core.state_dict().items()})
     with torch.no_grad():
         assert torch.equal(outputs(other, case), expected)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_a_bf16_autocast_forward_stays_close_to_float32(case: ZooCase) -> None:
+    module = case.build().eval()
+    with torch.no_grad():
+        expected = outputs(module, case)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = outputs(module, case).float()
+    assert torch.isfinite(low).all()
+    assert torch.allclose(low, expected, rtol=0.05, atol=0.05), (low - expected).abs().max()

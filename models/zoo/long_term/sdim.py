@@ -94,7 +94,7 @@ class Sdim(LongTermUnit):
         width = 2 * dims.embedding_dim
         self.groups = config.hashes // config.tau
         generator = torch.Generator().manual_seed(dims.seed)
-        hyperplanes = torch.randn(width, config.hashes, generator=generator)
+        hyperplanes = torch.randn(width, config.hashes, generator=generator, device="cpu")
         self.register_buffer("hyperplanes", hyperplanes)  # (2D, m): saved and exported
         self.register_buffer("powers", 2 ** torch.arange(config.tau, dtype=torch.int64))
         self.out_dim = width
@@ -118,7 +118,9 @@ class Sdim(LongTermUnit):
             collide = target_codes[step.rows].unsqueeze(1) == event_codes[step.events]  # (n, C, G)
             collide = collide & step.valid.unsqueeze(-1)
             part = torch.einsum("ncg,cd->ngd", collide.to(events.dtype), events[step.events])
-            sums = sums.index_add(0, step.rows, part)  # rows are distinct within a step
+            sums = sums.index_add(
+                0, step.rows, part.to(sums.dtype)
+            )  # rows are distinct within a step
         return sums
 
     def forward(self, inputs: LifelongInputs) -> LongTermOutput:
