@@ -215,6 +215,7 @@ class MultiHeadTargetAttention(nn.Module):
         event_keys: torch.Tensor,
         inputs: LifelongInputs,
         chunk: int,
+        logit_scale: float = 1.0,
     ) -> torch.Tensor:
         """Exact attention over every behavior of each target's window ("full attention"),
         slice by slice with an online softmax: O(T × chunk) memory, never O(T × L).
@@ -228,16 +229,20 @@ class MultiHeadTargetAttention(nn.Module):
             event_keys: (N, H, dh) keys of every event of the batch.
             inputs: the batch inputs (events, windows, cross features).
             chunk: events per slice.
+            logit_scale: every logit (and the null slot's) times this before the softmax; 1
+                gives `attend`'s logits.
 
         Returns:
-            (T, out_dim); equal (up to float rounding) to `attend` over the whole window.
+            (T, out_dim); with `logit_scale` 1, equal (up to float rounding) to `attend` over
+            the whole window.
         """
         t, h, d = query.shape
         bias = self.split_bias(inputs)
-        pool = OnlineSoftmaxPool(t, (h,), d, query, null_logit=self.null_logit)
+        null_logit = self.null_logit * logit_scale
+        pool = OnlineSoftmaxPool(t, (h,), d, query, null_logit=null_logit)
         for step in scan_chunks(inputs.windows, chunk):
             bucket, match = inputs.chunk_gap_bucket(step), inputs.chunk_match(step)  # (n, C)
-            logits = self.slice_logits(step, query, event_keys, bias, bucket, match)
+            logits = self.slice_logits(step, query, event_keys, bias, bucket, match) * logit_scale
             logits = logits.masked_fill(~step.valid.unsqueeze(-1), NEG_INF)
             cross = inputs.chunk_pair_features(step, bucket, match)
             inherent = inputs.event_inherent[step.events].expand(step.rows.shape[0], -1, -1)

@@ -13,6 +13,7 @@ lifelong units learn a signal that lies beyond DIN's short-term window.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
@@ -407,6 +408,33 @@ def test_full_attention_chunked_equals_attend_over_whole_window(batch: CtrBatch)
     torch.testing.assert_close(chunked, dense, rtol=0, atol=1e-5)
     torch.testing.assert_close(whole, chunked, rtol=0, atol=1e-5)
     torch.testing.assert_close(unit_out, dense, rtol=0, atol=1e-5)
+
+
+def test_full_attention_logit_scale_multiplies_every_logit(batch: CtrBatch) -> None:
+    """Scale s over the window equals plain attention whose query, cross bias and null slot
+    are s times larger (so s scales every logit, the null slot's included)."""
+    scale = 3.0
+    model = make_model("full")
+    attention = unit_of(model).attention
+    scaled = copy.deepcopy(attention)
+    with torch.no_grad():
+        attention.null_logit.copy_(torch.tensor([0.3, -0.2, 0.5, 0.1][: attention.heads]))
+        scaled.null_logit.copy_(attention.null_logit * scale)
+        scaled.bias_proj.weight.mul_(scale)
+        scaled.bias_proj.bias.mul_(scale)
+        inputs = embedded(model, batch)
+        query = attention.query(inputs.target_inherent)
+        keys = attention.keys(inputs.event_inherent)
+        out = attention.attend_windows(query, keys, inputs, 4, logit_scale=scale)
+        expected = scaled.attend_windows(query * scale, keys, inputs, 4)
+        plain = attention.attend_windows(query, keys, inputs, 4)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    assert (out - plain).abs().max() > 1e-3
+
+
+def test_full_attention_refuses_a_non_positive_logit_scale() -> None:
+    with pytest.raises(ValueError, match="FullAttentionConfig.logit_scale"):
+        FullAttentionConfig(logit_scale=0.0)
 
 
 # --- 5. causality ----------------------------------------------------------------------------

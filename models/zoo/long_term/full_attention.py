@@ -26,13 +26,22 @@ class FullAttentionConfig:
     Attributes:
         chunk: window events per slice.
         esu: the attention's shape.
+        logit_scale: the attention logits (and the null slot's) times this before the softmax.
+            A softmax over thousands of behaviors needs logit gaps of several nats to put its
+            weight on the few relevant ones, where TWIN's top-K softmax needs only the order;
+            at the trainer's learning rate the plain logits (1) do not get there in an epoch.
     """
 
     chunk: int = 1024
     esu: EsuConfig = field(default_factory=EsuConfig)
+    logit_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_positive("FullAttentionConfig.chunk", self.chunk)
+        if not self.logit_scale > 0:
+            raise ValueError(
+                f"FullAttentionConfig.logit_scale: expected > 0, got {self.logit_scale}"
+            )
 
 
 #: The default configuration (frozen, shared).
@@ -61,5 +70,7 @@ class FullAttention(LongTermUnit):
         """(T, out_dim) attention over every behavior of each window."""
         query = self.attention.query(inputs.target_inherent)  # (T, H, dh)
         event_keys = self.attention.keys(inputs.event_inherent)  # (N, H, dh)
-        out = self.attention.attend_windows(query, event_keys, inputs, self.config.chunk)
+        out = self.attention.attend_windows(
+            query, event_keys, inputs, self.config.chunk, self.config.logit_scale
+        )
         return LongTermOutput(out)
