@@ -9,7 +9,7 @@ smaller id), used to give sampled negatives a category.
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 PAD_ID = 0
@@ -22,7 +22,9 @@ _SOURCE_COLUMN = {"item": "item_id", "category": "category_id", "behavior": "beh
 def build_vocab(events: DataFrame, column: str, min_count: int) -> DataFrame:
     """Vocab of the non-null values of `column`: `raw_id, id, count`.
 
-    Values seen fewer than `min_count` times get no entry (they map to the OOV id).
+    Values seen fewer than `min_count` times get no entry (they map to the OOV id). Ids are
+    assigned in parallel (`rank_in_parallel`): no single-partition window, so the vocab scales
+    with the cluster (10^9 distinct ids), and ids equal one global `row_number` over the order.
     """
     counts = (
         events.where(F.col(column).isNotNull())
@@ -30,10 +32,46 @@ def build_vocab(events: DataFrame, column: str, min_count: int) -> DataFrame:
         .agg(F.count(F.lit(1)).alias("count"))
         .where(F.col("count") >= min_count)
     )
-    order = Window.orderBy(F.col("count").desc(), F.col("raw_id").asc())
-    return counts.withColumn(
-        "id", (F.row_number().over(order) + (FIRST_ID - 1)).cast("long")
-    ).select("raw_id", "id", "count")
+    ranked = rank_in_parallel(counts, [F.col("count").desc(), F.col("raw_id").asc()])
+    return ranked.select(
+        "raw_id", (F.col("rank") + (FIRST_ID - 1)).cast("long").alias("id"), "count"
+    )
+
+
+def rank_in_parallel(frame: DataFrame, order: list[Column]) -> DataFrame:
+    """`frame` plus `rank` (long, 1, 2, ...): each row's position in `order`, which must be a
+    total order (ties broken by a unique column).
+
+    One range-partitioned sort, then every row's rank is its partition's offset plus its
+    position within the partition (`monotonically_increasing_id` keeps that position in its
+    low 33 bits). The sorted rows are pinned with a local checkpoint first, so the partition
+    sizes and the positions come from one evaluation of the sort.
+    """
+    sorted_rows = frame.orderBy(*order).select(
+        "*",
+        F.spark_partition_id().alias("_partition"),
+        F.monotonically_increasing_id().alias("_row_key"),
+    )
+    sorted_rows = sorted_rows.localCheckpoint(eager=True)
+    sizes = {
+        row["_partition"]: row["count"]
+        for row in sorted_rows.groupBy("_partition").count().collect()
+    }
+    offsets, total = [], 0
+    for partition in range(max(sizes, default=-1) + 1):
+        offsets.append(total)
+        total += sizes.get(partition, 0)
+    offset = (
+        F.element_at(
+            F.array(*[F.lit(o) for o in offsets]).cast("array<long>"), F.col("_partition") + 1
+        )
+        if offsets
+        else F.lit(0)
+    )
+    position = F.col("_row_key") - F.shiftleft(F.col("_partition").cast("long"), 33)
+    return sorted_rows.withColumn("rank", (offset + position + 1).cast("long")).drop(
+        "_partition", "_row_key"
+    )
 
 
 def attach_item_category(
