@@ -9,6 +9,10 @@ numpy and pyarrow installed):
 
     spark-submit --master yarn jobs/build_lifelong.py \
         --config configs/pipeline/synthetic.yaml --input hdfs:///events --output hdfs:///lifeseq/out
+
+A bad input (a missing path, files not in `input.format`, a corrupt Parquet file, a column
+`input.columns` names that does not exist, an output that cannot be written, no Java 17+)
+prints one `error: ...` line naming it, exits 1 and leaves OUT as it was.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import sys
 if __package__ in (None, ""):  # `spark-submit jobs/build_lifelong.py`: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.build import BadInputError, run_build  # noqa: E402
+from pipeline.build import run_build  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.manifest import summary_table  # noqa: E402
+from pipeline.preflight import preflight  # noqa: E402
 from pipeline.spark_session import get_spark, ship_package  # noqa: E402
 
 
@@ -51,14 +56,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _error(err: BaseException) -> int:
+    """Print `error: <message>` (no traceback) and return exit code 1."""
+    print(f"error: {err}", file=sys.stderr)
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the build for parsed arguments; returns a process exit code."""
+    """Run the build for parsed arguments; returns a process exit code.
+
+    0: built. 1: a bad input, output or environment, named in one `error:` line (the
+    bad-fraction error adds counts and examples), with nothing half-written. 2: a bad config.
+    """
     try:
         cfg = load_config(args.config)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    spark = get_spark(args.master or cfg.spark.master, cfg.spark.conf, app_name="lifeseq-build")
+    try:  # before Spark starts: a wrong path costs no JVM start-up
+        checked = preflight(cfg, args.input, args.output, args.overwrite, args.vocab_from)
+    except (FileExistsError, ValueError) as err:
+        return _error(err)
+    try:
+        spark = get_spark(args.master or cfg.spark.master, cfg.spark.conf, app_name="lifeseq-build")
+    except RuntimeError as err:  # no Java 17+
+        return _error(err)
     ship_package(spark)
     try:
         result = run_build(
@@ -68,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             overwrite=args.overwrite,
             vocab_from=args.vocab_from,
+            checked=checked,
         )
-    except (BadInputError, FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
+        return _error(err)
     print(summary_table(result.manifest))
     print(f"wrote {args.output}/manifest.json")
     return 0

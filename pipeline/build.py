@@ -2,6 +2,9 @@
 
 Stages (one Spark session, nothing but metadata collected on the driver):
 
+0. preflight (`pipeline.preflight`, no Spark): OUT is writable, every input exists and looks like
+   `input.format`; then the first scan finds what only Spark can (missing columns, corrupt
+   files). Either refuses with one line naming the path or key, before OUT is touched.
 1. read + validate: every row gets a `reason` or none; bad rows → `OUT/quarantine/` (Parquet);
    the job stops before writing anything else if their fraction passes `max_bad_fraction`.
 2. deduplicate exact duplicates (first occurrence in input order wins), count them.
@@ -16,17 +19,28 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import storage
 from pipeline.config import PipelineConfig
 from pipeline.lifelong import build_lifelong, deduplicate, index_files
 from pipeline.manifest import build_manifest, input_fingerprint
+from pipeline.preflight import (
+    BuildInputError,
+    OutputState,
+    Preflight,
+    display_path,
+    output_state,
+    preflight,
+    spark_errors_named,
+)
 from pipeline.readers import read_raw_events
 from pipeline.sample_codec import SCHEMA_VERSION, SPLITS
 from pipeline.shard_writer import SHARD_SUFFIX
@@ -92,6 +106,45 @@ def prepare_output(output: str, overwrite: bool) -> None:
     storage.make_dirs(output)
 
 
+@contextmanager
+def _removed_on_failure(state: OutputState) -> Iterator[None]:
+    """Remove what the build wrote to OUT if the block fails, so no partial output is left.
+
+    An OUT that did not exist is removed again, with any parent directories the build created;
+    an OUT that existed is left empty (it was empty, or `--overwrite` had emptied it). A
+    `BadInputError` keeps its quarantine: its message sends the user there.
+    """
+    try:
+        yield
+    except BadInputError:
+        raise
+    except Exception:
+        fs, path = storage.resolve(state.uri)
+        try:
+            if state.existed:
+                fs.delete_dir_contents(path, missing_dir_ok=True)
+            elif state.created_root is not None:
+                fs.delete_dir(state.created_root)
+            log.info("build failed: removed what it wrote to %s", state.uri)
+        except OSError as err:  # keep the build's own error, not the clean-up's
+            log.warning("build failed, and removing its partial output %s failed: %s", path, err)
+        raise
+
+
+def _unparsable_input(tagged: DataFrame, events_in: int, cfg: PipelineConfig) -> BuildInputError:
+    """The error for an input none of whose rows parse: most likely the wrong `input.format`."""
+    files = [
+        display_path(r["_file"])
+        for r in tagged.select("_file").distinct().orderBy("_file").limit(3).collect()
+    ]
+    fmt = cfg.input.format
+    keys = "input.format and input.csv_delimiter" if fmt == "csv" else "input.format"
+    return BuildInputError(
+        f"none of the {events_in} input rows could be parsed as {fmt} "
+        f"(files: {', '.join(files)}); check {keys}"
+    )
+
+
 def _target_spec(
     cfg: PipelineConfig, behavior_ids: dict[str, int], has_impressions: bool
 ) -> TargetSpec:
@@ -123,175 +176,204 @@ def run_build(
     output: str,
     overwrite: bool = False,
     vocab_from: str | None = None,
+    checked: Preflight | None = None,
 ) -> BuildResult:
     """Run the whole build; see the module docstring.
 
+    Every input the build cannot use is refused before OUT is touched; if a later stage fails,
+    what this run wrote to OUT is removed again (see `_removed_on_failure`).
+
+    Args:
+        checked: the result of `preflight` for these arguments, when the caller already ran it
+            (the CLI does, before starting Spark); None runs it here.
+
     Raises:
         FileExistsError: non-empty `output` without `overwrite`.
+        BuildInputError: a missing or empty input, a file that is not `input.format` or is
+            corrupt, a mapped column that is missing, an output that cannot be written, input
+            that cannot be parsed at all; naming the path or key. Nothing was written.
         BadInputError: bad fraction above the limit (after the quarantine was written).
-        ValueError: config/input mismatch (e.g. a mapped column is missing), naming it.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    if vocab_from and storage.resolve(vocab_from)[1] == storage.resolve(output)[1]:
-        raise ValueError(f"--vocab-from {vocab_from} is the output directory itself; copy it first")
-    prepare_output(output, overwrite)
+    if checked is None:
+        preflight(cfg, inputs, output, overwrite, vocab_from)
 
-    # 1. read + validate
-    raw = read_raw_events(spark, inputs, cfg.input)
-    tagged = tag_reasons(raw.df, cfg.input, cfg.behaviors)
-    reason_rows = tagged.groupBy("reason").count().collect()
-    events_in = sum(r["count"] for r in reason_rows)
-    quarantined = {r["reason"]: r["count"] for r in reason_rows if r["reason"] is not None}
-    quarantine_dir = storage.join(output, "quarantine")
-    bad_rows = quarantine_view(tagged)
-    if not quarantined:  # an empty table with the same schema, without another input scan
-        bad_rows = spark.createDataFrame([], bad_rows.schema)
-    bad_rows.write.mode("overwrite").parquet(quarantine_dir)
-    bad = sum(quarantined.values())
-    if events_in == 0:
-        raise ValueError(f"input {inputs} has no rows; check the paths and input.format")
-    if bad / events_in > cfg.validation.max_bad_fraction:
-        examples = {}
-        q = spark.read.parquet(quarantine_dir)
-        for reason in quarantined:
-            rows = q.where(F.col("reason") == reason).limit(_EXAMPLES_PER_REASON).collect()
-            examples[reason] = [
-                {k: v for k, v in r.asDict().items() if v is not None} for r in rows
-            ]
-        raise BadInputError(
-            _bad_input_message(
-                quarantined, events_in, cfg.validation.max_bad_fraction, examples, quarantine_dir
+    # 1. read + validate: reads only, so a bad input fails here, before OUT is touched
+    with spark_errors_named(inputs, cfg.input.format):
+        raw = read_raw_events(spark, inputs, cfg.input)
+        tagged = tag_reasons(raw.df, cfg.input, cfg.behaviors)
+        reason_rows = tagged.groupBy("reason").count().collect()
+        events_in = sum(r["count"] for r in reason_rows)
+        quarantined = {r["reason"]: r["count"] for r in reason_rows if r["reason"] is not None}
+        if events_in == 0:
+            raise BuildInputError(
+                f"input {' '.join(inputs)} has no rows; check --input and input.format"
             )
+        if quarantined.get("malformed_record", 0) == events_in:
+            raise _unparsable_input(tagged, events_in, cfg)
+    state = output_state(output)  # just before writing: what a failure must restore
+    prepare_output(output, overwrite)
+    with _removed_on_failure(state):
+        quarantine_dir = storage.join(output, "quarantine")
+        bad_rows = quarantine_view(tagged)
+        if not quarantined:  # an empty table with the same schema, without another input scan
+            bad_rows = spark.createDataFrame([], bad_rows.schema)
+        bad_rows.write.mode("overwrite").parquet(quarantine_dir)
+        bad = sum(quarantined.values())
+        if bad / events_in > cfg.validation.max_bad_fraction:
+            examples = {}
+            q = spark.read.parquet(quarantine_dir)
+            for reason in quarantined:
+                rows = q.where(F.col("reason") == reason).limit(_EXAMPLES_PER_REASON).collect()
+                examples[reason] = [
+                    {k: v for k, v in r.asDict().items() if v is not None} for r in rows
+                ]
+            raise BadInputError(
+                _bad_input_message(
+                    quarantined,
+                    events_in,
+                    cfg.validation.max_bad_fraction,
+                    examples,
+                    quarantine_dir,
+                )
+            )
+        timings["validate"] = time.perf_counter() - started
+
+        # 2. dedupe
+        t0 = time.perf_counter()
+        valid = valid_events(tagged)
+        files = [r["_file"] for r in valid.select("_file").distinct().collect()]
+        # Checkpoint the deduplicated events as Parquet: later stages read only the columns they
+        # need, and nothing has to stay cached in the (small, in local mode shared) heap.
+        events_dir = storage.join(output, "_tmp", "events")
+        deduplicate(index_files(valid, files)).write.mode("overwrite").parquet(events_dir)
+        deduped = spark.read.parquet(events_dir)
+        events_valid = deduped.count()
+        duplicates = (events_in - bad) - events_valid
+        timings["dedupe"] = time.perf_counter() - t0
+
+        # 3. vocab
+        t0 = time.perf_counter()
+        vocab_dir = storage.join(output, "vocab")
+        if vocab_from:
+            vocabs = read_vocabs(spark, storage.join(vocab_from, "vocab"))
+        else:
+            vocabs = build_all_vocabs(deduped, cfg.vocab.min_count)
+        for name, table in vocabs.items():
+            table.orderBy("id").coalesce(1).write.mode("overwrite").parquet(
+                storage.join(vocab_dir, name)
+            )
+        vocabs = {name: spark.read.parquet(storage.join(vocab_dir, name)) for name in vocabs}
+        vocab_sizes = {
+            name: int(table.agg(F.max("id")).first()[0] or OOV_ID) + 1
+            for name, table in vocabs.items()
+        }
+        behavior_ids = {r["raw_id"]: int(r["id"]) for r in vocabs["behavior"].collect()}
+        item_rows = vocabs["item"].select("id", "count", "category_id").toPandas()
+        timings["vocab"] = time.perf_counter() - t0
+
+        # 4. lifelong table
+        t0 = time.perf_counter()
+        mapped = apply_vocabs(deduped, vocabs)
+        oov_row = mapped.agg(
+            F.sum((F.col("item") == OOV_ID).cast("long")).alias("item"),
+            F.sum(
+                ((F.col("category") == OOV_ID) & F.col("raw_category").isNotNull()).cast("long")
+            ).alias("category"),
+            F.sum((F.col("behavior") == OOV_ID).cast("long")).alias("behavior"),
+        ).first()
+        oov = {k: int(oov_row[k] or 0) for k in ("item", "category", "behavior")}
+        with_value = raw.columns.get("value") is not None
+        lifelong_dir = storage.join(output, "lifelong")
+        build_lifelong(mapped, cfg.lifelong.max_history, with_value).write.mode(
+            "overwrite"
+        ).parquet(lifelong_dir)
+        # A lifelong row holds up to max_history events per array: read few rows per columnar batch.
+        spark.conf.set("spark.sql.parquet.columnarReaderBatchSize", "64")
+        lifelong = spark.read.parquet(lifelong_dir)
+        user_row = lifelong.agg(
+            F.count(F.lit(1)).alias("users"),
+            F.sum("truncated").alias("truncated"),
+            F.max("n_events").alias("max_events"),
+        ).first()
+        timings["lifelong"] = time.perf_counter() - t0
+
+        # 5. targets + shards
+        t0 = time.perf_counter()
+        has_impressions = bool(
+            cfg.targets.impression_behavior and cfg.targets.impression_behavior in behavior_ids
         )
-    timings["validate"] = time.perf_counter() - started
-
-    # 2. dedupe
-    t0 = time.perf_counter()
-    valid = valid_events(tagged)
-    files = [r["_file"] for r in valid.select("_file").distinct().collect()]
-    # Checkpoint the deduplicated events as Parquet: later stages read only the columns they
-    # need, and nothing has to stay cached in the (small, in local mode shared) heap.
-    events_dir = storage.join(output, "_tmp", "events")
-    deduplicate(index_files(valid, files)).write.mode("overwrite").parquet(events_dir)
-    deduped = spark.read.parquet(events_dir)
-    events_valid = deduped.count()
-    duplicates = (events_in - bad) - events_valid
-    timings["dedupe"] = time.perf_counter() - t0
-
-    # 3. vocab
-    t0 = time.perf_counter()
-    vocab_dir = storage.join(output, "vocab")
-    if vocab_from:
-        vocabs = read_vocabs(spark, storage.join(vocab_from, "vocab"))
-    else:
-        vocabs = build_all_vocabs(deduped, cfg.vocab.min_count)
-    for name, table in vocabs.items():
-        table.orderBy("id").coalesce(1).write.mode("overwrite").parquet(
-            storage.join(vocab_dir, name)
+        spec = _target_spec(cfg, behavior_ids, has_impressions)
+        sampler_bc = None
+        if spec.negative_mode == "sampled" and spec.negatives_per_positive > 0:
+            size = vocab_sizes["item"]
+            counts = np.zeros(size, dtype=np.int64)
+            categories = np.full(size, OOV_ID, dtype=np.int64)
+            ids = item_rows["id"].to_numpy(dtype=np.int64)
+            counts[ids] = item_rows["count"].to_numpy(dtype=np.int64)
+            categories[ids] = item_rows["category_id"].to_numpy(dtype=np.int64)
+            sampler_bc = spark.sparkContext.broadcast((counts, categories))
+        shard_cfg = cfg.shards
+        partitions = shard_cfg.partitions or max(
+            1, math.ceil(events_valid / shard_cfg.events_per_partition)
         )
-    vocabs = {name: spark.read.parquet(storage.join(vocab_dir, name)) for name in vocabs}
-    vocab_sizes = {
-        name: int(table.agg(F.max("id")).first()[0] or OOV_ID) + 1 for name, table in vocabs.items()
-    }
-    behavior_ids = {r["raw_id"]: int(r["id"]) for r in vocabs["behavior"].collect()}
-    item_rows = vocabs["item"].select("id", "count", "category_id").toPandas()
-    timings["vocab"] = time.perf_counter() - t0
+        job = ShardJob(
+            tmp_dir=storage.join(output, "_tmp", "shards"),
+            spec=spec,
+            max_samples=shard_cfg.max_samples,
+            max_bytes=shard_cfg.max_bytes,
+            sampling=cfg.targets.negative_sampling,
+            alpha=cfg.targets.popularity_alpha,
+            compression=shard_cfg.compression,
+        )
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
+        rows = write_shards(lifelong, job, partitions, sampler_bc)
+        listing = commit_shards(
+            output, [r for r in rows if r["kind"] == "shard"], SHARD_SUFFIX[shard_cfg.compression]
+        )
+        stats = [r for r in rows if r["kind"] == "stats"]
+        if sampler_bc is not None:
+            sampler_bc.unpersist()
+        timings["shards"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - started
 
-    # 4. lifelong table
-    t0 = time.perf_counter()
-    mapped = apply_vocabs(deduped, vocabs)
-    oov_row = mapped.agg(
-        F.sum((F.col("item") == OOV_ID).cast("long")).alias("item"),
-        F.sum(
-            ((F.col("category") == OOV_ID) & F.col("raw_category").isNotNull()).cast("long")
-        ).alias("category"),
-        F.sum((F.col("behavior") == OOV_ID).cast("long")).alias("behavior"),
-    ).first()
-    oov = {k: int(oov_row[k] or 0) for k in ("item", "category", "behavior")}
-    with_value = raw.columns.get("value") is not None
-    lifelong_dir = storage.join(output, "lifelong")
-    build_lifelong(mapped, cfg.lifelong.max_history, with_value).write.mode("overwrite").parquet(
-        lifelong_dir
-    )
-    # A lifelong row holds up to max_history events per array: read few rows per columnar batch.
-    spark.conf.set("spark.sql.parquet.columnarReaderBatchSize", "64")
-    lifelong = spark.read.parquet(lifelong_dir)
-    user_row = lifelong.agg(
-        F.count(F.lit(1)).alias("users"),
-        F.sum("truncated").alias("truncated"),
-        F.max("n_events").alias("max_events"),
-    ).first()
-    timings["lifelong"] = time.perf_counter() - t0
-
-    # 5. targets + shards
-    t0 = time.perf_counter()
-    has_impressions = bool(
-        cfg.targets.impression_behavior and cfg.targets.impression_behavior in behavior_ids
-    )
-    spec = _target_spec(cfg, behavior_ids, has_impressions)
-    sampler_bc = None
-    if spec.negative_mode == "sampled" and spec.negatives_per_positive > 0:
-        size = vocab_sizes["item"]
-        counts = np.zeros(size, dtype=np.int64)
-        categories = np.full(size, OOV_ID, dtype=np.int64)
-        ids = item_rows["id"].to_numpy(dtype=np.int64)
-        counts[ids] = item_rows["count"].to_numpy(dtype=np.int64)
-        categories[ids] = item_rows["category_id"].to_numpy(dtype=np.int64)
-        sampler_bc = spark.sparkContext.broadcast((counts, categories))
-    shard_cfg = cfg.shards
-    partitions = shard_cfg.partitions or max(
-        1, math.ceil(events_valid / shard_cfg.events_per_partition)
-    )
-    job = ShardJob(
-        tmp_dir=storage.join(output, "_tmp", "shards"),
-        spec=spec,
-        max_samples=shard_cfg.max_samples,
-        max_bytes=shard_cfg.max_bytes,
-        sampling=cfg.targets.negative_sampling,
-        alpha=cfg.targets.popularity_alpha,
-        compression=shard_cfg.compression,
-    )
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
-    rows = write_shards(lifelong, job, partitions, sampler_bc)
-    listing = commit_shards(
-        output, [r for r in rows if r["kind"] == "shard"], SHARD_SUFFIX[shard_cfg.compression]
-    )
-    stats = [r for r in rows if r["kind"] == "stats"]
-    if sampler_bc is not None:
-        sampler_bc.unpersist()
-    timings["shards"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - started
-
-    counts = {
-        "events_in": int(events_in),
-        "events_valid": int(events_valid),
-        "duplicates": int(duplicates),
-        "quarantined": {reason: int(quarantined.get(reason, 0)) for reason in REASONS},
-        "truncated": int(user_row["truncated"] or 0),
-        "oov": oov,
-        "negatives_short": int(sum(r["negatives_short"] for r in stats)),
-        "users_without_targets": int(sum(r["users_without_targets"] for r in stats)),
-    }
-    manifest = build_manifest(
-        cfg=cfg,
-        inputs=inputs,
-        fingerprint=input_fingerprint(inputs),
-        counts=counts,
-        users=int(user_row["users"]),
-        max_user_events=int(user_row["max_events"] or 0),
-        vocab_sizes=vocab_sizes,
-        negative_mode=spec.negative_mode,
-        listing=listing,
-        partitions=partitions,
-        timings=timings,
-        schema_version=SCHEMA_VERSION,
-        with_value=with_value,
-        vocab_from=vocab_from,
-    )
-    storage.write_json_atomic(storage.join(output, "manifest.json"), manifest)
-    log.info("build finished in %.1f s: %s", timings["total"], output)
-    return BuildResult(manifest=manifest, timings=timings)
+        counts = {
+            "events_in": int(events_in),
+            "events_valid": int(events_valid),
+            "duplicates": int(duplicates),
+            "quarantined": {reason: int(quarantined.get(reason, 0)) for reason in REASONS},
+            "truncated": int(user_row["truncated"] or 0),
+            "oov": oov,
+            "negatives_short": int(sum(r["negatives_short"] for r in stats)),
+            "users_without_targets": int(sum(r["users_without_targets"] for r in stats)),
+        }
+        manifest = build_manifest(
+            cfg=cfg,
+            inputs=inputs,
+            fingerprint=input_fingerprint(inputs),
+            counts=counts,
+            users=int(user_row["users"]),
+            max_user_events=int(user_row["max_events"] or 0),
+            vocab_sizes=vocab_sizes,
+            negative_mode=spec.negative_mode,
+            listing=listing,
+            partitions=partitions,
+            timings=timings,
+            schema_version=SCHEMA_VERSION,
+            with_value=with_value,
+            vocab_from=vocab_from,
+        )
+        storage.write_json_atomic(storage.join(output, "manifest.json"), manifest)
+        log.info("build finished in %.1f s: %s", timings["total"], output)
+        return BuildResult(manifest=manifest, timings=timings)
 
 
-__all__ = ["BadInputError", "BuildResult", "prepare_output", "run_build", "SPLITS"]
+__all__ = [
+    "BadInputError",
+    "BuildInputError",
+    "BuildResult",
+    "prepare_output",
+    "run_build",
+    "SPLITS",
+]

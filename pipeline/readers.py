@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipeline.config import EVENT_FIELDS, REQUIRED_EVENT_FIELDS, InputConfig
+from pipeline.preflight import BuildInputError
 
 RAW_COLUMNS = tuple(f"raw_{name}" for name in EVENT_FIELDS)
 CORRUPT = "_corrupt"
@@ -150,8 +151,8 @@ def read_raw_events(spark: SparkSession, paths: list[str], cfg: InputConfig) -> 
     """Read raw events in `cfg.format` from `paths` (files, directories or globs).
 
     Raises:
-        ValueError: a mapped source column is missing from the input, naming it and the
-            columns that exist.
+        BuildInputError: a mapped source column is missing from the input, naming it and the
+            columns that exist (a `ValueError`).
     """
     mapping = column_mapping(cfg)
     fmt = cfg.format
@@ -193,9 +194,10 @@ def read_raw_events(spark: SparkSession, paths: list[str], cfg: InputConfig) -> 
     mapping.update(dict.fromkeys(optional_defaults))  # optional and not asked for: no such column
     missing = {f: mapping[f] for f in sorted(absent - optional_defaults)}
     if missing:
-        raise ValueError(
+        raise BuildInputError(
             f"input.columns: source column(s) {missing} not found in the {fmt} input "
-            f"{paths}; available columns: {sorted(available - {CORRUPT, '_file'})}"
+            f"{' '.join(paths)}; available columns: {sorted(available - {CORRUPT, '_file'})}; "
+            "map the event fields to them in input.columns"
         )
     selected = []
     for name in EVENT_FIELDS:
