@@ -12,7 +12,8 @@ numpy and pyarrow installed):
 
 A bad input (a missing path, files not in `input.format`, a corrupt Parquet file, a column
 `input.columns` names that does not exist, an output that cannot be written, no Java 17+)
-prints one `error: ...` line naming it, exits 1 and leaves OUT as it was.
+prints one `error: ...` line naming it, exits 1 and leaves OUT as it was. Spark's own log
+lines are off; `LIFESEQ_LOG_LEVEL=WARN` (or INFO, DEBUG) brings them back.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from pipeline.build import run_build  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.manifest import summary_table  # noqa: E402
 from pipeline.preflight import preflight  # noqa: E402
-from pipeline.spark_session import get_spark, ship_package  # noqa: E402
+from pipeline.spark_session import (  # noqa: E402
+    get_spark,
+    log_level,
+    python_log_level,
+    ship_package,
+)
+
+#: Python loggers of py4j and PySpark that print Spark's chatter (PySpark logs every analysis
+#: error it raises as JSON, even one the build catches).
+_SPARK_PYTHON_LOGGERS = ("py4j", "DataFrameQueryContextLogger", "SQLQueryContextLogger")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         return _error(err)
     try:
         spark = get_spark(args.master or cfg.spark.master, cfg.spark.conf, app_name="lifeseq-build")
-    except RuntimeError as err:  # no Java 17+
+    except (RuntimeError, ValueError) as err:  # no Java 17+; a bad LIFESEQ_LOG_LEVEL
         return _error(err)
     ship_package(spark)
     try:
@@ -107,7 +117,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_spark_python_loggers()
     return run(args)
+
+
+def quiet_spark_python_loggers() -> None:
+    """Set py4j's and PySpark's Python loggers to `LIFESEQ_LOG_LEVEL` (default: silent)."""
+    from pyspark.logger import PySparkLogger
+
+    try:
+        level = python_log_level(log_level())
+    except ValueError:  # reported by get_spark
+        return
+    for name in _SPARK_PYTHON_LOGGERS:
+        logger = logging.getLogger(name) if name == "py4j" else PySparkLogger.getLogger(name)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,54 @@
-"""Spark session creation: embedded local Spark by default, or the session spark-submit made."""
+"""Spark session creation: embedded local Spark by default, or the session spark-submit made.
+
+The embedded session is quiet: Spark's own log lines (`WARN WindowExec: No Partition Defined
+...`, task failure stacks) stay off the terminal unless `LIFESEQ_LOG_LEVEL` (`INFO`, `WARN`,
+`ERROR`, ...) asks for them; failures still reach the caller as exceptions.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from pipeline.java_check import check_java
 
 log = logging.getLogger(__name__)
+
+#: Environment variable naming the log level of Spark's JVM (and py4j / PySpark loggers).
+LOG_LEVEL_ENV = "LIFESEQ_LOG_LEVEL"
+#: Log4j levels Spark accepts, most verbose first.
+SPARK_LOG_LEVELS = ("ALL", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
+#: The embedded session's level when LIFESEQ_LOG_LEVEL is unset: errors arrive as exceptions.
+QUIET_LOG_LEVEL = "FATAL"
+#: The level kept under spark-submit when LIFESEQ_LOG_LEVEL is unset (cluster logs stay useful).
+SUBMIT_LOG_LEVEL = "WARN"
+
+_JDK_INCUBATOR_NOTICE = b"WARNING: Using incubator modules:"
+
+_LOG4J2_PROPERTIES = """\
+# Written by lifeseq (pipeline/spark_session.py) for the embedded Spark session.
+rootLogger.level = {level}
+rootLogger.appenderRef.stderr.ref = console
+# PySpark's gateway starts logging as a shell, which prints "Setting default log level to ..."
+# unless the gateway's logger has a level of its own equal to the root's.
+logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
+logger.gateway.level = {level}
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
+"""
 
 #: Defaults for the embedded session; a config's `spark.conf` overrides them.
 LOCAL_DEFAULTS: dict[str, str] = {
@@ -36,31 +71,120 @@ def get_spark(
     Under `spark-submit` a session's master comes from the submit command; `master` and
     `conf` only apply when lifeseq starts Spark itself.
 
+    Spark's log level comes from `LIFESEQ_LOG_LEVEL` (default: quiet when embedded, WARN under
+    spark-submit); the embedded JVM gets it from its first line on.
+
     Raises:
         RuntimeError: Java 17+ is missing (with install instructions).
+        ValueError: `LIFESEQ_LOG_LEVEL` is not a log level.
     """
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
     submitted = _under_submit()
+    level = log_level(submitted)
     if not submitted:
         check_java()
         # glibc's per-thread malloc arenas inflate a JVM's RSS by hundreds of MB for no gain.
         os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(app_name)
-    if not submitted:
-        builder = builder.master(master or "local[2]")
-        settings = {**LOCAL_DEFAULTS, **(conf or {})}
+    if submitted:
+        builder = SparkSession.builder.appName(app_name)
+        for key, value in (conf or {}).items():
+            builder = builder.config(key, str(value))
+        spark = builder.getOrCreate()
     else:
-        settings = dict(conf or {})
-    for key, value in settings.items():
-        builder = builder.config(key, str(value))
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+        settings = {**LOCAL_DEFAULTS, **(conf or {})}
+        options = settings.get("spark.driver.extraJavaOptions", "")
+        if "log4j2.configurationFile" not in options:  # a user's own log4j config wins
+            config = _log4j2_config(level)
+            settings["spark.driver.extraJavaOptions"] = (
+                f'-Dlog4j2.configurationFile="{config}" {options}'.strip()
+            )
+        spark_conf = SparkConf().setMaster(master or "local[2]").setAppName(app_name)
+        spark_conf.setAll([(key, str(value)) for key, value in settings.items()])
+        _start_context(spark_conf)
+        spark = SparkSession.builder.getOrCreate()
+    spark.sparkContext.setLogLevel(level)
     log.info("Spark %s on %s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def log_level(submitted: bool = False) -> str:
+    """Spark's log level: `LIFESEQ_LOG_LEVEL` if set, else quiet (embedded) or WARN (submit).
+
+    Raises:
+        ValueError: `LIFESEQ_LOG_LEVEL` is not one of `SPARK_LOG_LEVELS` (or WARNING).
+    """
+    raw = os.environ.get(LOG_LEVEL_ENV, "").strip()
+    if not raw:
+        return SUBMIT_LOG_LEVEL if submitted else QUIET_LOG_LEVEL
+    level = "WARN" if raw.upper() == "WARNING" else raw.upper()
+    if level not in SPARK_LOG_LEVELS:
+        raise ValueError(
+            f"{LOG_LEVEL_ENV}={raw!r} is not a log level; use one of {', '.join(SPARK_LOG_LEVELS)}"
+        )
+    return level
+
+
+def python_log_level(spark_level: str) -> int:
+    """The `logging` level matching a Spark log level (FATAL and OFF: above CRITICAL)."""
+    return {
+        "ALL": logging.DEBUG,
+        "TRACE": logging.DEBUG,
+        "DEBUG": logging.DEBUG,
+        "INFO": logging.INFO,
+        "WARN": logging.WARNING,
+        "ERROR": logging.ERROR,
+    }.get(spark_level, logging.CRITICAL + 1)
+
+
+def _log4j2_config(level: str) -> str:
+    """Path of a log4j2 properties file setting the root level, written once per level."""
+    path = Path(tempfile.gettempdir()) / f"lifeseq-log4j2-{level.lower()}.properties"
+    text = _LOG4J2_PROPERTIES.format(level=level.lower())
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def _start_context(conf: SparkConf) -> SparkContext:
+    """Start the embedded SparkContext; its JVM's stderr is relayed minus the JDK's notice.
+
+    Spark's launcher always adds `--add-modules=jdk.incubator.vector`, so every JVM start
+    prints `WARNING: Using incubator modules: jdk.incubator.vector`; no JVM flag turns it off.
+    Everything else the JVM (and the Python workers it starts) writes to stderr is copied to
+    this process's stderr unchanged.
+    """
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._gateway is not None:  # a stopped session's JVM: PySpark reuses it
+        return SparkContext(conf=conf)
+    gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE})
+    relay = threading.Thread(
+        target=_relay_stderr, args=(gateway.proc.stderr,), name="spark-jvm-stderr", daemon=True
+    )
+    relay.start()
+    return SparkContext(conf=conf, gateway=gateway)
+
+
+def _relay_stderr(stream: BinaryIO) -> None:
+    """Copy the JVM's stderr to fd 2 line by line, dropping the incubator-module notice.
+
+    Keeps reading until the JVM closes the pipe, whatever fd 2 does: a JVM whose stderr pipe
+    fills up would block.
+    """
+    for line in iter(stream.readline, b""):
+        if line.startswith(_JDK_INCUBATOR_NOTICE):
+            continue
+        try:
+            os.write(2, line)
+        except OSError:
+            pass
 
 
 def _under_submit() -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -301,6 +302,29 @@ def test_preflight_reads_the_files_spark_reads(tmp_path):
     assert check_inputs([str(tmp_path / "*" / "a.parquet")], "parquet") == []
 
 
+@pytest.mark.parametrize(
+    ("env", "level"),
+    [(None, "FATAL"), ("WARN", "WARN"), ("warning", "WARN"), ("info", "INFO")],
+)
+def test_log_level_comes_from_lifeseq_log_level(monkeypatch, env, level):
+    from pipeline.spark_session import _log4j2_config, log_level
+
+    if env is None:
+        monkeypatch.delenv("LIFESEQ_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("LIFESEQ_LOG_LEVEL", env)
+    assert log_level() == level
+    assert f"rootLogger.level = {level.lower()}\n" in Path(_log4j2_config(level)).read_text()
+
+
+def test_bad_lifeseq_log_level_is_named(monkeypatch):
+    from pipeline.spark_session import log_level
+
+    monkeypatch.setenv("LIFESEQ_LOG_LEVEL", "loud")
+    with pytest.raises(ValueError, match=r"LIFESEQ_LOG_LEVEL='loud' is not a log level; use one"):
+        log_level()
+
+
 def _lifeseq(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [str(Path(sys.executable).parent / "lifeseq"), *args]
     return subprocess.run(
@@ -320,3 +344,22 @@ def test_console_script_missing_input_is_one_line(tmp_path):
     assert result.stdout == ""
     assert result.stderr == (f"error: input path {missing} does not exist; check --input\n")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_console_script_build_keeps_spark_logs_off_the_terminal(tmp_path):
+    """A real build's stderr holds lifeseq's own log lines only: no Spark log line (e.g. `WARN
+    WindowExec: No Partition Defined`, which the build triggers at Spark's default level), no
+    JVM notice."""
+    _good_parquet(tmp_path / "in" / "a.parquet")
+    config = _config_file(tmp_path)
+    result = _lifeseq(
+        "build", "--config", str(config), "--input", str(tmp_path / "in"),
+        "--output", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "manifest.json").exists()
+    own_log = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO (pipeline|jobs)\.\w+: ")
+    assert [line for line in result.stderr.splitlines() if not own_log.match(line)] == []
+    assert "build finished" in result.stderr
