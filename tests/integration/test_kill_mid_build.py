@@ -1,14 +1,18 @@
-"""A build killed with SIGKILL while writing shards leaves nothing that looks complete."""
+"""A build killed with SIGKILL while writing shards leaves nothing that looks complete, and a
+rerun with --overwrite gives the same output as a build that was never interrupted."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -21,6 +25,38 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def _output_files(out: Path) -> dict[str, Path]:
+    """Every file below OUT by relative path, Spark's per-write UUID dropped from part names."""
+    return {
+        re.sub(r"part-(\d+)-[0-9a-f-]{36}", r"part-\1", str(p.relative_to(out))): p
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _assert_same_output(out: Path, reference: Path) -> None:
+    """OUT equals an uninterrupted build's: the same files; shards byte for byte; the manifest
+    but for its timings; Spark's Parquet tables row for row, with the same schema. Their bytes
+    (and .crc checksums) are not compared: parquet-mr lists a column chunk's encodings in
+    hash-set order, which differs between JVM runs (e.g. `RLE, PLAIN, BIT_PACKED` vs `PLAIN,
+    BIT_PACKED, RLE` in two identical builds)."""
+    files, expected = _output_files(out), _output_files(reference)
+    assert sorted(files) == sorted(expected)
+    for name, path in files.items():
+        if name.startswith("shards/") or name.endswith("_SUCCESS"):
+            assert path.read_bytes() == expected[name].read_bytes(), name
+        elif name == "manifest.json":
+            got, want = json.loads(path.read_text()), json.loads(expected[name].read_text())
+            got.pop("timings_s"), want.pop("timings_s")
+            assert got == want
+        elif name.endswith(".parquet"):
+            got, want = pq.read_table(path), pq.read_table(expected[name])
+            assert got.schema.equals(want.schema, check_metadata=True), name
+            assert got.to_pylist() == want.to_pylist(), name
+        else:
+            assert name.endswith(".parquet.crc") or name.endswith("_SUCCESS.crc"), name
 
 
 def test_sigkill_during_shard_stage_then_rerun(tmp_path):
@@ -46,6 +82,10 @@ def test_sigkill_during_shard_stage_then_rerun(tmp_path):
         "--overwrite",
     ]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    reference = tmp_path / "reference"
+    uninterrupted = [*command[: command.index("--output") + 1], str(reference)]
+    clean = subprocess.run(uninterrupted, capture_output=True, text=True, env=env, timeout=300)
+    assert clean.returncode == 0, clean.stderr[-2000:]
     proc = subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
@@ -66,3 +106,4 @@ def test_sigkill_during_shard_stage_then_rerun(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (out / "manifest.json").exists() and not (out / "_tmp").exists()
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["test", "train", "valid"]
+    _assert_same_output(out, reference)
