@@ -8,9 +8,13 @@ process so memory is measured per size:
   workers are counted separately), shard bytes and lifelong-table bytes per valid event;
 * `jobs.bench_pipeline_baseline` (pandas/pyarrow, one process): wall time and peak RSS.
 
-Prints a Markdown table and, with `--out FILE.json`, writes JSON keyed by input size.
+Prints Markdown tables (sizes, stage times) and the seconds per 4× step; with `--out FILE.json`
+writes JSON keyed by input size, with `--png FILE.png` a plot of time and peak driver memory
+against input size. The pandas baseline holds the whole input in memory (~0.65 KB per event:
+10.4 GB at 16M), so it runs only up to `--baseline-max-events` (16M).
 
-    python -m jobs.bench_pipeline [--sizes 1000000 4000000 16000000] [--out bench.json]
+    python -m jobs.bench_pipeline [--sizes 1000000 4000000 16000000 64000000] \
+        [--out bench.json] [--png bench.png]
 """
 
 from __future__ import annotations
@@ -227,6 +231,59 @@ def bench_size(
     return row
 
 
+def stage_markdown(results: dict[str, dict]) -> str:
+    """The Spark job's stage times (seconds) per input size, in Markdown."""
+    stages = list(next(iter(results.values()))["spark_stage_s"]) if results else []
+    head = "| events | " + " | ".join(stages) + " |"
+    lines = [head, "|" + "---:|" * (len(stages) + 1)]
+    for size, r in results.items():
+        cells = [f"{r['spark_stage_s'].get(stage, float('nan')):.1f}" for stage in stages]
+        lines.append(f"| {int(size):,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scaling(results: dict[str, dict]) -> dict[str, float]:
+    """Wall-time ratio between consecutive sizes, keyed `"B/A"` with the event-count ratio it
+    should stay under for linear time (`{"16000000/4000000": 2.3, ...}`)."""
+    sizes = sorted(results, key=int)
+    return {
+        f"{b}/{a}": round(results[b]["spark_s"] / results[a]["spark_s"], 2)
+        for a, b in zip(sizes, sizes[1:], strict=False)
+    }
+
+
+def plot(results: dict[str, dict], path: str) -> None:
+    """Two panels against input events (log-log): Spark wall time with a linear-time line
+    through the smallest size, and the peak RSS of the Python driver and the driver JVM."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(results, key=int)
+    events = [int(s) for s in sizes]
+    seconds = [results[s]["spark_s"] for s in sizes]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    left.plot(events, seconds, "o-", label="Spark build")
+    left.plot(events, [seconds[0] * e / events[0] for e in events], "--", color="grey",
+              label="linear from the smallest size")  # fmt: skip
+    left.set(xscale="log", yscale="log", xlabel="input events", ylabel="wall seconds",
+             title="time")  # fmt: skip
+    left.legend()
+    for key, label in (("python_driver", "Python driver"), ("jvm", "driver JVM")):
+        right.plot(events, [results[s]["spark_peak_rss_mb"][key] for s in sizes], "o-",
+                   label=label)  # fmt: skip
+    right.set(xscale="log", xlabel="input events", ylabel="peak RSS (MiB)",
+              title="driver memory")  # fmt: skip
+    right.set_ylim(bottom=0)
+    right.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def markdown(results: dict[str, dict]) -> str:
     """The benchmark table in Markdown."""
     head = (
@@ -249,10 +306,18 @@ def markdown(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`python -m jobs.bench_pipeline`, `lifeseq bench pipeline`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 4_000_000, 16_000_000])
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[1_000_000, 4_000_000, 16_000_000, 64_000_000]
+    )
     parser.add_argument("--workdir", default="bench_out/pipeline", help="data and scratch outputs")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--skip-baseline", action="store_true", help="only run Spark")
+    parser.add_argument(
+        "--baseline-max-events",
+        type=int,
+        default=16_000_000,
+        help="run the in-memory pandas baseline only up to this size (it needs ~0.65 KB/event)",
+    )
     parser.add_argument(
         "--shard-compression",
         choices=["none", "gzip"],
@@ -266,28 +331,30 @@ def main(argv: list[str] | None = None) -> int:
         "so that the driver JVM's memory is measured alone",
     )
     parser.add_argument("--out", default=None, help="write JSON results here")
+    parser.add_argument("--png", default=None, help="write the time and memory plot here")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     for size in args.sizes:
         print(f"benchmarking {size:,} events ...", flush=True)
+        skip_baseline = args.skip_baseline or size > args.baseline_max_events
         results[str(size)] = bench_size(
-            size, workdir, args.seed, args.skip_baseline, args.shard_compression, args.master
+            size, workdir, args.seed, skip_baseline, args.shard_compression, args.master
         )
         print(json.dumps(results[str(size)]), flush=True)
     sizes = [str(s) for s in args.sizes]
-    summary = {}
-    if "4000000" in results and "16000000" in results:
-        summary["spark_16M_over_4M"] = round(
-            results["16000000"]["spark_s"] / results["4000000"]["spark_s"], 2
-        )
+    summary: dict[str, object] = {"spark_time_ratio": scaling(results)}
     summary["max_driver_python_rss_mb"] = max(
         r["spark_peak_rss_mb"]["python_driver"] for r in results.values()
     )
     summary["max_driver_jvm_rss_mb"] = max(r["spark_peak_rss_mb"]["jvm"] for r in results.values())
     print(markdown(results))
+    print()
+    print(stage_markdown(results))
     print(json.dumps(summary))
+    if args.png:
+        plot(results, args.png)
     if args.out:
         git = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT
