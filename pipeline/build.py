@@ -203,9 +203,15 @@ def run_build(
     with spark_errors_named(inputs, cfg.input.format):
         raw = read_raw_events(spark, inputs, cfg.input)
         tagged = tag_reasons(raw.df, cfg.input, cfg.behaviors)
-        reason_rows = tagged.groupBy("reason").count().collect()
+        # One scan counts rows per reason and lists the files holding valid rows (the dedupe
+        # stage's tie-break index), so the input is not scanned again just for its file names.
+        reason_rows = tagged.groupBy("reason", "_file").count().collect()
         events_in = sum(r["count"] for r in reason_rows)
-        quarantined = {r["reason"]: r["count"] for r in reason_rows if r["reason"] is not None}
+        quarantined: dict[str, int] = {}
+        for r in reason_rows:
+            if r["reason"] is not None:
+                quarantined[r["reason"]] = quarantined.get(r["reason"], 0) + r["count"]
+        valid_files = sorted({r["_file"] for r in reason_rows if r["reason"] is None})
         if events_in == 0:
             raise BuildInputError(
                 f"input {' '.join(inputs)} has no rows; check --input and input.format"
@@ -243,11 +249,10 @@ def run_build(
         # 2. dedupe
         t0 = time.perf_counter()
         valid = valid_events(tagged)
-        files = [r["_file"] for r in valid.select("_file").distinct().collect()]
         # Checkpoint the deduplicated events as Parquet: later stages read only the columns they
         # need, and nothing has to stay cached in the (small, in local mode shared) heap.
         events_dir = storage.join(output, "_tmp", "events")
-        deduplicate(index_files(valid, files)).write.mode("overwrite").parquet(events_dir)
+        deduplicate(index_files(valid, valid_files)).write.mode("overwrite").parquet(events_dir)
         deduped = spark.read.parquet(events_dir)
         events_valid = deduped.count()
         duplicates = (events_in - bad) - events_valid
