@@ -284,6 +284,13 @@ def plot(results: dict[str, dict], path: str) -> None:
     print(f"wrote {path}")
 
 
+def _baseline_cells(row: dict) -> str:
+    """The pandas columns of a table row, `- | - | -` where the baseline did not run."""
+    if "pandas_s" not in row:
+        return "- | - | -"
+    return f"{row['pandas_s']:.1f} | {row['pandas_events_per_s']:,} | {row['pandas_peak_rss_mb']:,}"
+
+
 def markdown(results: dict[str, dict]) -> str:
     """The benchmark table in Markdown."""
     head = (
@@ -297,8 +304,7 @@ def markdown(results: dict[str, dict]) -> str:
             f"| {int(size):,} | {r['spark_s']:.1f} | {r['spark_events_per_s']:,} | "
             f"{rss['python_driver']:,} / {rss['jvm']:,} | {r['shard_bytes_per_event']:.1f} | "
             f"{r['lifelong_bytes_per_event']:.1f} | {r['shard_to_lifelong_ratio']:.2f} | "
-            f"{r.get('pandas_s', float('nan')):.1f} | {r.get('pandas_events_per_s', 0):,} | "
-            f"{r.get('pandas_peak_rss_mb', 0):,} | {r.get('pandas_same_targets', '-')} |"
+            f"{_baseline_cells(r)} | {r.get('pandas_same_targets', '-')} |"
         )
     return "\n".join(lines)
 

@@ -48,7 +48,8 @@ def test_stage_table_has_a_row_per_size_and_a_column_per_stage() -> None:
 
 def test_a_size_without_the_baseline_still_tabulates() -> None:
     last = markdown(RESULTS).splitlines()[-1]
-    assert last.startswith("| 16,000,000 | 150.0 |") and last.endswith("| - |")
+    assert last.startswith("| 16,000,000 | 150.0 |") and last.endswith("| - | - | - | - |")
+    assert markdown(RESULTS).splitlines()[2].endswith("| 2.0 | 500 | 900 | True |")
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
