@@ -386,44 +386,13 @@ class CtrRequestProgram(nn.Module):
         return self.dense(features).logits
 
 
-class CtrStateUpdateProgram(nn.Module):
-    """An incremental-state model's `update_state` as a serving program: B users' states and
-    one event each (ids and looked-up history rows, inputs named as `CtrRequestProgram`'s with
-    `users` for `events`) → their states after it (a dict of the same names).
+class _CtrStateProgram(nn.Module):
+    """What both incremental-state serving programs share: the dense part, the embedding
+    features whose looked-up rows may come as inputs, and the state's tensor names.
 
     Args:
         dense: the zoo model (`CtrModel.incremental`).
-        features: the embedding features it reads (its history features are inputs).
-        state: the state's tensor names (inputs and outputs).
-    """
-
-    def __init__(self, dense: CtrModel, features: tuple[str, ...], state: tuple[str, ...]) -> None:
-        super().__init__()
-        self.dense = dense
-        self.feature_names = features
-        self.state_names = state
-
-    def forward(self, request: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The users' new states, name → (B, ...)."""
-        event = CtrEvents(
-            item=request["event_item"],
-            category=request["event_category"],
-            behavior=request["event_behavior"],
-            ts=request["event_ts"],
-            embedded={f: request[rows_input(f)] for f in self.feature_names
-                      if rows_input(f) in request},
-        )  # fmt: skip
-        return self.dense.update_state({k: request[k] for k in self.state_names}, event)
-
-
-class CtrStateScoreProgram(nn.Module):
-    """An incremental-state model's `score_from_state` as a serving program: one user's state
-    (name → (1, ...)) and C candidates (as `CtrRequestProgram`'s target inputs, and the
-    request time) → (C,) logits.
-
-    Args:
-        dense: the zoo model (`CtrModel.incremental`).
-        features: the embedding features it reads (its target features are inputs).
+        features: the embedding features it reads.
         state: the state's tensor names.
     """
 
@@ -433,6 +402,33 @@ class CtrStateScoreProgram(nn.Module):
         self.feature_names = features
         self.state_names = state
 
+    def embedded_rows(self, request: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """feature → looked-up rows, for the features whose rows the request carries."""
+        return {f: request[rows_input(f)] for f in self.feature_names if rows_input(f) in request}
+
+
+class CtrStateUpdateProgram(_CtrStateProgram):
+    """An incremental-state model's `update_state` as a serving program: B users' states and
+    one event each (ids and looked-up history rows, inputs named as `CtrRequestProgram`'s with
+    `users` for `events`) → their states after it (a dict of the same names)."""
+
+    def forward(self, request: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The users' new states, name → (B, ...)."""
+        event = CtrEvents(
+            item=request["event_item"],
+            category=request["event_category"],
+            behavior=request["event_behavior"],
+            ts=request["event_ts"],
+            embedded=self.embedded_rows(request),
+        )
+        return self.dense.update_state({k: request[k] for k in self.state_names}, event)
+
+
+class CtrStateScoreProgram(_CtrStateProgram):
+    """An incremental-state model's `score_from_state` as a serving program: one user's state
+    (name → (1, ...)) and C candidates (as `CtrRequestProgram`'s target inputs, and the
+    request time) → (C,) logits."""
+
     def forward(self, request: dict[str, torch.Tensor]) -> torch.Tensor:
         """(C,) logits of the candidates."""
         target_item = request["target_item"]
@@ -441,9 +437,8 @@ class CtrStateScoreProgram(nn.Module):
             item=target_item,
             category=request["target_category"],
             ts=request["request_ts"].expand(c),
-            embedded={f: request[rows_input(f)] for f in self.feature_names
-                      if rows_input(f) in request},
-        )  # fmt: skip
+            embedded=self.embedded_rows(request),
+        )
         state = {k: request[k].expand(c, *request[k].shape[1:]) for k in self.state_names}
         return self.dense.score_from_state(state, targets)
 
