@@ -89,6 +89,8 @@ class MultiHeadTargetAttention(nn.Module):
         heads: attention heads H.
         head_dim: width per head dh.
         out_dim: output width (W_o).
+        logit_scale: every attention logit (and the null slot's) times this before the softmax
+            (1: plain logits); see `FullAttentionConfig.logit_scale`.
     """
 
     def __init__(
@@ -99,12 +101,14 @@ class MultiHeadTargetAttention(nn.Module):
         heads: int = 4,
         head_dim: int = 16,
         out_dim: int = 64,
+        logit_scale: float = 1.0,
     ) -> None:
         super().__init__()
         for name, value in (("heads", heads), ("head_dim", head_dim), ("out_dim", out_dim)):
             if value < 1:
                 raise ValueError(f"MultiHeadTargetAttention.{name}: expected >= 1, got {value}")
         self.heads, self.head_dim, self.out_dim = heads, head_dim, out_dim
+        self.logit_scale = logit_scale
         width = heads * head_dim
         self.query_proj = nn.Linear(target_dim, width, bias=False)
         self.key_proj = nn.Linear(inherent_dim, width, bias=False)
@@ -203,8 +207,9 @@ class MultiHeadTargetAttention(nn.Module):
         Returns:
             (T, out_dim).
         """
-        logits = self.logits(query, keys, cross).masked_fill(~valid.unsqueeze(-1), NEG_INF)
-        null = self.null_logit.expand(logits.shape[0], 1, -1)  # (T, 1, H): a zero value
+        logits = self.logits(query, keys, cross) * self.logit_scale
+        logits = logits.masked_fill(~valid.unsqueeze(-1), NEG_INF)
+        null = (self.null_logit * self.logit_scale).expand(logits.shape[0], 1, -1)  # (T, 1, H)
         weights = torch.softmax(torch.cat([null, logits], dim=1), dim=1)[:, 1:]  # (T, K, H)
         pooled = torch.einsum("tkh,tkhd->thd", weights, self.values(inherent, cross))
         return self.out_proj(pooled.reshape(pooled.shape[0], self.heads * self.head_dim))
@@ -215,7 +220,6 @@ class MultiHeadTargetAttention(nn.Module):
         event_keys: torch.Tensor,
         inputs: LifelongInputs,
         chunk: int,
-        logit_scale: float = 1.0,
     ) -> torch.Tensor:
         """Exact attention over every behavior of each target's window ("full attention"),
         slice by slice with an online softmax: O(T × chunk) memory, never O(T × L).
@@ -229,20 +233,18 @@ class MultiHeadTargetAttention(nn.Module):
             event_keys: (N, H, dh) keys of every event of the batch.
             inputs: the batch inputs (events, windows, cross features).
             chunk: events per slice.
-            logit_scale: every logit (and the null slot's) times this before the softmax; 1
-                gives `attend`'s logits.
 
         Returns:
-            (T, out_dim); with `logit_scale` 1, equal (up to float rounding) to `attend` over
-            the whole window.
+            (T, out_dim); equal (up to float rounding) to `attend` over the whole window.
         """
         t, h, d = query.shape
         bias = self.split_bias(inputs)
-        null_logit = self.null_logit * logit_scale
+        null_logit = self.null_logit * self.logit_scale
         pool = OnlineSoftmaxPool(t, (h,), d, query, null_logit=null_logit)
         for step in scan_chunks(inputs.windows, chunk):
             bucket, match = inputs.chunk_gap_bucket(step), inputs.chunk_match(step)  # (n, C)
-            logits = self.slice_logits(step, query, event_keys, bias, bucket, match) * logit_scale
+            logits = self.slice_logits(step, query, event_keys, bias, bucket, match)
+            logits = logits * self.logit_scale
             logits = logits.masked_fill(~step.valid.unsqueeze(-1), NEG_INF)
             cross = inputs.chunk_pair_features(step, bucket, match)
             inherent = inputs.event_inherent[step.events].expand(step.rows.shape[0], -1, -1)

@@ -425,9 +425,10 @@ def test_full_attention_logit_scale_multiplies_every_logit(batch: CtrBatch) -> N
         inputs = embedded(model, batch)
         query = attention.query(inputs.target_inherent)
         keys = attention.keys(inputs.event_inherent)
-        out = attention.attend_windows(query, keys, inputs, 4, logit_scale=scale)
-        expected = scaled.attend_windows(query * scale, keys, inputs, 4)
         plain = attention.attend_windows(query, keys, inputs, 4)
+        expected = scaled.attend_windows(query * scale, keys, inputs, 4)
+        attention.logit_scale = scale
+        out = attention.attend_windows(query, keys, inputs, 4)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
     assert (out - plain).abs().max() > 1e-3
 

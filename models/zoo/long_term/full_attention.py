@@ -62,7 +62,7 @@ class FullAttention(LongTermUnit):
         d, esu = dims.embedding_dim, config.esu
         self.attention = MultiHeadTargetAttention(
             target_dim=2 * d, inherent_dim=2 * d, cross_dim=3 * d, heads=esu.heads,
-            head_dim=esu.head_dim, out_dim=esu.out_dim,
+            head_dim=esu.head_dim, out_dim=esu.out_dim, logit_scale=config.logit_scale,
         )  # fmt: skip
         self.out_dim = esu.out_dim
 
@@ -70,7 +70,5 @@ class FullAttention(LongTermUnit):
         """(T, out_dim) attention over every behavior of each window."""
         query = self.attention.query(inputs.target_inherent)  # (T, H, dh)
         event_keys = self.attention.keys(inputs.event_inherent)  # (N, H, dh)
-        out = self.attention.attend_windows(
-            query, event_keys, inputs, self.config.chunk, self.config.logit_scale
-        )
+        out = self.attention.attend_windows(query, event_keys, inputs, self.config.chunk)
         return LongTermOutput(out)
