@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
-from features.schema import check_members
+from features.schema import check_members, format_version_message
 from features.tar_reader import (  # noqa: F401 (re-exported: part of this module's API)
     CORRUPT_ERRORS,
     ShardError,
@@ -69,7 +69,7 @@ from pipeline.sample_codec import (
     SPLITS,
     VALUE_MEMBER,
     UserSample,
-    decode_members,
+    decode_split,
 )
 
 VIEWS = ("ctr", "generative")
@@ -89,6 +89,8 @@ STAT_KEYS = (
 )
 
 Batch = CtrBatch | GenerativeBatch
+#: `_decode`'s result for a sample that does not decode (counted, warned; it yields nothing).
+_BAD = UserSample(user="", split="train", history={}, targets={})
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,8 @@ class LifeseqDataset(IterableDataset):
         world_size: ranks in the job (default: torch.distributed, else 1).
         num_workers: DataLoader workers per rank this dataset is planned for (0 = in-process).
         with_value: samples carry the optional `value` member (padding batches get it too).
-        split: expected `meta.json` split of every sample (None: not checked).
+        split: the split read from the shards: each user sample yields that split's targets
+            and the history prefix they need; users without targets of it are passed over.
         train_windows: generative training over the whole history (`features.windows`): each
             sample becomes several rows of at most `max_len` events; None = one row, the most
             recent `max_len` events. Only where `split` is `train`.
@@ -330,7 +333,7 @@ class LifeseqDataset(IterableDataset):
         world_size: int | None = None,
         num_workers: int = 0,
         with_value: bool = False,
-        split: str | None = None,
+        split: str = "train",
         train_windows: TrainingWindows | None = None,
     ) -> None:
         super().__init__()
@@ -361,6 +364,8 @@ class LifeseqDataset(IterableDataset):
                 )
             train_windows.stride(max_len)  # context < max_len, else a ValueError naming it
         self.train_windows = train_windows
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
         self.split = split
         self.epoch = 0
         self.stats: Counter[str] = Counter(dict.fromkeys(STAT_KEYS, 0))
@@ -371,7 +376,7 @@ class LifeseqDataset(IterableDataset):
 
     @classmethod
     def from_manifest(cls, root: str, split: str, **kwargs: Any) -> LifeseqDataset:
-        """Dataset over `root/shards/{split}` as listed in `root/manifest.json`.
+        """Dataset over the shards `root/manifest.json` lists for `split`.
 
         Args:
             root: pipeline output directory (local path or URI).
@@ -380,16 +385,13 @@ class LifeseqDataset(IterableDataset):
 
         Raises:
             FileNotFoundError: no manifest.
-            ValueError: a manifest whose `schema_version` or `members` differ from
-                `pipeline.sample_codec`, naming the field.
+            ValueError: a manifest of another shard format (saying to rebuild) or whose
+                `members` differ from `pipeline.sample_codec`, naming the field.
         """
         source = storage.join(root, "manifest.json")
         manifest = storage.read_json(source)
         if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(
-                f"{source}: schema_version {manifest.get('schema_version')!r} differs from "
-                f"sample_codec.SCHEMA_VERSION {SCHEMA_VERSION}"
-            )
+            raise ValueError(format_version_message(manifest.get("schema_version"), source))
         members = check_members(manifest.get("members"), source)
         return cls(
             shards_from_manifest(root, split, manifest),
@@ -562,7 +564,7 @@ class LifeseqDataset(IterableDataset):
         for idx in shard_ids:
             spec = self.shards[idx]
             self._count("shards")
-            read = 0
+            read = bad = 0
 
             def on_unsafe(name: str, reason: str, url: str = spec.url) -> None:
                 self._problem(
@@ -580,27 +582,29 @@ class LifeseqDataset(IterableDataset):
             try:
                 with handle:
                     for raw in iter_tar_samples(handle, spec.url, on_unsafe, on_bad_member):
-                        read += 1
                         sample = self._decode(spec, raw)
-                        if sample is not None:
+                        if sample is _BAD:
+                            bad += 1
+                        elif sample is not None:
+                            read += 1
                             yield sample
             except CORRUPT_ERRORS as exc:
-                self._corrupt(spec, f"is damaged ({type(exc).__name__}: {exc})", read)
+                self._corrupt(spec, f"is damaged ({type(exc).__name__}: {exc})", read + bad)
                 continue
-            if read != spec.samples:
-                self._corrupt(spec, "is truncated or differs from the manifest", read)
+            # A sample that does not decode may or may not be of this split.
+            if read > spec.samples or read + bad < spec.samples:
+                self._corrupt(spec, "is truncated or differs from the manifest", read + bad)
 
     def _decode(self, spec: ShardSpec, raw: dict[str, Any]) -> UserSample | None:
+        """This split's view of a raw sample; None for a user without targets of the split;
+        `_BAD` (counted, warned) for one that does not decode, whose split is unknown."""
         try:
-            sample = decode_members(raw)
-            if self.split is not None and sample.split != self.split:
-                raise ValueError(f"split {sample.split!r}, expected {self.split!r}")
+            return decode_split(raw, self.split)
         except (ValueError, KeyError) as exc:
             self._problem(
                 "bad_samples", f"shard {spec.url}: skipped sample {raw.get('__key__')!r}: {exc}"
             )
-            return None
-        return sample
+            return _BAD
 
     def _corrupt(self, spec: ShardSpec, what: str, read: int) -> None:
         missing = max(spec.samples - read, 0)

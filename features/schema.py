@@ -34,11 +34,14 @@ import torch
 
 from pipeline import storage
 from pipeline.sample_codec import (
+    ALLOWED_DTYPES,
     HISTORY_MEMBERS,
+    SAMPLE_VIEW_VERSION,
     SCHEMA_VERSION,
     TARGET_MEMBERS,
     VALUE_DTYPE,
     VALUE_MEMBER,
+    RecordLayout,
 )
 
 #: Upper bound of `FeatureConfig.max_history` (the pipeline keeps at most 10^5 events per user).
@@ -119,8 +122,11 @@ class FeatureSchema:
 
     Attributes:
         config: the feature config.
-        schema_version: the manifest's sample schema version (= `sample_codec.SCHEMA_VERSION`).
-        members: member name → dtype string, as in the manifest.
+        schema_version: version of the per-split sample view the models read
+            (`sample_codec.SAMPLE_VIEW_VERSION`; the shard format's own version is the
+            manifest's `schema_version`, checked when the schema is read).
+        members: member name → dtype string of that view (`expected_members`): what the
+            models see, not the narrower dtypes a build stores.
         has_value: whether samples carry the optional `value` member.
         tables: table name → spec, in the order of the table above.
         feature_tables: feature name → table name.
@@ -161,11 +167,8 @@ class FeatureSchema:
         """
         version = manifest.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(
-                f"{source}: schema_version {version!r} differs from the loader's "
-                f"sample_codec.SCHEMA_VERSION {SCHEMA_VERSION}; rebuild the shards or update lifeseq"
-            )
-        members = check_members(manifest.get("members"), source)
+            raise ValueError(format_version_message(version, source))
+        has_value = VALUE_MEMBER in check_members(manifest.get("members"), source)
         vocab = manifest.get("vocab")
         if not isinstance(vocab, dict):
             raise ValueError(f"{source}: vocab: expected a mapping of table sizes, got {vocab!r}")
@@ -191,9 +194,9 @@ class FeatureSchema:
         }
         return FeatureSchema(
             config=cfg,
-            schema_version=version,
-            members=members,
-            has_value=VALUE_MEMBER in members,
+            schema_version=SAMPLE_VIEW_VERSION,
+            members=expected_members(has_value),
+            has_value=has_value,
             tables=tables,
             feature_tables=dict(FEATURE_TABLES),
         )
@@ -208,7 +211,7 @@ class FeatureSchema:
         """
         manifest = {
             "schema_version": SCHEMA_VERSION,
-            "members": expected_members(with_value=False),
+            "members": RecordLayout.widest().members(),
             "vocab": dict(vocab),
         }
         return FeatureSchema.from_manifest_dict(manifest, cfg, source="vocab")
@@ -244,40 +247,56 @@ class FeatureSchema:
 
 
 def expected_members(with_value: bool) -> dict[str, str]:
-    """Member name → dtype string that `pipeline.sample_codec` writes."""
+    """Member name → dtype string of the per-split view models read (`UserSample`)."""
     members = {name: str(dtype) for name, dtype in {**HISTORY_MEMBERS, **TARGET_MEMBERS}.items()}
     if with_value:
         members[VALUE_MEMBER] = str(VALUE_DTYPE)
     return members
 
 
+def format_version_message(version: Any, source: str) -> str:
+    """What to tell a user whose build has shard format `version` instead of this lifeseq's."""
+    if version == 1:
+        return (
+            f"{source}: built with shard format v1 (a copy of each history per split); this "
+            f"lifeseq reads format v{SCHEMA_VERSION}. Rebuild it: lifeseq build --config ... "
+            "--input ... --output OUT --overwrite"
+        )
+    return (
+        f"{source}: schema_version {version!r} is not the shard format this lifeseq reads "
+        f"(v{SCHEMA_VERSION}); rebuild the shards with this lifeseq or update lifeseq"
+    )
+
+
 def check_members(members: Any, source: str = "manifest") -> dict[str, str]:
-    """Validate a manifest's `members` against `pipeline.sample_codec`.
+    """Validate a manifest's `members` (field → stored dtype) against `pipeline.sample_codec`.
 
     Returns:
-        The members as a dict (the optional `value` member included when present).
+        The members as a dict (the optional `value` field included when present).
 
     Raises:
-        ValueError: naming the missing, unknown or differently typed member.
+        ValueError: naming the missing or unknown field, or one stored in a dtype the format
+            does not allow.
     """
     if not isinstance(members, dict):
         raise ValueError(
             f"{source}: members: expected a mapping of member → dtype, got {members!r}"
         )
-    expected = expected_members(with_value=VALUE_MEMBER in members)
-    for name, dtype in expected.items():
+    required = [name for name in ALLOWED_DTYPES if name != VALUE_MEMBER]
+    for name in required:
         if name not in members:
-            raise ValueError(f"{source}: members.{name}: missing (expected dtype {dtype})")
-        if members[name] != dtype:
+            raise ValueError(f"{source}: members.{name}: missing")
+    for name, dtype in members.items():
+        if name not in ALLOWED_DTYPES:
             raise ValueError(
-                f"{source}: members.{name}: dtype {members[name]!r} differs from sample_codec's "
-                f"{dtype!r}"
+                f"{source}: members.{name}: unknown member (known: {sorted(ALLOWED_DTYPES)})"
             )
-    unknown = sorted(set(members) - set(expected))
-    if unknown:
-        raise ValueError(
-            f"{source}: members.{unknown[0]}: unknown member (known: {sorted(expected)})"
-        )
+        allowed = [str(d) for d in ALLOWED_DTYPES[name]]
+        if dtype not in allowed:
+            raise ValueError(
+                f"{source}: members.{name}: dtype {dtype!r} is not one sample_codec stores "
+                f"({', '.join(allowed)})"
+            )
     return dict(members)
 
 

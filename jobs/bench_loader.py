@@ -35,7 +35,7 @@ import torch
 
 from features.dataset import LifeseqDataset, ShardSpec
 from jobs.bench_report import git_commit, write_json
-from pipeline.sample_codec import UserSample, encode_members, npy_load
+from pipeline.sample_codec import RecordLayout, UserRecord, encode_record, npy_load
 from pipeline.shard_writer import ShardWriter, encoded_sample_size
 
 HISTORY_LENGTHS = (200, 10_000)
@@ -44,8 +44,18 @@ TARGETS_PER_USER = 20
 BATCH_SIZE = {200: 64, 10_000: 4}
 
 
-def make_user(rng: np.random.Generator, user: int, length: int) -> UserSample:
-    """A synthetic user with `length` events and `TARGETS_PER_USER` targets spread over it."""
+#: Stored dtypes of the synthetic users: ids of a 10^6-item, 5,000-category catalog.
+LAYOUT = RecordLayout.for_build(
+    {"item": 1_000_000, "category": 5000, "behavior": 6},
+    max_history=max(HISTORY_LENGTHS),
+    ts_span=100_000_000,
+    with_value=True,
+)
+
+
+def make_user(rng: np.random.Generator, user: int, length: int) -> UserRecord:
+    """A synthetic user with `length` events and `TARGETS_PER_USER` train targets spread over
+    it (all in one split, so the history each split reads is the whole stored one)."""
     ts = np.sort(rng.integers(1_600_000_000, 1_700_000_000, size=length)).astype(np.int64)
     hist_len = np.sort(rng.integers(1, length + 1, size=TARGETS_PER_USER)).astype(np.int64)
     hist_len[-1] = length
@@ -62,18 +72,19 @@ def make_user(rng: np.random.Generator, user: int, length: int) -> UserSample:
         "target_ts": ts[hist_len - 1] + 1,
         "target_label": (rng.random(TARGETS_PER_USER) < 0.5).astype(np.float32),
         "target_hist_len": hist_len,
+        "target_split": np.zeros(TARGETS_PER_USER, dtype=np.int64),
     }
-    return UserSample(user=f"u{user}", split="train", history=history, targets=targets)
+    return UserRecord(user=f"u{user}", history=history, targets=targets)
 
 
 def write_shards(directory: Path, length: int, total_mb: int) -> list[ShardSpec]:
     """~`total_mb` MB of users with `length` events, in 8 shards."""
     rng = np.random.default_rng(length)
-    probe = encoded_sample_size(encode_members(make_user(rng, 0, length)))
+    probe = encoded_sample_size(encode_record(make_user(rng, 0, length), LAYOUT))
     users = max(16, total_mb * 2**20 // probe)
     per_shard = -(-users // 8)
     directory.mkdir(parents=True, exist_ok=True)
-    writer = ShardWriter(str(directory), f"h{length}", per_shard, 1 << 40)
+    writer = ShardWriter(str(directory), f"h{length}", per_shard, 1 << 40, LAYOUT)
     for user in range(users):
         writer.write(f"s{user:07d}", make_user(rng, user, length))
     return [ShardSpec(info.path, info.samples, info.bytes) for info in writer.close()]

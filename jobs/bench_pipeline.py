@@ -26,11 +26,13 @@ import platform
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
+import pyarrow.parquet as pq
 
 from jobs.bench_report import write_json
 
@@ -113,6 +115,41 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def shard_breakdown(shards: Path) -> dict[str, int]:
+    """Bytes of the shards by what they hold: the payload of each member kind (`history.npy`,
+    `targets.npy`, `meta.json`, .npy headers included) and `tar` (member headers, padding, end
+    of archive), summing to the files' size. Uncompressed `.tar` shards only."""
+    totals: dict[str, int] = {}
+    files = sorted(shards.glob("*.tar"))
+    for path in files:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                kind = member.name.split(".", 1)[1]
+                totals[kind] = totals.get(kind, 0) + member.size
+    totals["tar"] = sum(p.stat().st_size for p in files) - sum(totals.values())
+    return totals
+
+
+def uncompressed_parquet_bytes(table_dir: Path, workdir: Path) -> int:
+    """Size of a Parquet table rewritten by pyarrow without compression (dictionary and RLE
+    encodings kept), streamed batch by batch."""
+    target = workdir / "_uncompressed.parquet"
+    dataset = pq.ParquetDataset(str(table_dir))
+    writer = None
+    try:
+        for fragment in dataset.fragments:
+            for batch in fragment.to_batches(batch_size=256):
+                if writer is None:
+                    writer = pq.ParquetWriter(str(target), batch.schema, compression="none")
+                writer.write_batch(batch)
+    finally:
+        if writer is not None:
+            writer.close()
+    size = target.stat().st_size if target.exists() else 0
+    target.unlink(missing_ok=True)
+    return size
+
+
 def _synth(events: int, seed: int, directory: Path) -> Path:
     marker = directory / "_synth.json"
     if marker.exists():
@@ -182,6 +219,8 @@ def bench_size(
     valid = manifest["counts"]["events_valid"]
     shard_bytes = _dir_bytes(out / "shards")
     lifelong_bytes = _dir_bytes(out / "lifelong")
+    plain_lifelong = uncompressed_parquet_bytes(out / "lifelong", workdir)
+    breakdown = shard_breakdown(out / "shards") if compression == "none" else {}
     row = {
         "events_in": manifest["counts"]["events_in"],
         "events_valid": valid,
@@ -196,6 +235,9 @@ def bench_size(
         "lifelong_bytes_per_event": round(lifelong_bytes / valid, 2),
         "input_bytes_per_event": round(_dir_bytes(inputs) / manifest["counts"]["events_in"], 2),
         "shard_to_lifelong_ratio": round(shard_bytes / lifelong_bytes, 2),
+        "shard_bytes_per_event_by_part": {k: round(v / valid, 2) for k, v in breakdown.items()},
+        "lifelong_uncompressed_bytes_per_event": round(plain_lifelong / valid, 2),
+        "shard_to_uncompressed_lifelong_ratio": round(shard_bytes / plain_lifelong, 2),
         "targets": sum(s["targets"] for s in manifest["splits"].values()),
     }
     shutil.rmtree(out)

@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import PipelineConfig, load_config
-from pipeline.sample_codec import SPLITS, VALUE_MEMBER
+from pipeline.sample_codec import SPLITS, VALUE_MEMBER, RecordLayout
 from pipeline.shard_writer import ShardWriter
-from pipeline.targets import NegativeSampler, TargetSpec, build_user_samples
+from pipeline.targets import NegativeSampler, TargetSpec, build_user_record
 
 KEY = ["user_id", "item_id", "category_id", "behavior", "ts", "value"]
 
@@ -176,24 +176,29 @@ def run_baseline(cfg: PipelineConfig, input_dir: str, output: str) -> dict:
     categories = np.ones(size, np.int64)
     categories[best["item"].to_numpy()] = best["category"].to_numpy()
     sampler = NegativeSampler(counts, categories, t.negative_sampling, t.popularity_alpha)
-    writers = {
-        s: ShardWriter(
-            os.path.join(output, "shards", s), s, cfg.shards.max_samples, cfg.shards.max_bytes
-        )
-        for s in SPLITS
-    }
+    vocab_sizes = {name: int(t["id"].max()) + 1 if len(t) else 2 for name, t in vocabs.items()}
+    layout = RecordLayout.for_build(
+        vocab_sizes, cfg.lifelong.max_history, cfg.input.ts_max - cfg.input.ts_min, with_value
+    )
+    writer = ShardWriter(
+        os.path.join(output, "shards"),
+        "shard",
+        cfg.shards.max_samples,
+        cfg.shards.max_bytes,
+        layout,
+    )
     totals = {"targets": 0, "positives": 0, "negatives": 0}
     for index, user in enumerate(users.astype(str)):
         lo, hi = kept_offsets[index], kept_offsets[index + 1]
         user_events = {name: v[lo:hi] for name, v in arrays.items()}
-        samples, stats = build_user_samples(user, user_events, spec, sampler)
-        for sample in samples:
-            writers[sample.split].write(f"u{index:09d}", sample)
+        record, stats = build_user_record(user, user_events, spec, sampler)
+        if record is not None:
+            writer.write(f"u{index:09d}", record)
         for split in SPLITS:
             totals["targets"] += stats.targets[split]
             totals["positives"] += stats.positives[split]
             totals["negatives"] += stats.negatives[split]
-    shard_bytes = sum(info.bytes for w in writers.values() for info in w.close())
+    shard_bytes = sum(info.bytes for info in writer.close())
     timings["shards"] = time.perf_counter() - t0
     return {
         "events_in": events_in,

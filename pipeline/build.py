@@ -10,8 +10,9 @@ Stages (one Spark session, nothing but metadata collected on the driver):
 2. deduplicate exact duplicates (first occurrence in input order wins), count them.
 3. vocab (`OUT/vocab/{item,category,behavior}/`), or reuse an earlier run's (`vocab_from`).
 4. lifelong table (`OUT/lifelong/`): one row per user, user order, `max_history` cap.
-5. targets + shards (`OUT/shards/{train,valid,test}/`), written by executors, committed
-   atomically; `OUT/manifest.json` last.
+5. targets + shards (`OUT/shards/shard-NNNNNN.tar`, format v2: one sample per user with the
+   history once and the targets of every split), written by executors, committed atomically;
+   `OUT/manifest.json` last.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pipeline.preflight import (
     spark_errors_named,
 )
 from pipeline.readers import read_raw_events
-from pipeline.sample_codec import SCHEMA_VERSION, SPLITS
+from pipeline.sample_codec import SCHEMA_VERSION, SPLITS, RecordLayout
 from pipeline.shard_writer import SHARD_SUFFIX
 from pipeline.shards import ShardJob, commit_shards, write_shards
 from pipeline.targets import TargetSpec
@@ -323,9 +324,16 @@ def run_build(
         partitions = shard_cfg.partitions or max(
             1, math.ceil(events_valid / shard_cfg.events_per_partition)
         )
+        layout = RecordLayout.for_build(
+            vocab_sizes,
+            cfg.lifelong.max_history,
+            cfg.input.ts_max - cfg.input.ts_min,
+            with_value,
+        )
         job = ShardJob(
             tmp_dir=storage.join(output, "_tmp", "shards"),
             spec=spec,
+            layout=layout,
             max_samples=shard_cfg.max_samples,
             max_bytes=shard_cfg.max_bytes,
             sampling=cfg.targets.negative_sampling,
@@ -366,7 +374,7 @@ def run_build(
             partitions=partitions,
             timings=timings,
             schema_version=SCHEMA_VERSION,
-            with_value=with_value,
+            layout=layout,
             vocab_from=vocab_from,
         )
         storage.write_json_atomic(storage.join(output, "manifest.json"), manifest)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline import storage
 from pipeline.config import PipelineConfig
-from pipeline.sample_codec import HISTORY_MEMBERS, SPLITS, TARGET_MEMBERS, VALUE_MEMBER
+from pipeline.sample_codec import SPLITS, RecordLayout
 
 
 def input_fingerprint(inputs: list[str]) -> dict[str, Any]:
@@ -41,28 +41,19 @@ def build_manifest(
     max_user_events: int,
     vocab_sizes: dict[str, int],
     negative_mode: str,
-    listing: dict[str, list[dict]],
+    listing: list[dict],
     partitions: int,
     timings: dict[str, float],
     schema_version: int,
-    with_value: bool,
+    layout: RecordLayout,
     vocab_from: str | None,
 ) -> dict[str, Any]:
-    """Assemble the manifest dict (see README, "manifest.json")."""
-    splits = {}
-    for split in SPLITS:
-        shards = listing.get(split, [])
-        splits[split] = {
-            "samples": sum(s["samples"] for s in shards),
-            "targets": sum(s["targets"] for s in shards),
-            "positives": sum(s["positives"] for s in shards),
-            "negatives": sum(s["negatives"] for s in shards),
-            "bytes": sum(s["bytes"] for s in shards),
-            "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in shards],
-        }
-    members = {name: str(dtype) for name, dtype in {**HISTORY_MEMBERS, **TARGET_MEMBERS}.items()}
-    if with_value:
-        members[VALUE_MEMBER] = "float32"
+    """Assemble the manifest dict (see README, "manifest.json").
+
+    `shards` lists every shard file (users, bytes, sha256, per-split counts); `splits.{split}`
+    sums a split's counts and lists the shards holding users of it with that split's sample
+    count, which is what a loader of that split plans its epoch with.
+    """
     return {
         "schema_version": schema_version,
         "config": cfg.to_dict(),
@@ -73,11 +64,29 @@ def build_manifest(
         "vocab": vocab_sizes,
         "vocab_from": vocab_from,
         "negatives": negative_mode,
-        "members": members,
-        "splits": splits,
+        "members": layout.members(),
+        "shards": listing,
+        "shard_bytes": sum(s["bytes"] for s in listing),
+        "splits": split_listing(listing),
         "partitions": partitions,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+
+
+def split_listing(listing: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per split: its summed counts and `shards`, the `{name, samples, bytes}` of every shard
+    holding at least one user of the split (`samples` = that split's users in the shard)."""
+    splits: dict[str, dict[str, Any]] = {}
+    for split in SPLITS:
+        counts = [(s, s["splits"][split]) for s in listing if s["splits"][split]["samples"]]
+        splits[split] = {
+            key: sum(c[key] for _, c in counts)
+            for key in ("samples", "targets", "positives", "negatives")
+        }
+        splits[split]["shards"] = [
+            {"name": s["name"], "samples": c["samples"], "bytes": s["bytes"]} for s, c in counts
+        ]
+    return splits
 
 
 def _human_bytes(n: float) -> str:
@@ -116,10 +125,17 @@ def summary_table(manifest: dict[str, Any]) -> str:
             (
                 f"{split} split",
                 f"{info['samples']:,} users, {info['targets']:,} targets "
-                f"({info['positives']:,} pos / {info['negatives']:,} neg), "
-                f"{len(info['shards'])} shards, {_human_bytes(info['bytes'])}",
+                f"({info['positives']:,} pos / {info['negatives']:,} neg) "
+                f"in {len(info['shards'])} shards",
             )
         )
+    rows.append(
+        (
+            "shards",
+            f"{len(manifest['shards'])} files, {_human_bytes(manifest['shard_bytes'])} "
+            f"(format v{manifest['schema_version']}, one sample per user)",
+        )
+    )
     rows.append(("time", f"{manifest['timings_s'].get('total', 0.0):.1f} s"))
     width = max(len(k) for k, _ in rows)
     lines = [f"| {'':<{width}} | value", f"|{'-' * (width + 2)}|------"]

@@ -15,8 +15,10 @@ import tarfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import numpy as np
+
 from pipeline import storage
-from pipeline.sample_codec import UserSample, encode_members
+from pipeline.sample_codec import SPLIT_FIELD, SPLITS, RecordLayout, UserRecord, encode_record
 
 _BLOCK = tarfile.BLOCKSIZE
 #: File suffix of a shard per compression.
@@ -26,16 +28,37 @@ _RECORD = tarfile.RECORDSIZE
 
 
 @dataclass(frozen=True)
+class SplitCounts:
+    """What one shard holds of one split.
+
+    Attributes:
+        samples: users with at least one target of the split.
+        targets: targets of the split; `positives` / `negatives` of them by label.
+    """
+
+    samples: int = 0
+    targets: int = 0
+    positives: int = 0
+    negatives: int = 0
+
+
+@dataclass(frozen=True)
 class ShardInfo:
-    """A finished shard file."""
+    """A finished shard file.
+
+    Attributes:
+        path: where it was written.
+        samples: users (WebDataset samples) it holds.
+        bytes: file size.
+        sha256: hex digest of the file.
+        splits: split → what the shard holds of it.
+    """
 
     path: str
     samples: int
     bytes: int
     sha256: str
-    targets: int
-    positives: int
-    negatives: int
+    splits: dict[str, SplitCounts]
 
 
 class _HashingStream(io.RawIOBase):
@@ -95,6 +118,7 @@ class ShardWriter:
         prefix: file name prefix (e.g. `part-00003`).
         max_samples: samples per shard.
         max_bytes: size bound of a shard in bytes (uncompressed tar bytes).
+        layout: stored dtypes of the records (`RecordLayout.for_build`).
         compression: `none` (`.tar`) or `gzip` (`.tar.gz`).
     """
 
@@ -104,6 +128,7 @@ class ShardWriter:
         prefix: str,
         max_samples: int,
         max_bytes: int,
+        layout: RecordLayout,
         compression: str = "none",
     ) -> None:
         if compression not in SHARD_SUFFIX:
@@ -115,6 +140,7 @@ class ShardWriter:
         self.prefix = prefix
         self.max_samples = max_samples
         self.max_bytes = max_bytes
+        self.layout = layout
         self.shards: list[ShardInfo] = []
         self._fs, self._dir_path = storage.resolve(directory)
         self._fs.create_dir(self._dir_path, recursive=True)
@@ -123,7 +149,8 @@ class ShardWriter:
         self._gzip: gzip.GzipFile | None = None
         self._tar: tarfile.TarFile | None = None
         self._path = ""
-        self._samples = self._bytes = self._targets = self._pos = self._neg = 0
+        self._samples = self._bytes = 0
+        self._splits = np.zeros((len(SPLITS), 4), dtype=np.int64)
 
     def _open(self) -> None:
         index = len(self.shards)
@@ -137,7 +164,8 @@ class ShardWriter:
             )
             target = self._gzip  # type: ignore[assignment]
         self._tar = tarfile.open(fileobj=target, mode="w|", format=tarfile.USTAR_FORMAT)
-        self._samples = self._bytes = self._targets = self._pos = self._neg = 0
+        self._samples = self._bytes = 0
+        self._splits[:] = 0
 
     def _close(self) -> None:
         if self._tar is None:
@@ -154,18 +182,23 @@ class ShardWriter:
                 samples=self._samples,
                 bytes=self._hash.size,
                 sha256=self._hash.sha256.hexdigest(),
-                targets=self._targets,
-                positives=self._pos,
-                negatives=self._neg,
+                splits={
+                    split: SplitCounts(*(int(v) for v in self._splits[index]))
+                    for index, split in enumerate(SPLITS)
+                },
             )
         )
         self._tar = self._out = self._hash = None
 
-    def write(self, key: str, sample: UserSample) -> None:
-        """Append one sample under WebDataset key `key` (no dots allowed)."""
+    def write(self, key: str, record: UserRecord) -> None:
+        """Append one user's record under WebDataset key `key` (no dots allowed).
+
+        Raises:
+            ValueError: a bad key, or a record value the layout cannot hold (naming it).
+        """
         if "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
-        members = encode_members(sample)
+        members = encode_record(record, self.layout)
         size = encoded_sample_size(members)
         if self._tar is not None and (
             self._samples >= self.max_samples
@@ -177,12 +210,14 @@ class ShardWriter:
         assert self._tar is not None
         for suffix, data in members:
             self._tar.addfile(_tarinfo(f"{key}.{suffix}", len(data)), io.BytesIO(data))
-        labels = sample.targets["target_label"]
+        labels = record.targets["target_label"]
+        split = record.targets[SPLIT_FIELD]
         self._samples += 1
         self._bytes += size
-        self._targets += int(labels.size)
-        self._pos += int((labels == 1).sum())
-        self._neg += int((labels == 0).sum())
+        for index in range(len(SPLITS)):
+            mine = labels[split == index]
+            if mine.size:
+                self._splits[index] += (1, mine.size, (mine == 1).sum(), (mine == 0).sum())
 
     def close(self) -> list[ShardInfo]:
         """Finish the open shard and return all shards written."""

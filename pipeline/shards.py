@@ -1,14 +1,18 @@
-"""Shard stage: lifelong table → per-split WebDataset shards, written in parallel by executors.
+"""Shard stage: lifelong table → WebDataset shards of user records, written in parallel by
+executors.
 
 Each Spark partition (users hash-partitioned and sorted by user id) streams its users through
-`build_user_samples` and writes `OUT/_tmp/shards/{split}/part-PPPPP-NNNNNN.tar`. Only shard
-metadata (names, counts, sizes, sha256) returns to the driver, which then commits: renames the
-files to `{split}-{NNNNNN}.tar` in partition order inside a staging directory and moves that
-directory to `OUT/shards` in one rename, so a killed job leaves no `shards/` that looks complete.
+`build_user_record` and writes `OUT/_tmp/shards/part-PPPPP-NNNNNN.tar`: one sample per user with
+targets, holding the history once and the targets of every split (format v2). Only shard
+metadata (names, sizes, sha256, per-split counts) returns to the driver, which then commits:
+renames the files to `shard-NNNNNN.tar` in partition order inside a staging directory and moves
+that directory to `OUT/shards` in one rename, so a killed job leaves no `shards/` that looks
+complete.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -19,23 +23,20 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from pipeline import storage
-from pipeline.sample_codec import SPLITS, VALUE_MEMBER
+from pipeline.sample_codec import VALUE_MEMBER, RecordLayout
 from pipeline.shard_writer import ShardWriter
-from pipeline.targets import NegativeSampler, TargetSpec, build_user_samples
+from pipeline.targets import NegativeSampler, TargetSpec, build_user_record
 
 RESULT_SCHEMA = T.StructType(
     [
         T.StructField("kind", T.StringType()),
-        T.StructField("split", T.StringType()),
         T.StructField("part", T.IntegerType()),
         T.StructField("index", T.IntegerType()),
         T.StructField("path", T.StringType()),
         T.StructField("samples", T.LongType()),
         T.StructField("bytes", T.LongType()),
         T.StructField("sha256", T.StringType()),
-        T.StructField("targets", T.LongType()),
-        T.StructField("positives", T.LongType()),
-        T.StructField("negatives", T.LongType()),
+        T.StructField("splits", T.StringType()),
         T.StructField("users", T.LongType()),
         T.StructField("users_without_targets", T.LongType()),
         T.StructField("negatives_short", T.LongType()),
@@ -49,6 +50,7 @@ class ShardJob:
 
     tmp_dir: str
     spec: TargetSpec
+    layout: RecordLayout
     max_samples: int
     max_bytes: int
     sampling: str
@@ -86,16 +88,14 @@ def make_partition_writer(job: ShardJob, sampler_arrays: Broadcast | None):
         if sampler_arrays is not None:
             counts, categories = sampler_arrays.value
             sampler = NegativeSampler(counts, categories, job.sampling, job.alpha)
-        writers = {
-            split: ShardWriter(
-                storage.join(job.tmp_dir, split),
-                f"part-{part:05d}",
-                job.max_samples,
-                job.max_bytes,
-                job.compression,
-            )
-            for split in SPLITS
-        }
+        writer = ShardWriter(
+            job.tmp_dir,
+            f"part-{part:05d}",
+            job.max_samples,
+            job.max_bytes,
+            job.layout,
+            job.compression,
+        )
         users = without = short = 0
         for batch in batches:
             if batch.num_rows == 0:
@@ -113,26 +113,29 @@ def make_partition_writer(job: ShardJob, sampler_arrays: Broadcast | None):
                     name: values[offsets[row] : offsets[row + 1]]
                     for name, (values, offsets) in arrays.items()
                 }
-                samples, stats = build_user_samples(user, events, job.spec, sampler)
+                record, stats = build_user_record(user, events, job.spec, sampler)
                 key = f"p{part:05d}-{users:09d}"
                 users += 1
                 short += stats.negatives_short
-                if not samples:
+                if record is None:
                     without += 1
-                for sample in samples:
-                    writers[sample.split].write(key, sample)
+                else:
+                    writer.write(key, record)
         rows = []
-        for split, writer in writers.items():
-            for index, info in enumerate(writer.close()):
-                rows.append(
-                    _result_row(
-                        "shard",
-                        split=split,
-                        part=part,
-                        index=index,
-                        **{k: v for k, v in asdict(info).items()},
-                    )
+        for index, info in enumerate(writer.close()):
+            splits = {split: asdict(counts) for split, counts in info.splits.items()}
+            rows.append(
+                _result_row(
+                    "shard",
+                    part=part,
+                    index=index,
+                    path=info.path,
+                    samples=info.samples,
+                    bytes=info.bytes,
+                    sha256=info.sha256,
+                    splits=json.dumps(splits, sort_keys=True),
                 )
+            )
         rows.append(
             _result_row(
                 "stats",
@@ -150,16 +153,13 @@ def make_partition_writer(job: ShardJob, sampler_arrays: Broadcast | None):
 _ARROW_RESULT_SCHEMA = pa.schema(
     [
         ("kind", pa.string()),
-        ("split", pa.string()),
         ("part", pa.int32()),
         ("index", pa.int32()),
         ("path", pa.string()),
         ("samples", pa.int64()),
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
-        ("targets", pa.int64()),
-        ("positives", pa.int64()),
-        ("negatives", pa.int64()),
+        ("splits", pa.string()),
         ("users", pa.int64()),
         ("users_without_targets", pa.int64()),
         ("negatives_short", pa.int64()),
@@ -176,39 +176,31 @@ def write_shards(
     return [row.asDict() for row in result.collect()]
 
 
-def commit_shards(
-    out_dir: str, shard_rows: list[dict], suffix: str = ".tar"
-) -> dict[str, list[dict]]:
-    """Rename temporary shards to `{split}-{NNNNNN}{suffix}` and publish `OUT/shards` atomically.
+def commit_shards(out_dir: str, shard_rows: list[dict], suffix: str = ".tar") -> list[dict]:
+    """Rename temporary shards to `shard-NNNNNN{suffix}` and publish `OUT/shards` atomically.
 
     Returns:
-        split → list of `{name, samples, bytes, sha256, targets, positives, negatives}` in
-        shard order.
+        In shard order: `{name, samples, bytes, sha256, splits}`, `splits` mapping each split
+        to its `{samples, targets, positives, negatives}` in that shard.
     """
     staging = storage.join(out_dir, "_tmp", "commit")
     storage.delete_dir(staging)
-    listing: dict[str, list[dict]] = {split: [] for split in SPLITS}
-    for split in SPLITS:
-        rows = sorted(
-            (r for r in shard_rows if r["split"] == split), key=lambda r: (r["part"], r["index"])
+    storage.make_dirs(staging)
+    fs, _ = storage.resolve(out_dir)
+    listing = []
+    rows = sorted(shard_rows, key=lambda r: (r["part"], r["index"]))
+    for number, row in enumerate(rows):
+        name = f"shard-{number:06d}{suffix}"
+        fs.move(row["path"], storage.resolve(storage.join(staging, name))[1])
+        listing.append(
+            {
+                "name": name,
+                "samples": row["samples"],
+                "bytes": row["bytes"],
+                "sha256": row["sha256"],
+                "splits": json.loads(row["splits"]),
+            }
         )
-        split_dir = storage.join(staging, split)
-        storage.make_dirs(split_dir)
-        fs, _ = storage.resolve(out_dir)
-        for number, row in enumerate(rows):
-            name = f"{split}-{number:06d}{suffix}"
-            fs.move(row["path"], storage.resolve(storage.join(split_dir, name))[1])
-            listing[split].append(
-                {
-                    "name": f"{split}/{name}",
-                    "samples": row["samples"],
-                    "bytes": row["bytes"],
-                    "sha256": row["sha256"],
-                    "targets": row["targets"],
-                    "positives": row["positives"],
-                    "negatives": row["negatives"],
-                }
-            )
     final = storage.join(out_dir, "shards")
     storage.delete_dir(final)
     storage.move(staging, final)

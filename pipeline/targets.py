@@ -1,7 +1,7 @@
 """Per-user targets, splits and negative sampling (pure numpy; runs inside Spark executors).
 
-Given one user's events in user order (by `ts`, ties by input order), build one `UserSample` per
-split that has targets. A target's history is the prefix `item[:target_hist_len]` of the user's
+Given one user's events in user order (by `ts`, ties by input order), build the user's
+`UserRecord`: the history once and the targets of every split, each tagged with its split. A target's history is the prefix `item[:target_hist_len]` of the user's
 history events that come strictly before the target event in user order, so a label can never
 leak into its own history. Impressions (when configured) are targets but never history.
 """
@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.sample_codec import SPLITS, VALUE_MEMBER, UserSample
+from pipeline.sample_codec import SPLIT_FIELD, SPLITS, VALUE_MEMBER, UserRecord, UserSample
 
 NegativeMode = Literal["impressions", "sampled", "none"]
 _MAX_SAMPLING_ROUNDS = 32
@@ -160,7 +160,23 @@ def build_user_samples(
     spec: TargetSpec,
     sampler: NegativeSampler | None,
 ) -> tuple[list[UserSample], UserTargetStats]:
-    """Build the samples (one per split with targets) of one user.
+    """The per-split views (one per split with targets) of `build_user_record`'s record: what
+    the loader yields for this user from each split.
+
+    Returns:
+        The samples in split order and the user's target counts.
+    """
+    record, stats = build_user_record(user, events, spec, sampler)
+    return ([] if record is None else record.split_samples()), stats
+
+
+def build_user_record(
+    user: str,
+    events: dict[str, np.ndarray],
+    spec: TargetSpec,
+    sampler: NegativeSampler | None,
+) -> tuple[UserRecord | None, UserTargetStats]:
+    """Build one user's record: the history once and the targets of every split.
 
     Args:
         user: raw user id.
@@ -170,7 +186,8 @@ def build_user_samples(
         sampler: negative sampler (required when `spec.negative_mode == "sampled"`).
 
     Returns:
-        The samples in split order and the user's target counts.
+        The record (None when the user has no target in any split; its history is cut after
+        the last event any target needs) and the user's target counts.
     """
     item, behavior, ts = events["item"], events["behavior"], events["ts"]
     n = item.shape[0]
@@ -195,7 +212,7 @@ def build_user_samples(
         history[VALUE_MEMBER] = events[VALUE_MEMBER][is_hist]
     seen_items = np.unique(item)
     base_seed = user_seed(user)
-    samples: list[UserSample] = []
+    parts: list[dict[str, np.ndarray]] = []
     for split_index, split in enumerate(SPLITS):
         chosen = np.flatnonzero(split_of == split_index)
         if chosen.size == 0:
@@ -211,16 +228,18 @@ def build_user_samples(
         stats.targets[split] += int(labels.size)
         stats.positives[split] += int((labels == 1).sum())
         stats.negatives[split] += int((labels == 0).sum())
-        keep = int(sample_targets["target_hist_len"].max())
-        samples.append(
-            UserSample(
-                user=user,
-                split=split,
-                history={name: np.ascontiguousarray(a[:keep]) for name, a in history.items()},
-                targets=sample_targets,
-            )
-        )
-    return samples, stats
+        sample_targets[SPLIT_FIELD] = np.full(labels.size, split_index, dtype=np.int64)
+        parts.append(sample_targets)
+    if not parts:
+        return None, stats
+    targets = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    keep = int(targets["target_hist_len"].max())
+    record = UserRecord(
+        user=user,
+        history={name: np.ascontiguousarray(a[:keep]) for name, a in history.items()},
+        targets=targets,
+    )
+    return record, stats
 
 
 def _targets_for(

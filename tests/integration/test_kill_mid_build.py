@@ -105,5 +105,6 @@ def test_sigkill_during_shard_stage_then_rerun(tmp_path):
     rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (out / "manifest.json").exists() and not (out / "_tmp").exists()
-    assert sorted(p.name for p in (out / "shards").iterdir()) == ["test", "train", "valid"]
+    names = sorted(p.name for p in (out / "shards").iterdir())
+    assert names and all(n.startswith("shard-") and n.endswith(".tar") for n in names)
     _assert_same_output(out, reference)

@@ -11,7 +11,7 @@ import webdataset as wds
 
 from pipeline.build import BuildResult, run_build
 from pipeline.config import config_from_dict
-from pipeline.sample_codec import UserSample, decode_members
+from pipeline.sample_codec import UserRecord, UserSample, decode_record, decode_split
 
 BASE_CONFIG: dict[str, Any] = {
     "input": {"format": "parquet"},
@@ -45,10 +45,20 @@ def build(
     return run_build(spark, cfg or make_config(), [str(p) for p in inputs], str(out), **kwargs)
 
 
-def read_split(out: Path, split: str) -> list[UserSample]:
-    """All samples of one split, read back with webdataset in shard order."""
-    urls = sorted(glob.glob(str(out / "shards" / split / "*.tar*")))
+def _raw_samples(out: Path) -> list[dict]:
+    urls = sorted(glob.glob(str(out / "shards" / "*.tar*")))
     if not urls:
         return []
-    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-    return [decode_members(sample) for sample in dataset]
+    return list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+
+
+def read_split(out: Path, split: str) -> list[UserSample]:
+    """The per-split views of one split (users with targets in it), read back with webdataset
+    in shard order."""
+    views = (decode_split(raw, split) for raw in _raw_samples(out))
+    return [view for view in views if view is not None]
+
+
+def read_records(out: Path) -> list[UserRecord]:
+    """Every stored user record (all splits, whole stored history), in shard order."""
+    return [decode_record(raw) for raw in _raw_samples(out)]

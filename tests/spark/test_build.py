@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from pipeline.build import run_build
-from pipeline.sample_codec import validate_sample
+from pipeline.sample_codec import SPLITS, validate_sample
 from tests.conftest import write_events_parquet
-from tests.spark.helpers import build, make_config, read_split
+from tests.spark.helpers import build, make_config, read_records, read_split
 
 pytestmark = pytest.mark.spark
 
@@ -217,23 +217,47 @@ def test_shards_equal_lifelong_table(spark, built):
 
 def test_two_runs_are_byte_identical(built):
     root, first, second = built
-    for split in ("train", "valid", "test"):
-        a = first["splits"][split]["shards"]
-        b = second["splits"][split]["shards"]
-        assert a == b and a
-        for shard in a:
-            data1 = (root / "out1" / "shards" / shard["name"]).read_bytes()
-            data2 = (root / "out2" / "shards" / shard["name"]).read_bytes()
-            assert data1 == data2
-            assert hashlib.sha256(data1).hexdigest() == shard["sha256"]
-            assert len(data1) == shard["bytes"]
+    assert first["shards"] == second["shards"] and first["shards"]
+    assert first["splits"] == second["splits"]
+    for shard in first["shards"]:
+        data1 = (root / "out1" / "shards" / shard["name"]).read_bytes()
+        data2 = (root / "out2" / "shards" / shard["name"]).read_bytes()
+        assert data1 == data2
+        assert hashlib.sha256(data1).hexdigest() == shard["sha256"]
+        assert len(data1) == shard["bytes"]
 
 
 def test_shard_sizes_respect_max_samples(built):
     _, manifest, _ = built
-    train = manifest["splits"]["train"]["shards"]
-    assert all(s["samples"] <= 2 for s in train)
-    assert [s["name"] for s in train] == [f"train/train-{i:06d}.tar" for i in range(len(train))]
+    shards = manifest["shards"]
+    assert all(s["samples"] <= 2 for s in shards)
+    assert [s["name"] for s in shards] == [f"shard-{i:06d}.tar" for i in range(len(shards))]
+
+
+def test_each_history_is_stored_once_and_every_split_reads_it(built):
+    """Format v2: one sample per user with targets, the history up to the last event any of
+    its targets needs; each split's listing counts the users and targets it holds per shard."""
+    root, manifest, _ = built
+    records = read_records(root / "out1")
+    users = [r.user for r in records]
+    assert len(users) == len(set(users)) == sum(s["samples"] for s in manifest["shards"])
+    for record in records:
+        assert record.history["item"].shape[0] == int(record.targets["target_hist_len"].max())
+    for split in ("train", "valid", "test"):
+        info = manifest["splits"][split]
+        per_shard = {s["name"]: s["splits"][split] for s in manifest["shards"]}
+        assert info["shards"] == [
+            {"name": name, "samples": c["samples"], "bytes": s["bytes"]}
+            for s in manifest["shards"]
+            for name, c in [(s["name"], per_shard[s["name"]])]
+            if c["samples"]
+        ]
+        samples = read_split(root / "out1", split)
+        assert len(samples) == info["samples"]
+        assert sum(s.num_targets for s in samples) == info["targets"]
+        assert [s.user for s in samples] == [
+            r.user for r in records if (r.targets["target_split"] == SPLITS.index(split)).any()
+        ]
 
 
 def test_output_layout_and_manifest(built):
@@ -247,10 +271,12 @@ def test_output_layout_and_manifest(built):
         "vocab",
     ]
     on_disk = json.loads((out / "manifest.json").read_text())
-    assert on_disk["schema_version"] == 1
+    assert on_disk["schema_version"] == 2
     assert on_disk["config"]["targets"]["valid_start"] == 2000
     assert on_disk["input"]["fingerprint"]["files"] == 2
-    assert on_disk["members"]["item"] == "int64" and on_disk["members"]["value"] == "float32"
+    assert on_disk["vocab"]["item"] < 256  # so ids are stored as uint8
+    assert on_disk["members"]["item"] == "uint8" and on_disk["members"]["value"] == "float32"
+    assert on_disk["shard_bytes"] == sum(s["bytes"] for s in on_disk["shards"])
 
 
 def test_quarantine_keeps_original_columns(spark, built):
@@ -276,7 +302,7 @@ def test_overwrite_replaces_output(spark, tmp_path, built):
     (out / "stale.txt").write_text("old")
     result = build(spark, [root / "in"], out, overwrite=True)
     assert not (out / "stale.txt").exists()
-    assert result.manifest["splits"]["train"]["shards"] == first["splits"]["train"]["shards"]
+    assert result.manifest["shards"] == first["shards"]
 
 
 def test_vocab_from_maps_new_items_to_oov(spark, tmp_path, built):
@@ -311,9 +337,9 @@ def test_gzip_shards_hold_the_same_samples(spark, tmp_path, built):
     cfg = make_config(shards={"compression": "gzip"})
     first = build(spark, [root / "in"], tmp_path / "gz1", cfg).manifest
     second = build(spark, [root / "in"], tmp_path / "gz2", cfg).manifest
-    names = [s["name"] for s in first["splits"]["train"]["shards"]]
+    names = [s["name"] for s in first["shards"]]
     assert names and all(n.endswith(".tar.gz") for n in names)
-    assert first["splits"] == second["splits"]  # same sha256: deterministic gzip too
+    assert first["shards"] == second["shards"]  # same sha256: deterministic gzip too
     for split in ("train", "valid", "test"):
         plain = {s.user: s for s in read_split(root / "out1", split)}
         packed = {s.user: s for s in read_split(tmp_path / "gz1", split)}

@@ -127,12 +127,11 @@ def test_models_are_the_config_files() -> None:
 def test_build_model_follows_the_config(name: str, tmp_path: Path) -> None:
     """`build_model`: a fresh torch-backend model of the config for a build's vocabulary, which
     scores a latency batch."""
-    from features.schema import expected_members
-    from pipeline.sample_codec import SCHEMA_VERSION
+    from pipeline.sample_codec import SCHEMA_VERSION, RecordLayout
 
     manifest = {
         "schema_version": SCHEMA_VERSION,
-        "members": expected_members(with_value=False),
+        "members": RecordLayout.widest().members(),
         "vocab": {"item": 40, "category": 6, "behavior": 5},
     }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))

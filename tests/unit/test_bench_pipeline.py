@@ -56,3 +56,47 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     path = tmp_path / "pipeline.png"
     plot(RESULTS, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_shard_breakdown_sums_to_the_files_and_parquet_is_rewritten_uncompressed(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.bench_pipeline import shard_breakdown, uncompressed_parquet_bytes
+    from pipeline.sample_codec import RecordLayout, UserRecord
+    from pipeline.shard_writer import ShardWriter
+
+    n = 300
+    history = {
+        name: np.arange(n, dtype=np.int64) % 200 for name in ("item", "category", "behavior")
+    }
+    history["ts"] = np.arange(n, dtype=np.int64)
+    targets = {
+        "target_item": np.array([3]), "target_category": np.array([4]), "target_ts": np.array([n]),
+        "target_label": np.array([1.0], dtype=np.float32), "target_hist_len": np.array([n]),
+        "target_split": np.array([0]),
+    }  # fmt: skip
+    layout = RecordLayout.for_build(
+        {"item": 200, "category": 200, "behavior": 200}, n, 10**6, False
+    )
+    writer = ShardWriter(str(tmp_path / "shards"), "part", 2, 1 << 30, layout)
+    for user in range(3):
+        writer.write(f"u{user}", UserRecord(f"user{user}", history, targets))
+    files = writer.close()
+
+    parts = shard_breakdown(tmp_path / "shards")
+
+    assert sum(parts.values()) == sum(f.bytes for f in files)
+    assert set(parts) == {"meta.json", "targets.npy", "history.npy", "tar"}
+    header = parts["history.npy"] // 3 - n * (1 + 1 + 1 + 4)  # packed records of 7 bytes
+    assert layout.history_dtype().itemsize == 7 and header % 64 == 0 and 0 < header <= 256
+
+    table = pa.table({"x": pa.array([list(range(1000))] * 50, pa.list_(pa.int64()))})
+    (tmp_path / "t").mkdir()
+    pq.write_table(table, tmp_path / "t" / "part-0.parquet", compression="snappy")
+    plain = uncompressed_parquet_bytes(tmp_path / "t", tmp_path)
+    assert plain > (tmp_path / "t" / "part-0.parquet").stat().st_size
+    assert not (tmp_path / "_uncompressed.parquet").exists()

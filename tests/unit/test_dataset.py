@@ -14,6 +14,7 @@ import tarfile
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,15 @@ from features.dataset import (
     batch_order,
     plan_epoch,
 )
-from features.schema import expected_members
 from features.windows import TrainingWindows, window_ends
-from pipeline.sample_codec import SCHEMA_VERSION, SPLITS, UserSample, encode_members
+from pipeline.sample_codec import (
+    SCHEMA_VERSION,
+    SPLITS,
+    RecordLayout,
+    UserRecord,
+    UserSample,
+    encode_record,
+)
 from pipeline.shard_writer import ShardWriter
 
 pytestmark = pytest.mark.unit
@@ -61,6 +68,16 @@ def make_sample(user: int, split: str = "train", history_len: int | None = None)
     return UserSample(user=f"user{user:04d}", split=split, history=history, targets=targets)
 
 
+def layout_of(sample: UserSample) -> RecordLayout:
+    """The int64 layout (holds any test values), with `value` when the sample has it."""
+    return RecordLayout.widest(with_value="value" in sample.history)
+
+
+def encode_sample(sample: UserSample) -> list[tuple[str, bytes]]:
+    """The shard members of a user holding only `sample`'s split."""
+    return encode_record(UserRecord.from_samples([sample]), layout_of(sample))
+
+
 #: Manifest vocab sizes `write_out_dir` writes by default.
 VOCAB = {"item": 3000, "category": 6, "behavior": 5}
 
@@ -74,7 +91,8 @@ def write_out_dir(
     vocab: dict[str, int] | None = None,
 ) -> dict:
     """Write `root/shards/{split}/{split}-NNNNNN.tar` (one shard per entry of `sizes[split]`,
-    that many users each) and `root/manifest.json`; return the manifest.
+    that many users each, each user's record holding targets of that split only) and
+    `root/manifest.json`; return the manifest.
 
     Users are numbered consecutively over the splits; `sample_fn(user, split)` makes each
     sample (default `make_sample(user, split, history_len)`), and `vocab` is the manifest's
@@ -84,15 +102,25 @@ def write_out_dir(
     sample_fn = sample_fn or functools.partial(make_sample, history_len=history_len)
     user = 0
     splits = {}
+    layout = None
     for split in SPLITS:
         shards = []
         directory = root / "shards" / split
         directory.mkdir(parents=True, exist_ok=True)
         for number, count in enumerate(sizes.get(split, [])):
-            writer = ShardWriter(str(directory), f"tmp-{number:06d}", 10_000, 1 << 40)
-            for _ in range(count):
-                writer.write(f"s{user:06d}", sample_fn(user, split))
-                user += 1
+            first = user
+            samples = [sample_fn(first + i, split) for i in range(count)]
+            user += count
+            layout = layout or (layout_of(samples[0]) if samples else None)
+            writer = ShardWriter(
+                str(directory),
+                f"tmp-{number:06d}",
+                10_000,
+                1 << 40,
+                layout or RecordLayout.widest(),
+            )
+            for i, sample in enumerate(samples):
+                writer.write(f"s{first + i:06d}", UserRecord.from_samples([sample]))
             (info,) = writer.close()
             name = f"{split}-{number:06d}.tar"
             Path(info.path).rename(directory / name)
@@ -108,7 +136,7 @@ def write_out_dir(
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "vocab": dict(vocab if vocab is not None else VOCAB),
-        "members": expected_members(with_value=False),
+        "members": (layout or RecordLayout.widest()).members(),
         "splits": splits,
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -548,10 +576,10 @@ def _tar_bytes(entries: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
 
 def malicious_shard(path: Path) -> None:
     """A shard with one good sample and members that try to escape: `..`, absolute, symlink."""
-    good = [(f"good.{suffix}", data) for suffix, data in encode_members(make_sample(7))]
-    evil = [(f"../../etc/evil.{suffix}", data) for suffix, data in encode_members(make_sample(8))]
-    absolute = [(f"/tmp/abs.{s}", data) for s, data in encode_members(make_sample(9))[:2]]
-    link = tarfile.TarInfo("link.item.npy")
+    good = [(f"good.{suffix}", data) for suffix, data in encode_sample(make_sample(7))]
+    evil = [(f"../../etc/evil.{suffix}", data) for suffix, data in encode_sample(make_sample(8))]
+    absolute = [(f"/tmp/abs.{s}", data) for s, data in encode_sample(make_sample(9))[:2]]
+    link = tarfile.TarInfo("link.history.npy")
     link.type = tarfile.SYMTYPE
     link.linkname = "/etc/passwd"
     path.write_bytes(_tar_bytes([*evil[:3], *good, *absolute, link]))
@@ -568,7 +596,7 @@ def test_path_traversal_members_are_rejected_and_counted(tmp_path: Path) -> None
     messages = [str(w.message) for w in caught]
     assert [u for b in batches for u in b.users] == ["user0007"]
     assert ds.stats["unsafe_members"] == 3 + 2 + 1
-    assert any("'..' path component" in m and "../../etc/evil.item.npy" in m for m in messages)
+    assert any("'..' path component" in m and "../../etc/evil.history.npy" in m for m in messages)
     assert any("absolute path" in m for m in messages)
     assert any("not a regular file" in m for m in messages)
     assert manifest["splits"]["train"]["samples"] == 1 and ds.stats["corrupt_shards"] == 0
@@ -584,13 +612,13 @@ def test_path_traversal_raises_in_strict_mode(tmp_path: Path) -> None:
 
 def test_undecodable_sample_is_skipped_and_counted(tmp_path: Path) -> None:
     manifest = write_out_dir(tmp_path, {"train": [1]})
-    good = [(f"a.{s}", data) for s, data in encode_members(make_sample(1))]
-    broken = [(f"b.{s}", data) for s, data in encode_members(make_sample(2)) if s != "ts.npy"]
+    good = [(f"a.{s}", data) for s, data in encode_sample(make_sample(1))]
+    broken = [(f"b.{s}", data) for s, data in encode_sample(make_sample(2)) if s != "history.npy"]
     (tmp_path / "shards" / "train" / "train-000000.tar").write_bytes(_tar_bytes(good + broken))
     manifest["splits"]["train"]["shards"][0]["samples"] = 2
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
 
-    with pytest.warns(RuntimeWarning, match="missing member 'ts.npy'"):
+    with pytest.warns(RuntimeWarning, match="missing member 'history.npy'"):
         ds, batches = read_all(tmp_path)
 
     assert [u for b in batches for u in b.users] == ["user0001"]
@@ -612,5 +640,112 @@ def test_from_manifest_refuses_other_schema_version(out_dir) -> None:
     manifest["schema_version"] = SCHEMA_VERSION + 1
     (root / "manifest.json").write_text(json.dumps(manifest))
 
-    with pytest.raises(ValueError, match="schema_version"):
+    with pytest.raises(ValueError, match="schema_version 3 is not the shard format"):
         LifeseqDataset.from_manifest(str(root), "train")
+
+
+def test_a_format_v1_build_is_refused_with_the_command_that_rebuilds_it(out_dir) -> None:
+    root, manifest = out_dir
+    manifest["schema_version"] = 1
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+    with pytest.raises(ValueError, match=r"shard format v1 .* Rebuild it: lifeseq build"):
+        LifeseqDataset.from_manifest(str(root), "train")
+
+
+# --- format v2: every split read from the same shards ------------------------------------------
+
+
+def mixed_record(user: int) -> UserRecord:
+    """User `user` with 6 events and targets in the splits `user % 4` picks: 0 → train only,
+    1 → train + valid, 2 → train + valid + test, 3 → test only."""
+    history = {
+        "item": np.arange(6, dtype=np.int64) + 10 * user + 2,
+        "category": np.full(6, 2, dtype=np.int64),
+        "behavior": np.full(6, 2, dtype=np.int64),
+        "ts": np.arange(6, dtype=np.int64) * 60 + 1_700_000_000,
+    }
+    splits = {0: [0], 1: [0, 1], 2: [0, 1, 2], 3: [2]}[user % 4]
+    hist_len = {0: 2, 1: 4, 2: 6}
+    targets = {
+        "target_item": np.array([500 + user + s for s in splits], dtype=np.int64),
+        "target_category": np.full(len(splits), 3, dtype=np.int64),
+        "target_ts": np.array([1_700_000_000 + 60 * hist_len[s] for s in splits]),
+        "target_label": np.array([1.0] * len(splits), dtype=np.float32),
+        "target_hist_len": np.array([hist_len[s] for s in splits], dtype=np.int64),
+        "target_split": np.array(splits, dtype=np.int64),
+    }
+    return UserRecord(user=f"user{user:04d}", history=history, targets=targets)
+
+
+def write_mixed_build(root: Path, users: int = 14, per_shard: int = 4) -> list[UserRecord]:
+    """A build as the pipeline writes it: users of every split mixed in `shard-NNNNNN.tar`,
+    listed per shard and per split by `pipeline.manifest.split_listing`."""
+    from pipeline.manifest import split_listing
+
+    records = [mixed_record(u) for u in range(users)]
+    layout = RecordLayout.for_build(VOCAB, 100, 10**9, with_value=False)
+    directory = root / "shards"
+    writer = ShardWriter(str(directory), "part", per_shard, 1 << 40, layout)
+    for number, record in enumerate(records):
+        writer.write(f"s{number:06d}", record)
+    listing = []
+    for number, info in enumerate(writer.close()):
+        name = f"shard-{number:06d}.tar"
+        Path(info.path).rename(directory / name)
+        splits = {split: asdict(counts) for split, counts in info.splits.items()}
+        listing.append(
+            {"name": name, "samples": info.samples, "bytes": info.bytes, "splits": splits}
+        )
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "vocab": VOCAB,
+        "members": layout.members(),
+        "shards": listing,
+        "splits": split_listing(listing),
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return records
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_each_split_is_read_from_the_same_shards_exactly_once(tmp_path: Path, split: str) -> None:
+    records = write_mixed_build(tmp_path)
+    expected = {r.user: r.split_sample(split) for r in records if r.split_sample(split)}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["splits"][split]["samples"] == len(expected)
+
+    seen: dict[str, object] = {}
+    for rank in range(2):
+        for worker in range(2):
+            ds = LifeseqDataset.from_manifest(
+                str(tmp_path), split, batch_size=2, rank=rank, world_size=2, num_workers=2,
+                shuffle=split == "train", strict=True,
+            )  # fmt: skip
+            batches = list(ds.iter_worker(worker))
+            assert len(batches) == ds.plan().batches[rank][worker]
+            for batch in batches:
+                for user in batch.users:
+                    assert user not in seen
+                    seen[user] = batch
+            assert ds.stats["bad_samples"] == ds.stats["corrupt_shards"] == 0
+
+    assert sorted(seen) == sorted(expected)  # users without targets of the split: passed over
+    for user, sample in expected.items():
+        batch = seen[user]
+        row = batch.users.index(user)
+        assert batch.history["item"].lengths[row] == sample.history["item"].shape[0]
+
+
+def test_a_split_reads_only_the_history_its_targets_need(tmp_path: Path) -> None:
+    write_mixed_build(tmp_path)
+    lengths = {}
+    for split in SPLITS:
+        ds = LifeseqDataset.from_manifest(str(tmp_path), split, batch_size=20, shuffle=False)
+        for batch in ds.iter_worker(0):
+            lengths[split] = {u: int(n) for u, n in zip(batch.users, batch.history["item"].lengths, strict=True)}  # fmt: skip
+
+    assert lengths["train"]["user0002"] == 2  # train's target needs 2 events of 6 stored
+    assert lengths["valid"]["user0002"] == 4
+    assert lengths["test"]["user0002"] == 6
+    assert "user0003" not in lengths["train"] and lengths["test"]["user0003"] == 6

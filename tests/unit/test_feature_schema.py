@@ -18,11 +18,18 @@ from features.schema import (
     bucketize_time_gap,
     expected_members,
 )
-from pipeline.sample_codec import SCHEMA_VERSION
+from pipeline.sample_codec import SAMPLE_VIEW_VERSION, SCHEMA_VERSION, RecordLayout
 
 pytestmark = pytest.mark.unit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+#: A build's stored dtypes (what its manifest's `members` lists).
+RECORDS = RecordLayout.for_build({"item": 5002, "category": 42, "behavior": 6}, 1000, 10**9, False)
+RECORDS_WITH_VALUE = RecordLayout.for_build(
+    {"item": 5002, "category": 42, "behavior": 6}, 1000, 10**9, True
+)
 
 
 def manifest(with_value: bool = False) -> dict:
@@ -30,7 +37,7 @@ def manifest(with_value: bool = False) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "vocab": {"item": 5002, "category": 42, "behavior": 6},
-        "members": expected_members(with_value),
+        "members": RECORDS.members() if not with_value else RECORDS_WITH_VALUE.members(),
         "splits": {"train": {"samples": 0, "shards": []}},
     }
 
@@ -53,7 +60,8 @@ def test_tables_from_manifest_vocab_and_config(tmp_path: Path) -> None:
     assert schema.tables["category"].features == ("history_category", "target_category")
     assert schema.table_of("target_item") is schema.tables["item"]
     assert schema.feature_tables["history_time_gap"] == "time_gap"
-    assert schema.schema_version == SCHEMA_VERSION and not schema.has_value
+    assert schema.schema_version == SAMPLE_VIEW_VERSION and not schema.has_value
+    assert schema.members == expected_members(False)  # the view models read, all int64
     with pytest.raises(KeyError, match="'user_age'"):
         schema.table_of("user_age")
 
@@ -79,7 +87,14 @@ def test_hash_is_stable_and_changes_with_the_schema(tmp_path: Path) -> None:
     bigger = manifest()
     bigger["vocab"]["item"] += 1
 
+    narrower = manifest()
+    narrower["members"] = RecordLayout.for_build(
+        {"item": 5002, "category": 300, "behavior": 6}, 100, 10**9, False
+    ).members()
+
     assert len(first) == 64 and first == other_process
+    # How a build stores its ids does not change what a model sees.
+    assert FeatureSchema.from_manifest_dict(narrower, cfg).hash() == first
     assert FeatureSchema.from_manifest(root, FeatureConfig(embedding_dim=9)).hash() != first
     assert FeatureSchema.from_manifest_dict(bigger, cfg).hash() != first
 
@@ -87,9 +102,10 @@ def test_hash_is_stable_and_changes_with_the_schema(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda m: m.update(schema_version=SCHEMA_VERSION + 1), "schema_version 2 differs"),
+        (lambda m: m.update(schema_version=SCHEMA_VERSION + 1), "schema_version 3 is not the"),
+        (lambda m: m.update(schema_version=1), r"shard format v1 .* Rebuild it"),
         (lambda m: m.pop("schema_version"), "schema_version None"),
-        (lambda m: m["members"].update(item="int32"), r"members\.item: dtype 'int32'"),
+        (lambda m: m["members"].update(item="int32"), r"members\.item: dtype 'int32' is not one"),
         (lambda m: m["members"].update(target_label="float64"), r"members\.target_label"),
         (lambda m: m["members"].pop("ts"), r"members\.ts: missing"),
         (lambda m: m["members"].update(value="float64"), r"members\.value: dtype 'float64'"),

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from features.schema import FeatureConfig, FeatureSchema, expected_members
+from features.schema import FeatureConfig, FeatureSchema
 from jobs import train
 from jobs.run_config import load_run_config
 from models.blocks.sampled_softmax import SoftmaxLossConfig
-from pipeline.sample_codec import SCHEMA_VERSION
+from pipeline.sample_codec import SCHEMA_VERSION, RecordLayout
 from trainers.fit_check import catalog_error, fit_error, window_bytes, window_memory_error
 
 pytestmark = pytest.mark.unit
@@ -201,7 +201,7 @@ def test_a_full_softmax_over_a_catalog_above_its_limit_is_refused_at_start_up(
     data = tmp_path / "data"
     data.mkdir()
     manifest = {
-        "schema_version": SCHEMA_VERSION, "members": expected_members(False),
+        "schema_version": SCHEMA_VERSION, "members": RecordLayout.widest().members(),
         "vocab": {"item": 100_002, "category": 3, "behavior": 3},
     }  # fmt: skip
     (data / "manifest.json").write_text(json.dumps(manifest))
@@ -249,7 +249,7 @@ def _ctr_build(tmp_path: Path, longest_user: int) -> Path:
     data = tmp_path / "data"
     data.mkdir(parents=True)
     manifest = {
-        "schema_version": SCHEMA_VERSION, "members": expected_members(False),
+        "schema_version": SCHEMA_VERSION, "members": RecordLayout.widest().members(),
         "vocab": {"item": 1000, "category": 20, "behavior": 5}, "max_user_events": longest_user,
     }  # fmt: skip
     (data / "manifest.json").write_text(json.dumps(manifest))

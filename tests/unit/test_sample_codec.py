@@ -11,16 +11,26 @@ import pytest
 from pipeline.sample_codec import (
     HISTORY_MEMBERS,
     META_MEMBER,
+    SPLITS,
     TARGET_MEMBERS,
+    RecordLayout,
+    UserRecord,
     UserSample,
-    decode_members,
-    encode_members,
+    decode_record,
+    decode_split,
+    encode_record,
+    narrowest_id_dtype,
     npy_bytes,
     npy_load,
+    validate_record,
     validate_sample,
 )
 
 pytestmark = pytest.mark.unit
+
+LAYOUT = RecordLayout.for_build(
+    {"item": 300, "category": 50, "behavior": 6}, max_history=100, ts_span=10**9, with_value=True
+)
 
 
 def make_sample(with_value: bool = False, split: str = "train") -> UserSample:
@@ -43,6 +53,28 @@ def make_sample(with_value: bool = False, split: str = "train") -> UserSample:
     return UserSample(user="user-42", split=split, history=history, targets=targets)
 
 
+def make_record(with_value: bool = True) -> UserRecord:
+    """A user with 5 events at epoch ~1.7e9 and targets in train (2), valid (0) and test (1)."""
+    base = 1_700_000_000
+    history = {
+        "item": np.array([5, 6, 7, 260, 8], dtype=np.int64),
+        "category": np.array([1, 1, 2, 40, 3], dtype=np.int64),
+        "behavior": np.array([2, 3, 2, 5, 4], dtype=np.int64),
+        "ts": base + np.array([10, 10, 20, 25, 90], dtype=np.int64),
+    }
+    if with_value:
+        history["value"] = np.array([1.5, 2.0, 0.25, -3.0, 7.125], dtype=np.float32)
+    targets = {
+        "target_item": np.array([7, 299, 8], dtype=np.int64),
+        "target_category": np.array([2, 49, 3], dtype=np.int64),
+        "target_ts": base + np.array([20, 20, 90], dtype=np.int64),
+        "target_label": np.array([1.0, 0.0, 1.0], dtype=np.float32),
+        "target_hist_len": np.array([2, 2, 4], dtype=np.int64),
+        "target_split": np.array([0, 0, 2], dtype=np.int64),
+    }
+    return UserRecord(user="user-42", history=history, targets=targets)
+
+
 def assert_samples_equal(a: UserSample, b: UserSample) -> None:
     """Same user, split, member names, dtypes and values."""
     assert (a.user, a.split) == (b.user, b.split)
@@ -53,75 +85,175 @@ def assert_samples_equal(a: UserSample, b: UserSample) -> None:
             np.testing.assert_array_equal(ours[name], theirs[name])
 
 
+# --- layout -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bound", "dtype"),
+    [(2, "uint8"), (256, "uint8"), (257, "uint16"), (65_536, "uint16"), (65_537, "uint32"),
+     (2**32, "uint32"), (2**32 + 1, "int64")],
+)  # fmt: skip
+def test_narrowest_id_dtype_holds_every_id_below_the_bound(bound: int, dtype: str) -> None:
+    assert str(narrowest_id_dtype(bound)) == dtype
+    assert np.iinfo(narrowest_id_dtype(bound)).max >= bound - 1
+
+
+def test_layout_for_a_build_picks_the_narrowest_dtypes() -> None:
+    layout = RecordLayout.for_build(
+        {"item": 81_542, "category": 202, "behavior": 6}, 100_000, 4_102_444_799, True
+    )
+    assert layout.members() == {
+        "behavior": "uint8", "category": "uint8", "item": "uint32", "target_category": "uint8",
+        "target_hist_len": "uint32", "target_item": "uint32", "target_label": "uint8",
+        "target_split": "uint8", "target_ts": "uint32", "ts": "uint32", "value": "float32",
+    }  # fmt: skip
+    assert layout.history_dtype().itemsize == 4 + 1 + 1 + 4 + 4  # packed: 14 B per event
+    wide = RecordLayout.for_build({"item": 2**40, "category": 9, "behavior": 9}, 10, 2**32, False)
+    assert (str(wide.item), str(wide.ts), str(wide.hist_len)) == ("int64", "int64", "uint8")
+
+
 # --- encode / decode --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("with_value", [False, True])
-def test_encode_decode_round_trip(with_value: bool) -> None:
-    sample = make_sample(with_value)
-    validate_sample(sample)
+def test_record_round_trip_is_exact(with_value: bool) -> None:
+    record = make_record(with_value)
+    layout = RecordLayout.for_build(
+        {"item": 300, "category": 50, "behavior": 6}, 100, 10**9, with_value
+    )
+    validate_record(record)
 
-    decoded = decode_members(dict(encode_members(sample)))
+    decoded = decode_record(dict(encode_record(record, layout)))
 
-    assert_samples_equal(decoded, sample)
-    assert ("value" in decoded.history) is with_value
-    assert decoded.num_targets == 2
-
-
-def test_encoded_member_order_and_meta() -> None:
-    members = encode_members(make_sample(with_value=True, split="valid"))
-
-    names = [name for name, _ in members]
-    assert names == [
-        "item.npy",
-        "category.npy",
-        "behavior.npy",
-        "ts.npy",
-        "value.npy",
-        "target_item.npy",
-        "target_category.npy",
-        "target_ts.npy",
-        "target_label.npy",
-        "target_hist_len.npy",
-        "meta.json",
-    ]
-    assert json.loads(dict(members)[META_MEMBER]) == {"split": "valid", "user": "user-42"}
+    assert decoded.user == record.user
+    for ours, theirs in ((decoded.history, record.history), (decoded.targets, record.targets)):
+        assert ours.keys() == theirs.keys()
+        for name in ours:
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
 
 
-def test_decode_accepts_webdataset_style_dict_with_key_and_arrays() -> None:
-    sample = make_sample()
-    raw: dict[str, object] = dict(encode_members(sample))
-    raw["__key__"] = "p00000-000000001"
-    raw["item.npy"] = bytearray(raw["item.npy"])  # type: ignore[arg-type]
-    raw["ts.npy"] = sample.history["ts"]  # already decoded
-    raw[META_MEMBER] = {"user": "user-42", "split": "train"}
+def test_each_split_decodes_to_its_targets_and_the_history_they_need() -> None:
+    record = make_record()
+    raw = dict(encode_record(record, LAYOUT))
 
-    assert_samples_equal(decode_members(raw), sample)
+    train, valid, test = (decode_split(raw, split) for split in SPLITS)
+
+    assert valid is None  # no valid target: the loader passes the user over
+    assert_samples_equal(train, record.split_sample("train"))
+    assert_samples_equal(test, record.split_sample("test"))
+    assert train.history["item"].tolist() == [5, 6]  # only the prefix its targets need
+    assert test.history["item"].tolist() == [5, 6, 7, 260]
+    assert train.targets["target_label"].dtype == np.float32
+    validate_sample(train)
+    validate_sample(test)
+
+
+def test_members_are_meta_targets_history_with_narrow_packed_records() -> None:
+    members = encode_record(make_record(), LAYOUT)
+
+    assert [name for name, _ in members] == ["meta.json", "targets.npy", "history.npy"]
+    raw = dict(members)
+    assert json.loads(raw[META_MEMBER]) == {"ts_base": 1_700_000_010, "user": "user-42"}
+    history = npy_load(raw["history.npy"])
+    assert history.dtype == LAYOUT.history_dtype() and history.dtype.itemsize == 2 + 1 + 1 + 4 + 4
+    assert history["ts"].tolist() == [0, 0, 10, 15, 80]  # seconds after ts_base
+    targets = npy_load(raw["targets.npy"])
+    assert targets["target_split"].tolist() == [0, 0, 2]
+    assert targets["target_label"].dtype == np.uint8
+
+
+def test_record_from_per_split_samples_gives_them_back() -> None:
+    train, test = make_sample(split="train"), make_sample(with_value=False, split="test")
+    test.targets["target_hist_len"] = np.array([1, 1], dtype=np.int64)
+
+    record = UserRecord.from_samples([test, train])
+
+    assert record.targets["target_split"].tolist() == [0, 0, 2, 2]
+    assert_samples_equal(record.split_sample("train"), train)
+    back = record.split_sample("test")
+    assert back.history["item"].tolist() == [5]
+    assert record.split_sample("valid") is None
+
+
+def test_encode_refuses_values_the_layout_cannot_hold_and_non_binary_labels() -> None:
+    record = make_record()
+    record.targets["target_category"][1] = 256  # 50 categories: stored as uint8
+    with pytest.raises(ValueError, match=r"user-42.*target_category values \[2, 256\].*uint8"):
+        encode_record(record, LAYOUT)
+
+    record = make_record()
+    record.targets["target_label"][0] = 0.5
+    with pytest.raises(ValueError, match="target_label values must be 0 or 1"):
+        encode_record(record, LAYOUT)
 
 
 def test_decode_missing_member_names_it() -> None:
-    raw = dict(encode_members(make_sample()))
-    del raw["target_hist_len.npy"]
-    raw["__key__"] = "k1"  # type: ignore[assignment]
+    raw: dict[str, object] = dict(encode_record(make_record(), LAYOUT))
+    del raw["history.npy"]
+    raw["__key__"] = "k1"
 
-    with pytest.raises(ValueError, match=r"'k1'.*'target_hist_len\.npy'"):
-        decode_members(raw)
+    with pytest.raises(ValueError, match=r"'k1'.*missing member 'history\.npy'"):
+        decode_split(raw, "train")
+    assert decode_split(raw, "valid") is None  # no valid target: its history is never read
 
 
-def test_decode_missing_meta_names_it() -> None:
-    raw = dict(encode_members(make_sample()))
+def test_decode_missing_or_bad_meta_names_it() -> None:
+    raw = dict(encode_record(make_record(), LAYOUT))
     del raw[META_MEMBER]
+    with pytest.raises(ValueError, match="missing member 'meta.json'"):
+        decode_split(raw, "train")
+    raw[META_MEMBER] = b'{"user": "u"}'
+    with pytest.raises(ValueError, match="bad meta.json"):
+        decode_split(raw, "train")
 
-    with pytest.raises(ValueError, match="meta.json"):
-        decode_members(raw)
+
+@pytest.mark.parametrize(
+    ("member", "array", "message"),
+    [
+        ("history.npy", np.arange(5), "expected a 1-D structured array"),
+        ("history.npy", np.zeros(5, [("item", "u4"), ("category", "u1"), ("behavior", "u1")]),
+         r"fields missing \['ts'\]"),
+        ("history.npy", np.zeros(5, [("item", "f4"), ("category", "u1"), ("behavior", "u1"),
+                                     ("ts", "u4")]), "field 'item' has dtype float32"),
+        ("targets.npy", np.zeros(3, [(n, "u4") for n in TARGET_MEMBERS] + [("dwell", "u4"),
+                                                                          ("target_split", "u1")]),
+         r"unknown \['dwell'\]"),
+    ],
+)  # fmt: skip
+def test_decode_wrong_member_layout_names_it(member: str, array: np.ndarray, message: str) -> None:
+    raw = dict(encode_record(make_record(), LAYOUT))
+    raw[member] = npy_bytes(array)
+
+    with pytest.raises(ValueError, match=message):
+        decode_record(raw)
 
 
-def test_decode_wrong_dtype_names_member() -> None:
-    raw = dict(encode_members(make_sample()))
-    raw["category.npy"] = npy_bytes(np.array([1, 1, 2], dtype=np.int32))
+def test_decode_refuses_a_target_history_longer_than_stored() -> None:
+    record = make_record()
+    raw = dict(encode_record(record, LAYOUT))
+    record.history = {name: a[:3] for name, a in record.history.items()}
+    raw["history.npy"] = dict(encode_record(record, LAYOUT))["history.npy"]
 
-    with pytest.raises(ValueError, match=r"'category\.npy'.*int64.*int32"):
-        decode_members(raw)
+    with pytest.raises(ValueError, match="target_hist_len 4 exceeds the 3 stored"):
+        decode_split(raw, "test")
+
+
+def test_decode_refuses_pickled_members() -> None:
+    raw = dict(encode_record(make_record(), LAYOUT))
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    raw["targets.npy"] = buffer.getvalue()
+
+    with pytest.raises(ValueError, match="without objects"):
+        decode_split(raw, "train")
+
+
+def test_validate_record_rejects_a_split_index_out_of_range() -> None:
+    record = make_record()
+    record.targets["target_split"][0] = 3
+
+    with pytest.raises(ValueError, match=r"target_split outside \[0, 2\]"):
+        validate_record(record)
 
 
 # --- .npy bytes -------------------------------------------------------------------------------
@@ -132,7 +264,7 @@ def test_npy_bytes_are_deterministic_and_layout_independent() -> None:
     strided = np.arange(40, dtype=np.int64)[::2] // 2  # same values, non-contiguous source
 
     assert npy_bytes(base) == npy_bytes(base.copy()) == npy_bytes(np.ascontiguousarray(strided))
-    assert encode_members(make_sample()) == encode_members(make_sample())
+    assert encode_record(make_record(), LAYOUT) == encode_record(make_record(), LAYOUT)
     np.testing.assert_array_equal(npy_load(npy_bytes(base)), base)
 
 
