@@ -64,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="OLD_OUT",
         help="reuse the vocab of an earlier build's OUT (new ids map to OOV)",
     )
+    parser.add_argument(
+        "--base",
+        default=None,
+        metavar="BASE_OUT",
+        help="extend an earlier complete build with the new --input events (incremental build: "
+        "vocab and lifelong tables extended, shards of the new period's targets)",
+    )
 
 
 def _error(err: BaseException) -> int:
@@ -84,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:  # before Spark starts: a wrong path costs no JVM start-up
-        checked = preflight(cfg, args.input, args.output, args.overwrite, args.vocab_from)
+        checked = preflight(
+            cfg, args.input, args.output, args.overwrite, args.vocab_from, args.base
+        )
     except (FileExistsError, ValueError) as err:
         return _error(err)
     try:
@@ -101,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             vocab_from=args.vocab_from,
             checked=checked,
+            base=args.base,
         )
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         return _error(err)

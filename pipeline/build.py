@@ -31,6 +31,12 @@ from pyspark.sql import functions as F
 
 from pipeline import storage
 from pipeline.config import PipelineConfig
+from pipeline.increment import (
+    base_record,
+    extend_all_vocabs,
+    extend_lifelong,
+    uncount_duplicates,
+)
 from pipeline.lifelong import build_lifelong, deduplicate, index_files
 from pipeline.manifest import build_manifest, input_fingerprint
 from pipeline.preflight import (
@@ -43,7 +49,7 @@ from pipeline.preflight import (
     spark_errors_named,
 )
 from pipeline.readers import read_raw_events
-from pipeline.sample_codec import SCHEMA_VERSION, SPLITS, RecordLayout
+from pipeline.sample_codec import SCHEMA_VERSION, SPLITS, VALUE_MEMBER, RecordLayout
 from pipeline.shard_writer import SHARD_SUFFIX
 from pipeline.shards import ShardJob, commit_shards, write_shards
 from pipeline.targets import TargetSpec
@@ -178,6 +184,7 @@ def run_build(
     overwrite: bool = False,
     vocab_from: str | None = None,
     checked: Preflight | None = None,
+    base: str | None = None,
 ) -> BuildResult:
     """Run the whole build; see the module docstring.
 
@@ -198,7 +205,8 @@ def run_build(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if checked is None:
-        preflight(cfg, inputs, output, overwrite, vocab_from)
+        checked = preflight(cfg, inputs, output, overwrite, vocab_from, base)
+    base_manifest = checked.base_manifest if base is not None else None
 
     # 1. read + validate: reads only, so a bad input fails here, before OUT is touched
     with spark_errors_named(inputs, cfg.input.format):
@@ -219,6 +227,9 @@ def run_build(
             )
         if quarantined.get("malformed_record", 0) == events_in:
             raise _unparsable_input(tagged, events_in, cfg)
+        with_value = raw.columns.get("value") is not None
+        if base_manifest is not None:
+            _check_value_column(base, base_manifest, with_value)
     state = output_state(output)  # just before writing: what a failure must restore
     prepare_output(output, overwrite)
     with _removed_on_failure(state):
@@ -264,6 +275,9 @@ def run_build(
         vocab_dir = storage.join(output, "vocab")
         if vocab_from:
             vocabs = read_vocabs(spark, storage.join(vocab_from, "vocab"))
+        elif base is not None:
+            base_vocabs = read_vocabs(spark, storage.join(base, "vocab"))
+            vocabs = extend_all_vocabs(base_vocabs, deduped, cfg.vocab.min_count)
         else:
             vocabs = build_all_vocabs(deduped, cfg.vocab.min_count)
         for name, table in vocabs.items():
@@ -290,14 +304,36 @@ def run_build(
             F.sum((F.col("behavior") == OOV_ID).cast("long")).alias("behavior"),
         ).first()
         oov = {k: int(oov_row[k] or 0) for k in ("item", "category", "behavior")}
-        with_value = raw.columns.get("value") is not None
         lifelong_dir = storage.join(output, "lifelong")
-        build_lifelong(mapped, cfg.lifelong.max_history, with_value).write.mode(
-            "overwrite"
-        ).parquet(lifelong_dir)
         # A lifelong row holds up to max_history events per array: read few rows per columnar batch.
         spark.conf.set("spark.sql.parquet.columnarReaderBatchSize", "64")
-        lifelong = spark.read.parquet(lifelong_dir)
+        increment: dict[str, int] = {}
+        if base is None:
+            build_lifelong(mapped, cfg.lifelong.max_history, with_value).write.mode(
+                "overwrite"
+            ).parquet(lifelong_dir)
+            lifelong = spark.read.parquet(lifelong_dir)
+            shard_users = lifelong
+        else:
+            merged_dir = storage.join(output, "_tmp", "merged")
+            base_lifelong = spark.read.parquet(storage.join(base, "lifelong"))
+            extend_lifelong(base_lifelong, mapped, cfg.lifelong.max_history, with_value).write.mode(
+                "overwrite"
+            ).parquet(merged_dir)
+            merged = spark.read.parquet(merged_dir)
+            merged.select(*base_lifelong.columns).write.mode("overwrite").parquet(lifelong_dir)
+            lifelong = spark.read.parquet(lifelong_dir)
+            row = merged.agg(
+                F.sum("duplicates").alias("duplicates"),
+                F.sum(F.array_contains("is_new", True).cast("long")).alias("users_updated"),
+            ).first()
+            increment = {k: int(row[k] or 0) for k in ("duplicates", "users_updated")}
+            if increment["duplicates"]:
+                vocabs = _recount_vocabs(vocabs, merged, output)
+                item_rows = vocabs["item"].select("id", "count", "category_id").toPandas()
+            shard_users = merged.where(F.array_contains("is_new", True)).select(
+                *lifelong.columns, "is_new"
+            )
         user_row = lifelong.agg(
             F.count(F.lit(1)).alias("users"),
             F.sum("truncated").alias("truncated"),
@@ -341,7 +377,7 @@ def run_build(
             compression=shard_cfg.compression,
         )
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
-        rows = write_shards(lifelong, job, partitions, sampler_bc)
+        rows = write_shards(shard_users, job, partitions, sampler_bc)
         listing = commit_shards(
             output, [r for r in rows if r["kind"] == "shard"], SHARD_SUFFIX[shard_cfg.compression]
         )
@@ -353,8 +389,8 @@ def run_build(
 
         counts = {
             "events_in": int(events_in),
-            "events_valid": int(events_valid),
-            "duplicates": int(duplicates),
+            "events_valid": int(events_valid - increment.get("duplicates", 0)),
+            "duplicates": int(duplicates + increment.get("duplicates", 0)),
             "quarantined": {reason: int(quarantined.get(reason, 0)) for reason in REASONS},
             "truncated": int(user_row["truncated"] or 0),
             "oov": oov,
@@ -376,10 +412,43 @@ def run_build(
             schema_version=SCHEMA_VERSION,
             layout=layout,
             vocab_from=vocab_from,
+            base=None if base is None else base_record(base, base_manifest),
         )
+        if base is not None:
+            manifest["counts"]["duplicates_of_base"] = increment["duplicates"]
+            manifest["users_updated"] = increment["users_updated"]
         storage.write_json_atomic(storage.join(output, "manifest.json"), manifest)
         log.info("build finished in %.1f s: %s", timings["total"], output)
         return BuildResult(manifest=manifest, timings=timings)
+
+
+def _recount_vocabs(
+    vocabs: dict[str, DataFrame], merged: DataFrame, output: str
+) -> dict[str, DataFrame]:
+    """Rewrite `OUT/vocab/*` with the new events found to repeat base events taken off the
+    counts; returns the rewritten tables."""
+    spark = merged.sparkSession
+    fixed = {}
+    for name, table in vocabs.items():
+        staging = storage.join(output, "_tmp", "vocab", name)
+        uncount_duplicates(table, merged, name).orderBy("id").coalesce(1).write.mode(
+            "overwrite"
+        ).parquet(staging)
+        final = storage.join(output, "vocab", name)
+        storage.delete_dir(final)
+        storage.move(staging, final)
+        fixed[name] = spark.read.parquet(final)
+    return fixed
+
+
+def _check_value_column(base: str, base_manifest: dict, with_value: bool) -> None:
+    """Refuse new events with a `value` column over a base without one, or the reverse."""
+    if with_value != (VALUE_MEMBER in (base_manifest.get("members") or {})):
+        has = "has" if with_value else "has no"
+        raise BuildInputError(
+            f"--base {base}: the new input {has} a value column but the base "
+            f"{'does not' if with_value else 'does'}; map input.columns.value the same way in both"
+        )
 
 
 __all__ = [

@@ -47,6 +47,7 @@ def build_manifest(
     schema_version: int,
     layout: RecordLayout,
     vocab_from: str | None,
+    base: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the manifest dict (see README, "manifest.json").
 
@@ -63,6 +64,7 @@ def build_manifest(
         "max_user_events": max_user_events,
         "vocab": vocab_sizes,
         "vocab_from": vocab_from,
+        "base": base,
         "negatives": negative_mode,
         "members": layout.members(),
         "shards": listing,
@@ -136,6 +138,14 @@ def summary_table(manifest: dict[str, Any]) -> str:
             f"(format v{manifest['schema_version']}, one sample per user)",
         )
     )
+    if manifest.get("base"):
+        rows.append(
+            (
+                "base",
+                f"{manifest['base']['path']} ({manifest.get('users_updated', 0):,} users "
+                f"extended, {c.get('duplicates_of_base', 0):,} events already in the base)",
+            )
+        )
     rows.append(("time", f"{manifest['timings_s'].get('total', 0.0):.1f} s"))
     width = max(len(k) for k, _ in rows)
     lines = [f"| {'':<{width}} | value", f"|{'-' * (width + 2)}|------"]

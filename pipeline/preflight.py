@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -26,6 +27,8 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.config import PipelineConfig
+from pipeline.sample_codec import SCHEMA_VERSION
+from pipeline.vocab import VOCAB_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +68,15 @@ class OutputState:
 
 @dataclass(frozen=True)
 class Preflight:
-    """Evidence that `preflight` passed: the input data files it checked (display names)."""
+    """Evidence that `preflight` passed.
+
+    Attributes:
+        input_files: the input data files it checked (display names).
+        base_manifest: the manifest of `--base` (an incremental build), else None.
+    """
 
     input_files: tuple[str, ...]
+    base_manifest: dict[str, Any] | None = None
 
 
 def display_path(uri: str) -> str:
@@ -320,13 +329,20 @@ def preflight(
     output: str,
     overwrite: bool,
     vocab_from: str | None = None,
+    base: str | None = None,
 ) -> Preflight:
     """Every check a build can make before Spark starts; writes nothing.
 
     Raises:
         FileExistsError: non-empty OUT without `overwrite`.
-        BuildInputError: a bad `--output`, `--input`, `--vocab-from` or input file, naming it.
+        BuildInputError: a bad `--output`, `--input`, `--vocab-from`, `--base` or input file,
+            naming it.
     """
+    if base is not None and vocab_from is not None:
+        raise BuildInputError(
+            "--base and --vocab-from: give one (an increment extends the base's vocab)"
+        )
+    base_manifest = check_base(base, output, cfg) if base is not None else None
     if vocab_from is not None:
         if storage.resolve(vocab_from)[1] == storage.resolve(output)[1]:
             raise BuildInputError(
@@ -345,7 +361,70 @@ def preflight(
         len(files),
         cfg.input.format,
     )
-    return Preflight(input_files=tuple(files))
+    return Preflight(input_files=tuple(files), base_manifest=base_manifest)
+
+
+#: Config keys a base must share with its increment: they decide ids, histories and targets.
+SHARED_CONFIG = ("input.ts_min", "input.ts_max", "behaviors", "vocab", "lifelong", "targets")
+
+
+def _config_value(config: dict[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _first_difference(ours: Any, theirs: Any, path: str) -> str | None:
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in sorted(set(ours) | set(theirs)):
+            found = _first_difference(ours.get(key), theirs.get(key), f"{path}.{key}")
+            if found:
+                return found
+        return None
+    return None if ours == theirs else path
+
+
+def check_base(base: str, output: str, cfg: PipelineConfig) -> dict[str, Any]:
+    """Refuse a `--base` that cannot be extended; return its manifest.
+
+    Raises:
+        BuildInputError: `base` is the output itself, is not a complete build (no
+            `manifest.json`, vocab or lifelong table), has another shard format, or was built
+            with another value of a `SHARED_CONFIG` key (named).
+    """
+    if storage.resolve(base)[1] == storage.resolve(output)[1]:
+        raise BuildInputError(
+            f"--base {base} is the output directory itself; write the increment to a new --output"
+        )
+    source = storage.join(base, "manifest.json")
+    if not storage.exists(source):
+        raise BuildInputError(
+            f"--base {base} is not a complete build (no manifest.json); pass the OUT of a "
+            "finished lifeseq build"
+        )
+    manifest = storage.read_json(source)
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BuildInputError(
+            f"--base {base} has shard format {manifest.get('schema_version')!r}, not "
+            f"{SCHEMA_VERSION}; rebuild it with this lifeseq first"
+        )
+    for part in (*(f"vocab/{name}" for name in VOCAB_NAMES), "lifelong"):
+        if not storage.exists(storage.join(base, part)):
+            raise BuildInputError(
+                f"--base {base} is not a complete build (no {part}/); pass the OUT of a "
+                "finished lifeseq build"
+            )
+    theirs, ours = manifest.get("config") or {}, cfg.to_dict()
+    for key in SHARED_CONFIG:
+        found = _first_difference(_config_value(ours, key), _config_value(theirs, key), key)
+        if found:
+            raise BuildInputError(
+                f"--base {base} was built with another config: {found} is "
+                f"{_config_value(theirs, found)!r} there and {_config_value(ours, found)!r} "
+                "here; build the increment with the base's config (or rebuild from scratch)"
+            )
+    return manifest
 
 
 def spark_input_error(err: BaseException, inputs: list[str], fmt: str) -> BuildInputError | None:

@@ -2,7 +2,7 @@
 executors.
 
 Each Spark partition (users hash-partitioned and sorted by user id) streams its users through
-`build_user_record` and writes `OUT/_tmp/shards/part-PPPPP-NNNNNN.tar`: one sample per user with
+`build_user_record` (an incremental build's rows carry `is_new`: only targets of new events) and writes `OUT/_tmp/shards/part-PPPPP-NNNNNN.tar`: one sample per user with
 targets, holding the history once and the targets of every split (format v2). Only shard
 metadata (names, sizes, sha256, per-split counts) returns to the driver, which then commits:
 renames the files to `shard-NNNNNN.tar` in partition order inside a staging directory and moves
@@ -108,12 +108,14 @@ def make_partition_writer(job: ShardJob, sampler_arrays: Broadcast | None):
             }
             if VALUE_MEMBER in names:
                 arrays[VALUE_MEMBER] = _list_column(batch, VALUE_MEMBER, np.float32)
+            is_new = _list_column(batch, "is_new", np.bool_) if "is_new" in names else None
             for row, user in enumerate(user_ids):
                 events = {
                     name: values[offsets[row] : offsets[row + 1]]
                     for name, (values, offsets) in arrays.items()
                 }
-                record, stats = build_user_record(user, events, job.spec, sampler)
+                new = None if is_new is None else is_new[0][is_new[1][row] : is_new[1][row + 1]]
+                record, stats = build_user_record(user, events, job.spec, sampler, new)
                 key = f"p{part:05d}-{users:09d}"
                 users += 1
                 short += stats.negatives_short

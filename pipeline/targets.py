@@ -175,6 +175,7 @@ def build_user_record(
     events: dict[str, np.ndarray],
     spec: TargetSpec,
     sampler: NegativeSampler | None,
+    new_events: np.ndarray | None = None,
 ) -> tuple[UserRecord | None, UserTargetStats]:
     """Build one user's record: the history once and the targets of every split.
 
@@ -184,6 +185,9 @@ def build_user_record(
             `value` (float32), all in user order.
         spec: resolved target rules.
         sampler: negative sampler (required when `spec.negative_mode == "sampled"`).
+        new_events: shape (N,) bool, the events an incremental build added; when given, only
+            targets of those events are kept. Splits, caps and negatives are still decided over
+            the whole history, so the kept targets equal a full build's targets of them.
 
     Returns:
         The record (None when the user has no target in any split; its history is cut after
@@ -221,10 +225,16 @@ def build_user_record(
         cap = spec.max_targets_per_user
         if cap is not None and chosen.size > cap:
             chosen = np.sort(rng.choice(chosen, size=cap, replace=False))
-        sample_targets = _targets_for(
-            chosen, events, is_pos, hist_before, spec, sampler, rng, seen_items, stats
+        sample_targets, source, short = _targets_for(
+            chosen, events, is_pos, hist_before, spec, sampler, rng, seen_items
         )
+        if new_events is not None:
+            sample_targets = {k: v[new_events[source]] for k, v in sample_targets.items()}
+            short = short[new_events[chosen]]
+        stats.negatives_short += int(short.sum())
         labels = sample_targets["target_label"]
+        if labels.size == 0:
+            continue
         stats.targets[split] += int(labels.size)
         stats.positives[split] += int((labels == 1).sum())
         stats.negatives[split] += int((labels == 0).sum())
@@ -251,9 +261,10 @@ def _targets_for(
     sampler: NegativeSampler | None,
     rng: np.random.Generator,
     seen_items: np.ndarray,
-    stats: UserTargetStats,
-) -> dict[str, np.ndarray]:
-    """Target arrays for the logged target events `chosen`, with sampled negatives after each positive."""
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Target arrays for the logged target events `chosen`, with sampled negatives after each
+    positive; plus each target's source event (index into `events`) and the negatives each
+    chosen event is short of."""
     t_item = events["item"][chosen]
     t_cat = events["category"][chosen]
     t_ts = events["ts"][chosen]
@@ -265,7 +276,8 @@ def _targets_for(
             raise ValueError("negative_mode 'sampled' needs a NegativeSampler")
         pos_rows = np.flatnonzero(t_label == 1)
         negs = sampler.sample(rng, pos_rows.size * k, seen_items).reshape(pos_rows.size, k)
-        stats.negatives_short += int((negs < 0).sum())
+        short = np.zeros(chosen.size, dtype=np.int64)
+        short[pos_rows] = (negs < 0).sum(axis=1)
         # Each row of the result: the logged target, then its k negatives (-1 = none found).
         width = k + 1
         grid_item = np.full((chosen.size, width), -1, dtype=np.int64)
@@ -276,17 +288,19 @@ def _targets_for(
         flat_item = grid_item.reshape(-1)[keep]
         is_first = np.tile(np.arange(width) == 0, chosen.size)[keep]
         category = np.where(is_first, t_cat[rep], sampler.item_category[np.maximum(flat_item, 0)])
-        return {
+        targets = {
             "target_item": flat_item,
             "target_category": category.astype(np.int64),
             "target_ts": t_ts[rep],
             "target_label": np.where(is_first, t_label[rep], np.float32(0)).astype(np.float32),
             "target_hist_len": t_hist[rep],
         }
-    return {
+        return targets, chosen[rep], short
+    targets = {
         "target_item": t_item.astype(np.int64),
         "target_category": t_cat.astype(np.int64),
         "target_ts": t_ts.astype(np.int64),
         "target_label": t_label,
         "target_hist_len": t_hist,
     }
+    return targets, chosen, np.zeros(chosen.size, dtype=np.int64)

@@ -551,3 +551,30 @@ def test_stored_history_is_truncated_to_largest_hist_len_of_the_split() -> None:
         )
         assert sample.history["value"].dtype == np.float32
     np.testing.assert_array_equal(valid.history["value"], [0.0, 1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("split", ["time", "leave_one_out"])
+def test_an_increments_targets_are_the_full_targets_of_its_new_events(split: str) -> None:
+    """`new_events`: only targets of the added events, each equal to the full build's (splits,
+    negatives and the `max_targets_per_user` cap are decided over the whole history)."""
+    from pipeline.targets import build_user_record
+
+    items = list(range(10, 30))
+    ts = [100 * i for i in range(1, 21)]
+    events = make_events(items, ts, behavior=[CLICK, VIEW] * 10)
+    spec = make_spec(
+        split=split, negative_mode="sampled", negatives_per_positive=2, max_targets_per_user=4
+    )
+    new_events = np.zeros(20, dtype=bool)
+    new_events[14:] = True
+
+    full, full_stats = build_user_record("alice", events, spec, make_sampler(500))
+    part, part_stats = build_user_record("alice", events, spec, make_sampler(500), new_events)
+
+    positions = np.searchsorted(events["ts"], full.targets["target_ts"])
+    keep = new_events[positions]
+    assert 0 < keep.sum() < keep.size
+    for name, values in part.targets.items():
+        np.testing.assert_array_equal(values, full.targets[name][keep], err_msg=name)
+    assert sum(part_stats.targets.values()) == int(keep.sum())
+    assert part.history["item"].shape[0] == int(part.targets["target_hist_len"].max())
