@@ -92,29 +92,19 @@ def write_shards(directory: Path, length: int, total_mb: int) -> list[ShardSpec]
     return [ShardSpec(info.path, info.samples, info.bytes) for info in writer.close()]
 
 
-def read_tar(shards: list[ShardSpec]) -> int:
-    """The I/O floor: stream each tar and read every member's bytes, decoding nothing."""
-    members = 0
-    for spec in shards:
-        with open(spec.url, "rb", buffering=1 << 20) as handle:
-            with tarfile.open(fileobj=handle, mode="r|") as tar:
-                for member in tar:
-                    tar.extractfile(member).read()  # type: ignore[union-attr]
-                    members += 1
-    return members
-
-
-def read_raw(shards: list[ShardSpec]) -> int:
-    """The limit: stream each tar and np.load every member; returns the members read."""
+def read_members(shards: list[ShardSpec], decode: bool) -> int:
+    """Stream each tar and read every member's bytes; with `decode`, also `np.load` each `.npy`
+    and parse `meta.json` (the decode limit), else nothing more (the I/O floor). Returns the
+    members read."""
     members = 0
     for spec in shards:
         with open(spec.url, "rb", buffering=1 << 20) as handle:
             with tarfile.open(fileobj=handle, mode="r|") as tar:
                 for member in tar:
                     data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    if member.name.endswith(".npy"):
+                    if decode and member.name.endswith(".npy"):
                         npy_load(data)
-                    else:
+                    elif decode:
                         json.loads(data)
                     members += 1
     return members
@@ -156,11 +146,11 @@ def bench_length(length: int, workdir: Path, total_mb: int, repeats: int) -> dic
     shards = write_shards(workdir / f"h{length}", length, total_mb)
     users = sum(s.samples for s in shards)
     mb = sum(s.bytes for s in shards) / 2**20
-    read_raw(shards)  # warm the page cache
+    read_members(shards, decode=False)  # warm the page cache
     result: dict[str, Any] = {"users": users, "shard_mb": round(mb, 1), "shards": len(shards)}
     for name, fn in (
-        ("tar", lambda: read_tar(shards)),
-        ("raw", lambda: read_raw(shards)),
+        ("tar", lambda: read_members(shards, decode=False)),
+        ("raw", lambda: read_members(shards, decode=True)),
         ("ctr", lambda: read_loader(shards, "ctr", BATCH_SIZE[length])),
         ("generative", lambda: read_loader(shards, "generative", BATCH_SIZE[length])),
     ):

@@ -315,13 +315,7 @@ def run_build(
             lifelong = spark.read.parquet(lifelong_dir)
             shard_users = lifelong
         else:
-            merged_dir = storage.join(output, "_tmp", "merged")
-            base_lifelong = spark.read.parquet(storage.join(base, "lifelong"))
-            extend_lifelong(base_lifelong, mapped, cfg.lifelong.max_history, with_value).write.mode(
-                "overwrite"
-            ).parquet(merged_dir)
-            merged = spark.read.parquet(merged_dir)
-            merged.select(*base_lifelong.columns).write.mode("overwrite").parquet(lifelong_dir)
+            merged = _extend_base(spark, base, mapped, cfg.lifelong.max_history, with_value, output)
             lifelong = spark.read.parquet(lifelong_dir)
             row = merged.agg(
                 F.sum("duplicates").alias("duplicates"),
@@ -420,6 +414,28 @@ def run_build(
         storage.write_json_atomic(storage.join(output, "manifest.json"), manifest)
         log.info("build finished in %.1f s: %s", timings["total"], output)
         return BuildResult(manifest=manifest, timings=timings)
+
+
+def _extend_base(
+    spark: SparkSession,
+    base: str,
+    mapped: DataFrame,
+    max_history: int,
+    with_value: bool,
+    output: str,
+) -> DataFrame:
+    """Write `OUT/lifelong` as the base's extended by the new events `mapped`; return the merged
+    rows (`pipeline.increment.merged_schema`), checkpointed under `OUT/_tmp/merged`."""
+    merged_dir = storage.join(output, "_tmp", "merged")
+    base_lifelong = spark.read.parquet(storage.join(base, "lifelong"))
+    extend_lifelong(base_lifelong, mapped, max_history, with_value).write.mode("overwrite").parquet(
+        merged_dir
+    )
+    merged = spark.read.parquet(merged_dir)
+    merged.select(*base_lifelong.columns).write.mode("overwrite").parquet(
+        storage.join(output, "lifelong")
+    )
+    return merged
 
 
 def _recount_vocabs(
