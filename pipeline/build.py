@@ -7,9 +7,13 @@ Stages (one Spark session, nothing but metadata collected on the driver):
    files). Either refuses with one line naming the path or key, before OUT is touched.
 1. read + validate: every row gets a `reason` or none; bad rows → `OUT/quarantine/` (Parquet);
    the job stops before writing anything else if their fraction passes `max_bad_fraction`.
-2. deduplicate exact duplicates (first occurrence in input order wins), count them.
-3. vocab (`OUT/vocab/{item,category,behavior}/`), or reuse an earlier run's (`vocab_from`).
-4. lifelong table (`OUT/lifelong/`): one row per user, user order, `max_history` cap.
+2. group the events by user (one shuffle), dropping exact duplicates (first occurrence in input
+   order wins) and putting each history in user order (`pipeline.user_events`); count them.
+3. vocab (`OUT/vocab/{item,category,behavior}/`), or reuse an earlier run's (`vocab_from`), or
+   extend the base's (`base`, `pipeline.increment`).
+4. lifelong table (`OUT/lifelong/`): one row per user, user order, `max_history` cap; ids
+   looked up in place (no shuffle) when the vocabs are small enough to broadcast. An increment
+   merges the base's histories with the new events here.
 5. targets + shards (`OUT/shards/shard-NNNNNN.tar`, format v2: one sample per user with the
    history once and the targets of every split), written by executors, committed atomically;
    `OUT/manifest.json` last.
@@ -20,13 +24,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import storage
@@ -37,7 +41,7 @@ from pipeline.increment import (
     extend_lifelong,
     uncount_duplicates,
 )
-from pipeline.lifelong import build_lifelong, deduplicate, index_files
+from pipeline.lifelong import build_lifelong, index_files
 from pipeline.manifest import build_manifest, input_fingerprint
 from pipeline.preflight import (
     BuildInputError,
@@ -53,8 +57,15 @@ from pipeline.sample_codec import SCHEMA_VERSION, SPLITS, VALUE_MEMBER, RecordLa
 from pipeline.shard_writer import SHARD_SUFFIX
 from pipeline.shards import ShardJob, commit_shards, write_shards
 from pipeline.targets import TargetSpec
+from pipeline.user_events import (
+    BROADCAST_MAX_IDS,
+    explode_user_events,
+    group_user_events,
+    lookup_tables,
+    map_user_events,
+)
 from pipeline.validate import REASONS, quarantine_view, tag_reasons, valid_events
-from pipeline.vocab import OOV_ID, apply_vocabs, build_all_vocabs, read_vocabs
+from pipeline.vocab import OOV_ID, VOCAB_NAMES, apply_vocabs, build_all_vocabs, read_vocabs
 
 log = logging.getLogger(__name__)
 _EXAMPLES_PER_REASON = 3
@@ -261,12 +272,16 @@ def run_build(
         # 2. dedupe
         t0 = time.perf_counter()
         valid = valid_events(tagged)
-        # Checkpoint the deduplicated events as Parquet: later stages read only the columns they
-        # need, and nothing has to stay cached in the (small, in local mode shared) heap.
-        events_dir = storage.join(output, "_tmp", "events")
-        deduplicate(index_files(valid, valid_files)).write.mode("overwrite").parquet(events_dir)
-        deduped = spark.read.parquet(events_dir)
-        events_valid = deduped.count()
+        # One shuffle by user drops the duplicates and orders each history (`user_events`).
+        # Checkpointed as Parquet: nothing has to stay cached in the (small, in local mode
+        # shared) heap.
+        users_dir = storage.join(output, "_tmp", "users")
+        group_user_events(index_files(valid, valid_files)).write.mode("overwrite").parquet(
+            users_dir
+        )
+        users = spark.read.parquet(users_dir)
+        events_valid = int(users.agg(F.sum(F.size("ev"))).first()[0] or 0)
+        deduped = explode_user_events(users)
         duplicates = (events_in - bad) - events_valid
         timings["dedupe"] = time.perf_counter() - t0
 
@@ -295,27 +310,19 @@ def run_build(
 
         # 4. lifelong table
         t0 = time.perf_counter()
-        mapped = apply_vocabs(deduped, vocabs)
-        oov_row = mapped.agg(
-            F.sum((F.col("item") == OOV_ID).cast("long")).alias("item"),
-            F.sum(
-                ((F.col("category") == OOV_ID) & F.col("raw_category").isNotNull()).cast("long")
-            ).alias("category"),
-            F.sum((F.col("behavior") == OOV_ID).cast("long")).alias("behavior"),
-        ).first()
-        oov = {k: int(oov_row[k] or 0) for k in ("item", "category", "behavior")}
         lifelong_dir = storage.join(output, "lifelong")
         # A lifelong row holds up to max_history events per array: read few rows per columnar batch.
         spark.conf.set("spark.sql.parquet.columnarReaderBatchSize", "64")
+        # An increment caps after merging with the base's histories.
+        cap = cfg.lifelong.max_history if base is None else None
+        rows, oov_counts = _user_rows(users, deduped, vocabs, vocab_sizes, cap, with_value)
         increment: dict[str, int] = {}
         if base is None:
-            build_lifelong(mapped, cfg.lifelong.max_history, with_value).write.mode(
-                "overwrite"
-            ).parquet(lifelong_dir)
+            rows.write.mode("overwrite").parquet(lifelong_dir)
             lifelong = spark.read.parquet(lifelong_dir)
             shard_users = lifelong
         else:
-            merged = _extend_base(spark, base, mapped, cfg.lifelong.max_history, with_value, output)
+            merged = _extend_base(spark, base, rows, cfg.lifelong.max_history, with_value, output)
             lifelong = spark.read.parquet(lifelong_dir)
             row = merged.agg(
                 F.sum("duplicates").alias("duplicates"),
@@ -328,6 +335,7 @@ def run_build(
             shard_users = merged.where(F.array_contains("is_new", True)).select(
                 *lifelong.columns, "is_new"
             )
+        oov = oov_counts()
         user_row = lifelong.agg(
             F.count(F.lit(1)).alias("users"),
             F.sum("truncated").alias("truncated"),
@@ -416,19 +424,59 @@ def run_build(
         return BuildResult(manifest=manifest, timings=timings)
 
 
+#: `build_lifelong`'s cap for an increment's new events (capped after merging with the base).
+_UNCAPPED = 2**31 - 1
+
+
+def _user_rows(
+    users: DataFrame,
+    deduped: DataFrame,
+    vocabs: dict[str, DataFrame],
+    vocab_sizes: dict[str, int],
+    cap: int | None,
+    with_value: bool,
+) -> tuple[DataFrame, Callable[[], dict[str, int]]]:
+    """Lifelong rows (`pipeline.lifelong` columns, the last `cap` events; None: all) of the
+    grouped users, and a function giving the OOV event counts once the rows have been written.
+
+    Vocabs up to `BROADCAST_MAX_IDS` rows are looked up in place (`map_user_events`, no
+    shuffle); larger ones are joined with the events, which are then grouped by user again.
+    """
+    if sum(vocab_sizes.values()) <= BROADCAST_MAX_IDS:
+        tables = users.sparkSession.sparkContext.broadcast(lookup_tables(vocabs))
+        observation = Observation("oov")
+        sums = [F.sum(f"oov_{name}").alias(name) for name in VOCAB_NAMES]
+        rows = map_user_events(users, tables, cap, with_value).observe(observation, *sums)
+
+        def observed() -> dict[str, int]:
+            return {name: int(observation.get[name] or 0) for name in VOCAB_NAMES}
+
+        return rows.drop(*(f"oov_{name}" for name in VOCAB_NAMES)), observed
+    mapped = apply_vocabs(deduped, vocabs)
+    oov_row = mapped.agg(
+        F.sum((F.col("item") == OOV_ID).cast("long")).alias("item"),
+        F.sum(
+            ((F.col("category") == OOV_ID) & F.col("raw_category").isNotNull()).cast("long")
+        ).alias("category"),
+        F.sum((F.col("behavior") == OOV_ID).cast("long")).alias("behavior"),
+    ).first()
+    counts = {k: int(oov_row[k] or 0) for k in VOCAB_NAMES}
+    return build_lifelong(mapped, cap or _UNCAPPED, with_value), lambda: counts
+
+
 def _extend_base(
     spark: SparkSession,
     base: str,
-    mapped: DataFrame,
+    rows: DataFrame,
     max_history: int,
     with_value: bool,
     output: str,
 ) -> DataFrame:
-    """Write `OUT/lifelong` as the base's extended by the new events `mapped`; return the merged
-    rows (`pipeline.increment.merged_schema`), checkpointed under `OUT/_tmp/merged`."""
+    """Write `OUT/lifelong` as the base's extended by the new events' lifelong `rows`; return
+    the merged rows (`pipeline.increment.merged_schema`), checkpointed under `OUT/_tmp/merged`."""
     merged_dir = storage.join(output, "_tmp", "merged")
     base_lifelong = spark.read.parquet(storage.join(base, "lifelong"))
-    extend_lifelong(base_lifelong, mapped, max_history, with_value).write.mode("overwrite").parquet(
+    extend_lifelong(base_lifelong, rows, max_history, with_value).write.mode("overwrite").parquet(
         merged_dir
     )
     merged = spark.read.parquet(merged_dir)

@@ -210,28 +210,21 @@ def make_merger(max_history: int, with_value: bool):
 
 
 def extend_lifelong(
-    base: DataFrame, events: DataFrame, max_history: int, with_value: bool
+    base: DataFrame, rows: DataFrame, max_history: int, with_value: bool
 ) -> DataFrame:
     """Every user's extended history (`merged_schema` columns).
 
     Args:
         base: the base's lifelong table.
-        events: the new events with vocab ids (`user_id, item, category, behavior, ts, value,
-            _file_idx, _row`), deduplicated among themselves.
+        rows: the new events as uncapped lifelong rows (one per user, events in user order,
+            deduplicated among themselves).
         max_history: most recent events kept per user.
         with_value: the tables have a `value` column.
     """
-    fields = ["ts", "_file_idx", "_row", "item", "category", "behavior"]
-    if with_value:
-        fields.append(F.col("value").cast("float").alias("value"))
-    grouped = events.groupBy("user_id").agg(
-        F.sort_array(F.collect_list(F.struct(*fields))).alias("ev")
-    )
     names = [*_HISTORY, *([VALUE_MEMBER] if with_value else [])]
-    new = grouped.select("user_id", *[F.col(f"ev.{n}").alias(f"new_{n}") for n in names])
+    new = rows.select("user_id", *[F.col(n).alias(f"new_{n}") for n in names])
     joined = base.select("user_id", *names, "n_events").join(new, on="user_id", how="full_outer")
-    spark_schema = _spark_schema(with_value)
-    return joined.mapInArrow(make_merger(max_history, with_value), spark_schema)
+    return joined.mapInArrow(make_merger(max_history, with_value), _spark_schema(with_value))
 
 
 def _spark_schema(with_value: bool):

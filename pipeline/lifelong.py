@@ -1,4 +1,5 @@
-"""Deduplication and the lifelong behavior table (one row per user, events in user order).
+"""The lifelong behavior table (one row per user, events in user order), by joins and a shuffle:
+the path for vocabs too large to broadcast (`pipeline.user_events` maps ids in place otherwise).
 
 User order: by `ts`, ties by input order (source file path, then row position in that file),
 which is deterministic across re-runs. The table keeps at most `max_history` most recent events
@@ -14,8 +15,6 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-EVENT_KEY = ("user_id", "item_id", "category_id", "behavior", "ts", "value")
-
 
 def index_files(events: DataFrame, files: list[str]) -> DataFrame:
     """Replace the `_file` URI by its index in the sorted list `files` (`_file_idx`, int).
@@ -29,22 +28,6 @@ def index_files(events: DataFrame, files: list[str]) -> DataFrame:
     return events.withColumn(
         "_file_idx", F.try_element_at(mapping, F.col("_file")).cast("int")
     ).drop("_file")
-
-
-def deduplicate(events: DataFrame) -> DataFrame:
-    """Drop exact duplicates (same user, item, category, behavior, ts and value), keeping the
-    first occurrence in input order.
-    """
-    first = F.min(F.struct("_file_idx", "_row")).alias("first")
-    return (
-        events.groupBy(*EVENT_KEY)
-        .agg(first)
-        .select(
-            *EVENT_KEY,
-            F.col("first._file_idx").alias("_file_idx"),
-            F.col("first._row").alias("_row"),
-        )
-    )
 
 
 def build_lifelong(events: DataFrame, max_history: int, with_value: bool) -> DataFrame:
