@@ -275,6 +275,9 @@ def run_build(
         # One shuffle by user drops the duplicates and orders each history (`user_events`).
         # Checkpointed as Parquet: nothing has to stay cached in the (small, in local mode
         # shared) heap.
+        # A row holds a user's whole history: few rows per columnar batch and per Arrow batch.
+        spark.conf.set("spark.sql.parquet.columnarReaderBatchSize", "64")
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
         users_dir = storage.join(output, "_tmp", "users")
         group_user_events(index_files(valid, valid_files)).write.mode("overwrite").parquet(
             users_dir
@@ -311,8 +314,6 @@ def run_build(
         # 4. lifelong table
         t0 = time.perf_counter()
         lifelong_dir = storage.join(output, "lifelong")
-        # A lifelong row holds up to max_history events per array: read few rows per columnar batch.
-        spark.conf.set("spark.sql.parquet.columnarReaderBatchSize", "64")
         # An increment caps after merging with the base's histories.
         cap = cfg.lifelong.max_history if base is None else None
         rows, oov_counts = _user_rows(users, deduped, vocabs, vocab_sizes, cap, with_value)
@@ -378,7 +379,6 @@ def run_build(
             alpha=cfg.targets.popularity_alpha,
             compression=shard_cfg.compression,
         )
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
         rows = write_shards(shard_users, job, partitions, sampler_bc)
         listing = commit_shards(
             output, [r for r in rows if r["kind"] == "shard"], SHARD_SUFFIX[shard_cfg.compression]
