@@ -41,8 +41,9 @@ _DUPLICATE_IDS = ("item", "category", "behavior")
 
 
 def base_record(base: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's `base` entry: the base's path, its manifest's sha256 and its chain (the
-    bases it was built on, oldest first), so an increment names every build it extends."""
+    """The manifest's `base` entry: the base's path, `manifest_sha256` (of its manifest as
+    canonical JSON: sorted keys) and its chain (the bases it was built on, oldest first), so an
+    increment names every build it extends."""
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
     earlier = (manifest.get("base") or {}).get("chain", [])
     return {"path": base, "manifest_sha256": digest, "chain": [*earlier, base]}
