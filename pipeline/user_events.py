@@ -67,15 +67,14 @@ def explode_user_events(users: DataFrame) -> DataFrame:
     return users.select("user_id", F.explode("ev").alias("e")).select("user_id", "e.*")
 
 
-def lookup_tables(vocabs: dict[str, DataFrame]) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Per vocab: (raw ids, their ids), collected for broadcasting to `map_user_events`."""
+def lookup_tables(vocabs: dict[str, DataFrame]) -> dict[str, tuple[pa.Array, np.ndarray]]:
+    """Per vocab: (raw ids as an Arrow string array, their ids), collected for broadcasting to
+    `map_user_events` (Arrow buffers, not Python strings: ~20 bytes per id on the driver)."""
     tables = {}
     for name in VOCAB_NAMES:
         rows = vocabs[name].select("raw_id", "id").toArrow()
-        tables[name] = (
-            rows.column("raw_id").to_pylist(),
-            rows.column("id").to_numpy().astype(np.int64),
-        )
+        raw = pc.cast(rows.column("raw_id").combine_chunks(), pa.string())
+        tables[name] = (raw, rows.column("id").to_numpy().astype(np.int64))
     return tables
 
 
@@ -109,9 +108,7 @@ def make_mapper(tables: Broadcast, max_history: int | None, with_value: bool):
     """The `mapInArrow` function of `map_user_events`."""
 
     def map_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        lookups = {
-            name: (pa.array(raw, pa.string()), ids) for name, (raw, ids) in tables.value.items()
-        }
+        lookups = tables.value
         for batch in batches:
             if batch.num_rows == 0:
                 continue
