@@ -25,13 +25,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipeline.sample_codec import VALUE_MEMBER
-from pipeline.vocab import OOV_ID, VOCAB_NAMES
+from pipeline.vocab import OOV_ID, SOURCE_COLUMN, VOCAB_NAMES
 
 #: The event key of a duplicate (with the user, whose row it is in).
 DUPLICATE_KEY = ("ts", "item_id", "category_id", "behavior", "value")
 #: Fields of `ev`, in user order's sort order.
 EVENT_FIELDS = ("ts", "_file_idx", "_row", "item_id", "category_id", "behavior", "value")
-_RAW_COLUMN = {"item": "item_id", "category": "category_id", "behavior": "behavior"}
 #: Largest vocab (all three tables' rows) mapped with broadcast lookup tables; larger ones are
 #: joined (a shuffle) instead.
 BROADCAST_MAX_IDS = 20_000_000
@@ -120,7 +119,7 @@ def make_mapper(tables: Broadcast, max_history: int | None, with_value: bool):
             columns: dict[str, np.ndarray] = {}
             oov: dict[str, np.ndarray] = {}
             for name in VOCAB_NAMES:
-                raw = flat.field(_RAW_COLUMN[name])
+                raw = flat.field(SOURCE_COLUMN[name])
                 columns[name] = _ids(raw, lookups[name])
                 unknown = (columns[name] == OOV_ID) & ~np.asarray(
                     raw.is_null().to_numpy(zero_copy_only=False), dtype=bool

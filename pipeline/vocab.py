@@ -16,7 +16,8 @@ PAD_ID = 0
 OOV_ID = 1
 FIRST_ID = 2
 VOCAB_NAMES = ("item", "category", "behavior")
-_SOURCE_COLUMN = {"item": "item_id", "category": "category_id", "behavior": "behavior"}
+#: The raw event column each vocab is built from.
+SOURCE_COLUMN = {"item": "item_id", "category": "category_id", "behavior": "behavior"}
 
 
 def build_vocab(events: DataFrame, column: str, min_count: int) -> DataFrame:
@@ -134,7 +135,7 @@ def apply_vocabs(events: DataFrame, vocabs: dict[str, DataFrame]) -> DataFrame:
     """
     out = events
     for name in VOCAB_NAMES:
-        out = out.withColumnRenamed(_SOURCE_COLUMN[name], f"raw_{name}")
+        out = out.withColumnRenamed(SOURCE_COLUMN[name], f"raw_{name}")
     for name in VOCAB_NAMES:
         table = vocabs[name].select(F.col("raw_id").alias(f"raw_{name}"), F.col("id").alias(name))
         out = out.join(table, on=f"raw_{name}", how="left").withColumn(
