@@ -676,7 +676,7 @@ def _seed_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`python -m jobs.bench_ctr`)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lifeseq bench ctr", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="300 users instead of 1,000")
     parser.add_argument("--out", default=None, help="write JSON results here")
     parser.add_argument("--png", default=None, help="write the AUC-by-gap plot here")

@@ -371,7 +371,9 @@ def machine_info() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`python -m jobs.bench_generative`)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="lifeseq bench generative", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", default=None, help="write JSON results here")
     parser.add_argument("--workdir", default="bench_out/generative", help="builds, runs, logs")
     parser.add_argument("--ml1m", default=None, help="MovieLens-1M ratings.dat (optional)")

@@ -122,7 +122,9 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`python -m jobs.bench_increment`)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="lifeseq bench increment", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--history-events", type=int, default=16_000_000)
     parser.add_argument("--new-events", type=int, default=1_000_000)
     parser.add_argument("--workdir", default="bench_out/increment")

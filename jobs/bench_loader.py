@@ -191,7 +191,9 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`python -m jobs.bench_loader`)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="lifeseq bench loader", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--mb", type=int, default=64, help="shard MB per history length")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--workdir", default=None, help="shard directory (default: a temp dir)")

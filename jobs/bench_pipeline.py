@@ -353,7 +353,9 @@ def markdown(results: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`python -m jobs.bench_pipeline`, `lifeseq bench pipeline`)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="lifeseq bench pipeline", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--sizes", type=int, nargs="+", default=[1_000_000, 4_000_000, 16_000_000, 64_000_000]
     )

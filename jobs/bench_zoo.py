@@ -505,7 +505,7 @@ def run_dataset(
 
 def parser() -> argparse.ArgumentParser:
     """The command-line flags (module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="lifeseq bench zoo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench_out/zoo.json", help="JSON results")
     p.add_argument("--png", default=None, help="plot (default: --out with .png)")
     p.add_argument("--workdir", default="bench_out/zoo", help="builds, runs, logs, results")

@@ -51,9 +51,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `torchrun jobs/train.py` runs this file as a script
     sys.path.insert(0, str(REPO_ROOT))
 
+from jsonargparse import Namespace  # noqa: E402
 from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
+from jobs.terminal import configure_logging  # noqa: E402
 from trainers.data import LifeseqDataModule  # noqa: E402
 from trainers.platform_module import PlatformModule  # noqa: E402
 
@@ -306,13 +308,25 @@ class LifeseqCLI(LightningCLI):
             ) and not callback.init_args.get("dirpath"):
                 root = trainer.default_root_dir or os.getcwd()
                 callback.init_args["dirpath"] = str(Path(root) / "checkpoints")
+        _add_rich_progress_bar(trainer)
+
+
+def _add_rich_progress_bar(trainer: Namespace) -> None:
+    """Use Lightning's `RichProgressBar` (steps, samples/s and the logged metrics) unless the
+    progress bar is off or the config names a progress bar of its own."""
+    if trainer.enable_progress_bar is False:
+        return
+    callbacks = list(trainer.callbacks or [])
+    if any((getattr(c, "class_path", "") or "").endswith("ProgressBar") for c in callbacks):
+        return
+    bar = Namespace(class_path="lightning.pytorch.callbacks.RichProgressBar", init_args=Namespace())
+    trainer.callbacks = [*callbacks, bar]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run `fit`, `validate` or `test` (argv as after `lifeseq train`)."""
-    logging.basicConfig(
-        level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    configure_logging(
+        own_level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
     )
     legacy = config_error(list(sys.argv[1:] if argv is None else argv))
     if legacy:

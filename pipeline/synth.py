@@ -782,7 +782,7 @@ def write_synthetic(cfg: SynthConfig, out_dir: str, *, overwrite: bool = False) 
             name = FILE_PATTERN.format(len(files))
             pq.write_table(_to_table(part, cfg.value), os.path.join(out_dir, name))
             files.append({"path": name, "rows": rows})
-            logger.info("wrote %s (%d rows)", name, rows)
+            logger.debug("wrote %s (%d rows)", name, rows)
             done += rows
         pending = [{c: merged[c][done:] for c in names}]
         pending_rows -= done

@@ -434,7 +434,15 @@ def shard_model(
     if initial:
         load_full_state_dict(dmp, initial)
     if dist.get_rank(pg) == 0:
-        logger.info("embedding sharding plan: %s", plan_summary(dmp))
+        plan_dict = plan_summary(dmp)
+        logger.info(
+            "embedding tables: %s",
+            ", ".join(
+                f"{table} {p['sharding_type']} on rank(s) {p['ranks']}"
+                for table, p in plan_dict.items()
+            ),
+        )
+        logger.debug("embedding sharding plan: %s", plan_dict)
     return dmp
 
 
