@@ -26,6 +26,7 @@ import sys
 if __package__ in (None, ""):  # `spark-submit jobs/build_lifelong.py`: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jobs.terminal import configure_logging  # noqa: E402
 from pipeline.build import run_build  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.manifest import summary_table  # noqa: E402
@@ -47,11 +48,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="pipeline YAML (configs/pipeline/*.yaml)")
     parser.add_argument(
         "--input",
-        required=True,
         nargs="+",
-        help="input files, directories or globs (local path or Hadoop URI)",
+        help="input files, directories or globs (local path or Hadoop URI); required unless "
+        "--print-config",
     )
-    parser.add_argument("--output", required=True, help="output directory OUT (local path or URI)")
+    parser.add_argument(
+        "--output", help="output directory OUT (local path or URI); required unless --print-config"
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML (every key, timestamps as epoch seconds) and exit",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     parser.add_argument(
         "--master",
@@ -82,14 +90,27 @@ def _error(err: BaseException) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run the build for parsed arguments; returns a process exit code.
 
-    0: built. 1: a bad input, output or environment, named in one `error:` line (the
-    bad-fraction error adds counts and examples), with nothing half-written. 2: a bad config.
+    0: built, or the config printed (`--print-config`). 1: a bad input, output or environment,
+    named in one `error:` line (the bad-fraction error adds counts and examples), with nothing
+    half-written. 2: a bad config, or `--input`/`--output` missing.
     """
+    given = {"--input": args.input, "--output": args.output}
+    missing = [flag for flag, value in given.items() if not value]
+    if missing and not args.print_config:
+        print(
+            f"error: the following arguments are required: {', '.join(missing)} "
+            "(only --print-config runs without them)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         cfg = load_config(args.config)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
     try:  # before Spark starts: a wrong path costs no JVM start-up
         checked = preflight(
             cfg, args.input, args.output, args.overwrite, args.vocab_from, args.base
@@ -121,12 +142,13 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `spark-submit jobs/build_lifelong.py ...`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lifeseq build", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging()
+    except ValueError as err:  # a bad LIFESEQ_LOG_LEVEL
+        return _error(err)
     quiet_spark_python_loggers()
     return run(args)
 

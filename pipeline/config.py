@@ -1,21 +1,28 @@
 """Typed configuration of the lifelong pipeline, loaded from YAML with strict key checking.
 
 A config file has the sections `input`, `behaviors`, `validation`, `vocab`, `lifelong`,
-`targets`, `shards` and `spark`; each maps onto one dataclass below. Unknown keys are errors
-(a typo never silently falls back to a default), and every error names the offending key.
-Timestamps may be given as epoch seconds or as ISO dates/times (UTC), e.g. `"2024-11-01"`.
+`targets`, `shards` and `spark`; each maps onto one dataclass below. jsonargparse (the parser
+LightningCLI uses) checks the YAML against the dataclasses' type hints: unknown keys and wrong
+types are errors (a typo never silently falls back to a default), and every error is one line
+naming the offending key. Timestamps (`EpochSeconds`) may be given as epoch seconds or as ISO
+dates/times (UTC), e.g. `"2024-11-01"`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 INPUT_FORMATS = (
     "parquet",
@@ -59,6 +66,20 @@ def parse_epoch_seconds(value: int | float | str, key: str) -> int:
     )
 
 
+class EpochSeconds(int):
+    """A timestamp in epoch seconds (UTC).
+
+    In a config it may also be written as an ISO date/time string (`"2024-11-01"`,
+    `"2024-11-01T12:00:00+01:00"`) or an unquoted YAML date; the parser converts it with
+    `parse_epoch_seconds`. A constructed config holds plain `int`s.
+    """
+
+
+def _str_keys(mapping: dict[Any, Any]) -> dict[str, Any]:
+    """`mapping` with its keys as strings (YAML reads `1: click` with an int key)."""
+    return {str(key): value for key, value in mapping.items()}
+
+
 @dataclass(frozen=True)
 class InputConfig:
     """Where raw events come from and how their columns map onto the event schema.
@@ -81,10 +102,11 @@ class InputConfig:
     csv_header: bool = True
     csv_delimiter: str = ","
     default_behavior: str | None = None
-    ts_min: int = 1
-    ts_max: int = 4102444800
+    ts_min: EpochSeconds = EpochSeconds(1)
+    ts_max: EpochSeconds = EpochSeconds(4102444800)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", _str_keys(self.columns))
         if self.format not in INPUT_FORMATS:
             raise ValueError(f"input.format: expected one of {INPUT_FORMATS}, got {self.format!r}")
         unknown = set(self.columns) - set(EVENT_FIELDS)
@@ -119,6 +141,7 @@ class BehaviorConfig:
     mapping: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "mapping", _str_keys(self.mapping))
         if not self.known:
             raise ValueError("behaviors.known: must list at least one behavior")
         bad = {raw: name for raw, name in self.mapping.items() if name not in self.known}
@@ -203,8 +226,8 @@ class TargetConfig:
     """
 
     split: Literal["time", "leave_one_out"] = "time"
-    valid_start: int | None = None
-    test_start: int | None = None
+    valid_start: EpochSeconds | None = None
+    test_start: EpochSeconds | None = None
     positive_behaviors: list[str] = field(default_factory=lambda: ["click", "cart", "buy"])
     impression_behavior: str | None = None
     negatives: Literal["auto", "impressions", "sampled", "none"] = "auto"
@@ -302,11 +325,16 @@ class SparkConfig:
 
     Attributes:
         master: Spark master when lifeseq starts the session itself (`local[2]` by default).
-        conf: extra Spark configuration, e.g. `spark.driver.memory: 4g`.
+        conf: extra Spark configuration, e.g. `spark.driver.memory: 4g`; numbers become
+            strings (`spark.sql.shuffle.partitions: 8` → `"8"`), as Spark takes them.
     """
 
     master: str = "local[2]"
-    conf: dict[str, str] = field(default_factory=dict)
+    conf: dict[str, str | int | float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        conf = {key: str(value) for key, value in _str_keys(self.conf).items()}
+        object.__setattr__(self, "conf", conf)
 
 
 @dataclass(frozen=True)
@@ -343,76 +371,29 @@ class PipelineConfig:
         """Plain-dict form (JSON/YAML serializable), as stored in the manifest."""
         return dataclasses.asdict(self)
 
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    """Instantiate dataclass `cls` from a mapping, rejecting unknown keys (named with `path`)."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        prefix = f"{path}." if path else ""
-        raise ValueError(
-            f"unknown config key(s) {[prefix + k for k in unknown]}; "
-            f"allowed under {path or 'the top level'}: {sorted(names)}"
-        )
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        sub_path = f"{path}.{key}" if path else key
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, sub_path)
-        else:
-            kwargs[key] = _check_type(value, hint, sub_path)
-    return cls(**kwargs)
+    def to_yaml(self) -> str:
+        """`to_dict()` as YAML, every key with its resolved value (timestamps as epoch seconds)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _check_type(value: Any, hint: Any, path: str) -> Any:
-    """Light type check of a scalar/list/dict config value; ints are accepted for floats."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(value, arg, path)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(errors[0] if errors else f"{path}: bad value {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{path}: expected one of {list(args)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ValueError(f"{path}: expected a list, got {value!r}")
-        return [_check_type(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{path}: expected a mapping, got {value!r}")
-        return {str(k): _check_type(v, args[1], f"{path}.{k}") for k, v in value.items()}
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if (
-        hint is int
-        and (isinstance(value, str | dt.date))
-        and path.endswith(("ts_min", "ts_max", "valid_start", "test_start"))
-    ):
-        return value
-    if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if hint in (int, float, str, bool) and not (
-        isinstance(value, hint) and not (hint is int and isinstance(value, bool))
-    ):
-        raise ValueError(f"{path}: expected {hint.__name__}, got {value!r}")
-    return value
+#: Top-level sections of a config file.
+_SECTIONS = tuple(f.name for f in dataclasses.fields(PipelineConfig))
+
+
+@functools.cache
+def _parser() -> ArgumentParser:
+    """The jsonargparse parser of `PipelineConfig` (imported here: executors need not have it)."""
+    from jsonargparse import ArgumentParser
+    from jsonargparse.typing import register_type
+
+    register_type(
+        EpochSeconds,
+        serializer=int,
+        deserializer=lambda value: EpochSeconds(parse_epoch_seconds(value, "timestamp")),
+    )
+    parser = ArgumentParser(exit_on_error=False, default_env=False)
+    parser.add_class_arguments(PipelineConfig, fail_untyped=True)
+    return parser
 
 
 def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
@@ -421,7 +402,23 @@ def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
     Raises:
         ValueError: unknown keys, wrong types or inconsistent values, naming the key.
     """
-    return _build(PipelineConfig, data, "")
+    from jsonargparse import ArgumentError
+
+    if not isinstance(data, dict):
+        raise ValueError(f"config: expected a mapping, got {type(data).__name__}")
+    data = {key: value for key, value in data.items() if not (key in _SECTIONS and value is None)}
+    for key, value in data.items():
+        if key in _SECTIONS and not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+    parser = _parser()
+    try:
+        namespace = parser.parse_object(data)
+        parser.validate(namespace, skip_none=False)  # parse_object lets `key: null` through
+    except (ArgumentError, TypeError, KeyError) as err:
+        message = str(err.args[0]) if isinstance(err, KeyError) else str(err)
+        raise ValueError(_short_error(message, data)) from None
+    sections = parser.instantiate_classes(namespace)
+    return PipelineConfig(**{name: sections[name] for name in _SECTIONS})
 
 
 def load_config(path: str) -> PipelineConfig:
@@ -437,6 +434,104 @@ def load_config(path: str) -> PipelineConfig:
     except FileNotFoundError:
         raise FileNotFoundError(f"pipeline config not found: {path}") from None
     try:
-        return config_from_dict(data or {})
+        return config_from_dict({} if data is None else data)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+_UNKNOWN_KEY = re.compile(
+    r"Key '(?P<key>[^']+)' is not expected"
+    r"|Group '(?P<group>[^']+)' does not accept nested key '(?P<sub>[^']+)'"
+)
+_BAD_VALUE = re.compile(r'Parser key "(?P<key>[^"]+)"')
+_GOT_VALUE = re.compile(r"(?:Got|Given) value: (?P<value>.*)$", re.MULTILINE)
+_MISSING = object()
+
+
+def _short_error(message: str, data: dict[str, Any]) -> str:
+    """One line naming the key of a jsonargparse error, with the expected type or allowed keys."""
+    unknown = _UNKNOWN_KEY.search(message)
+    if unknown:
+        key = unknown["key"] or f"{unknown['group']}.{unknown['sub']}"
+        return _unknown_key_error(key.split("."), data)
+    bad = _BAD_VALUE.search(message)
+    if bad is None:
+        return message.strip().splitlines()[0]
+    key = bad["key"]
+    hint, value = _lookup(key, data)
+    got = [match["value"] for match in _GOT_VALUE.finditer(message)]
+    element = _bad_element(hint, value, got[-1]) if got else None
+    if element is not None:
+        key, hint, value = f"{key}{element[0]}", element[1], element[2]
+    got_text = "" if value is _MISSING else f", got {value!r}"
+    return f"{key}: expected {_describe(hint)}{got_text}"
+
+
+def _unknown_key_error(parts: list[str], data: dict[str, Any]) -> str:
+    """`unknown config key(s) [...]` for every unknown key in the mapping that holds `parts`."""
+    cls, prefix, mapping = PipelineConfig, [], data
+    for part in parts:
+        hint = typing.get_type_hints(cls).get(part)
+        if not (dataclasses.is_dataclass(hint) and isinstance(mapping.get(part), dict)):
+            break
+        cls, mapping = hint, mapping[part]
+        prefix.append(part)
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    path = ".".join(prefix)
+    unknown = sorted(".".join([*prefix, str(key)]) for key in mapping if key not in names)
+    unknown = unknown or [".".join(parts)]
+    return f"unknown config key(s) {unknown}; allowed under {path or 'the top level'}: {names}"
+
+
+def _lookup(key: str, data: dict[str, Any]) -> tuple[Any, Any]:
+    """Type hint and given value (or `_MISSING`) of dotted dataclass field path `key`."""
+    hint: Any = PipelineConfig
+    value: Any = data
+    for part in key.split("."):
+        hint = typing.get_type_hints(hint).get(part, Any) if dataclasses.is_dataclass(hint) else Any
+        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+    return hint, value
+
+
+def _bad_element(hint: Any, value: Any, got: str) -> tuple[str, Any, Any] | None:
+    """`(suffix, element hint, element)` of the list item or mapping value jsonargparse rejected.
+
+    jsonargparse names only the list or mapping; its message ends with the rejected element's
+    `str()`, `got`, which finds it (a non-string first: `3` is rejected as a str, `"3"` is not).
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list and isinstance(value, list):
+        items = [(f"[{index}]", item) for index, item in enumerate(value)]
+    elif origin is dict and isinstance(value, dict):
+        items = [(f".{name}", item) for name, item in value.items()]
+    else:
+        return None
+    found = sorted(
+        (isinstance(item, str), n) for n, (_, item) in enumerate(items) if str(item) == got
+    )
+    if not found:
+        return None
+    suffix, item = items[found[0][1]]
+    return suffix, args[-1], item
+
+
+def _describe(hint: Any, nested: bool = False) -> str:
+    """Human name of a config type hint: `int or null`, `one of ['a', 'b']`, `a list of str`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is EpochSeconds:
+        text = "epoch seconds or an ISO date like '2024-11-01'"
+    elif origin is Literal:
+        text = f"one of {list(args)}"
+    elif origin in (typing.Union, types.UnionType):
+        text = " or ".join(_describe(arg) for arg in args)
+    elif origin is list:
+        text = f"a list of {_describe(args[0], nested=True)}"
+    elif origin is dict:
+        text = f"a mapping of {_describe(args[0], True)} to {_describe(args[1], True)}"
+    elif dataclasses.is_dataclass(hint):
+        text = "a mapping"
+    elif hint is type(None):
+        text = "null"
+    else:
+        text = getattr(hint, "__name__", str(hint))
+    return f"({text})" if nested and " or " in text else text

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from jobs import build_lifelong
 from pipeline.config import (
     PipelineConfig,
     config_from_dict,
@@ -91,6 +92,23 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert cfg.input.format == "parquet"
 
 
+def test_every_shipped_config_loads() -> None:
+    paths = sorted(CONFIG_DIR.glob("*.yaml"))
+
+    assert len(paths) >= 4
+    for path in paths:
+        cfg = load_config(str(path))
+        for value in (cfg.input.ts_min, cfg.input.ts_max):
+            assert type(value) is int, path
+        assert config_from_dict(cfg.to_dict()) == cfg, path
+
+
+def test_null_section_gives_its_defaults() -> None:
+    cfg = config_from_dict({"shards": None, "targets": LOO})
+
+    assert cfg.shards == PipelineConfig().shards
+
+
 # --- timestamps -------------------------------------------------------------------------------
 
 
@@ -132,6 +150,40 @@ def test_unquoted_yaml_dates_are_parsed(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["2024-12-01", dt.date(2024, 12, 1), dt.datetime(2024, 12, 1), EPOCH_2024_12_01, "1733011200"],
+)
+def test_timestamps_accept_iso_dates_and_dates_and_become_ints(value: Any) -> None:
+    targets = {"split": "time", "valid_start": value, "test_start": "2024-12-16"}
+
+    cfg = config_from_dict({"targets": targets, "input": {"ts_min": value}})
+
+    assert cfg.targets.valid_start == cfg.input.ts_min == EPOCH_2024_12_01
+    assert type(cfg.targets.valid_start) is int and type(cfg.input.ts_min) is int
+    assert cfg.to_dict()["targets"]["valid_start"] == EPOCH_2024_12_01
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"input": {"ts_min": "yesterday"}},
+            r"^input\.ts_min: expected epoch seconds or an ISO date like '2024-11-01', "
+            r"got 'yesterday'$",
+        ),
+        ({"input": {"ts_max": True}}, r"^input\.ts_max: expected epoch seconds .*got True$"),
+        (
+            {"targets": {"split": "time", "valid_start": "2024-12-01", "test_start": "soon"}},
+            r"^targets\.test_start: expected epoch seconds or an ISO date .* or null, got 'soon'$",
+        ),
+    ],
+)
+def test_bad_timestamps_name_the_key(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        config_from_dict({"targets": LOO, **data})
+
+
 # --- unknown keys -----------------------------------------------------------------------------
 
 
@@ -150,6 +202,18 @@ def test_unknown_nested_key_names_full_path(tmp_path: Path) -> None:
     assert "negatives_per_positive" in str(err.value)  # lists the allowed keys
 
 
+def test_unknown_keys_in_a_section_are_all_named(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, {"targets": LOO, "shards": {"max_sampels": 5, "max_byte": 1}})
+
+    with pytest.raises(ValueError) as err:
+        load_config(str(path))
+
+    message = str(err.value)
+    assert message.startswith(f"{path}: unknown config key(s) ")
+    assert "['shards.max_byte', 'shards.max_sampels']; allowed under shards: [" in message
+    assert "'max_samples'" in message and "\n" not in message
+
+
 def test_unknown_event_field_in_columns() -> None:
     with pytest.raises(ValueError, match=r"input\.columns.*'userid'"):
         config_from_dict({"input": {"columns": {"userid": "uid"}}})
@@ -164,7 +228,7 @@ def test_unknown_event_field_in_columns() -> None:
         ({"shards": {"max_samples": "many"}}, r"shards\.max_samples: expected int"),
         ({"shards": {"max_samples": True}}, r"shards\.max_samples: expected int"),
         ({"targets": {**LOO, "seed": 1.5}}, r"targets\.seed: expected int"),
-        ({"input": {"csv_header": "yes"}}, r"input\.csv_header: expected bool"),
+        ({"input": {"csv_header": "maybe"}}, r"input\.csv_header: expected bool, got 'maybe'"),
         ({"behaviors": {"known": "view"}}, r"behaviors\.known: expected a list"),
         ({"behaviors": {"known": ["view", ["x"]]}}, r"behaviors\.known\[1\]: expected str"),
         ({"spark": {"conf": ["a"]}}, r"spark\.conf: expected a mapping"),
@@ -172,11 +236,59 @@ def test_unknown_event_field_in_columns() -> None:
         ({"targets": 3}, r"targets: expected a mapping"),
         ({"targets": {"split": "random"}}, r"targets\.split: expected one of"),
         ({"targets": {**LOO, "max_targets_per_user": "all"}}, r"targets\.max_targets_per_user"),
+        ({"shards": {"max_samples": None}}, r"shards\.max_samples: expected int, got None"),
+        ({"input": {"format": 3}}, r"input\.format: expected str, got 3"),
     ],
 )
 def test_wrong_types_name_the_key(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         config_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"behaviors": {"known": ["view", 3]}}, "behaviors.known[1]: expected str, got 3"),
+        ({"behaviors": {"known": ["3", 3]}}, "behaviors.known[1]: expected str, got 3"),
+        (
+            {"targets": {**LOO, "positive_behaviors": ["click", None]}},
+            "targets.positive_behaviors[1]: expected str, got None",
+        ),
+        ({"input": {"columns": {"foo": 3}}}, "input.columns.foo: expected str or null, got 3"),
+        (
+            {"behaviors": {"mapping": {"pv": ["view"]}}},
+            "behaviors.mapping.pv: expected str, got ['view']",
+        ),
+        (
+            {"spark": {"conf": {"spark.sql.adaptive.enabled": True}}},
+            "spark.conf.spark.sql.adaptive.enabled: expected str or int or float, got True",
+        ),
+        (
+            {"input": {"columns": 3}},
+            "input.columns: expected a mapping of str to (str or null), got 3",
+        ),
+    ],
+)
+def test_bad_list_items_and_mapping_values_name_their_key(
+    data: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError) as err:
+        config_from_dict({"targets": LOO, **data})
+
+    assert str(err.value) == message
+
+
+def test_mapping_keys_and_spark_conf_numbers_become_strings() -> None:
+    cfg = config_from_dict(
+        {
+            "behaviors": {"known": ["view", "buy"], "mapping": {1: "view", 2: "buy"}},
+            "targets": {**LOO, "positive_behaviors": ["buy"]},
+            "spark": {"conf": {"spark.sql.shuffle.partitions": 8, "spark.driver.memory": "1g"}},
+        }
+    )
+
+    assert cfg.behaviors.mapping == {"1": "view", "2": "buy"}
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "8", "spark.driver.memory": "1g"}
 
 
 def test_non_mapping_file_is_rejected(tmp_path: Path) -> None:
@@ -254,3 +366,50 @@ def test_behavior_mapping_target_must_be_known() -> None:
 def test_out_of_range_values_name_the_key(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         config_from_dict({"targets": LOO, **data})
+
+
+# --- lifeseq build --print-config -------------------------------------------------------------
+
+
+def test_print_config_prints_the_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(CONFIG_DIR / "synthetic.yaml")
+
+    code = build_lifelong.main(["--config", path, "--print-config"])
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    printed = yaml.safe_load(captured.out)
+    assert printed == load_config(path).to_dict()
+    assert printed["targets"]["valid_start"] == EPOCH_2024_12_01
+    assert printed["shards"]["compression"] == "none"  # defaults are printed too
+
+
+def test_print_config_reports_a_bad_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_yaml(tmp_path, {"targets": {**LOO, "negatives": "many"}})
+
+    code = build_lifelong.main(["--config", str(path), "--print-config"])
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert captured.err.strip() == (
+        f"error: {path}: targets.negatives: expected one of "
+        "['auto', 'impressions', 'sampled', 'none'], got 'many'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "missing"),
+    [(["--output", "out"], "--input"), (["--input", "in"], "--output"), ([], "--input, --output")],
+)
+def test_build_without_input_or_output_is_a_clean_error(
+    extra: list[str], missing: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = build_lifelong.main(["--config", str(CONFIG_DIR / "synthetic.yaml"), *extra])
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith(f"error: the following arguments are required: {missing} ")
+    assert "Traceback" not in captured.err and captured.out == ""
