@@ -34,6 +34,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import storage
+from pipeline.build_report import collect_report_stats, write_build_report
 from pipeline.config import PipelineConfig
 from pipeline.increment import (
     base_record,
@@ -268,6 +269,8 @@ def run_build(
                 )
             )
         timings["validate"] = time.perf_counter() - started
+        log.info("[1/6] validate: %s rows read, %s quarantined (%.1f s)", f"{events_in:,}",
+                 f"{bad:,}", timings["validate"])  # fmt: skip
 
         # 2. dedupe
         t0 = time.perf_counter()
@@ -287,6 +290,8 @@ def run_build(
         deduped = explode_user_events(users)
         duplicates = (events_in - bad) - events_valid
         timings["dedupe"] = time.perf_counter() - t0
+        log.info("[2/6] dedupe: %s valid events, %s duplicates dropped (%.1f s)",
+                 f"{events_valid:,}", f"{duplicates:,}", timings["dedupe"])  # fmt: skip
 
         # 3. vocab
         t0 = time.perf_counter()
@@ -310,6 +315,8 @@ def run_build(
         behavior_ids = {r["raw_id"]: int(r["id"]) for r in vocabs["behavior"].collect()}
         item_rows = vocabs["item"].select("id", "count", "category_id").toPandas()
         timings["vocab"] = time.perf_counter() - t0
+        log.info("[3/6] vocab: %s (%.1f s)",
+                 ", ".join(f"{k} {v:,}" for k, v in vocab_sizes.items()), timings["vocab"])  # fmt: skip
 
         # 4. lifelong table
         t0 = time.perf_counter()
@@ -343,6 +350,15 @@ def run_build(
             F.max("n_events").alias("max_events"),
         ).first()
         timings["lifelong"] = time.perf_counter() - t0
+        log.info("[4/6] lifelong: %s users, longest history %s events (%.1f s)",
+                 f"{int(user_row['users']):,}", f"{int(user_row['max_events'] or 0):,}",
+                 timings["lifelong"])  # fmt: skip
+
+        # the report's aggregates, while OUT/_tmp (the deduplicated events) still exists;
+        # the pictures are drawn once the manifest is known
+        t0 = time.perf_counter()
+        report_stats = collect_report_stats(deduped, lifelong)
+        timings["report"] = time.perf_counter() - t0
 
         # 5. targets + shards
         t0 = time.perf_counter()
@@ -387,6 +403,8 @@ def run_build(
         if sampler_bc is not None:
             sampler_bc.unpersist()
         timings["shards"] = time.perf_counter() - t0
+        log.info("[5/6] shards: %d files (%.1f s)", len(listing), timings["shards"])
+
         timings["total"] = time.perf_counter() - started
 
         counts = {
@@ -419,6 +437,9 @@ def run_build(
         if base is not None:
             manifest["counts"]["duplicates_of_base"] = increment["duplicates"]
             manifest["users_updated"] = increment["users_updated"]
+        t0 = time.perf_counter()
+        report = write_build_report(output, manifest, report_stats)
+        log.info("[6/6] report: %s (%.1f s)", report, timings["report"] + time.perf_counter() - t0)
         storage.write_json_atomic(storage.join(output, "manifest.json"), manifest)
         log.info("build finished in %.1f s: %s", timings["total"], output)
         return BuildResult(manifest=manifest, timings=timings)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.build import run_build
+from pipeline.build_report import PICTURES, collect_report_stats
 from pipeline.sample_codec import SPLITS, validate_sample
 from tests.conftest import write_events_parquet
 from tests.spark.helpers import build, make_config, read_records, read_split
@@ -267,6 +268,7 @@ def test_output_layout_and_manifest(built):
         "lifelong",
         "manifest.json",
         "quarantine",
+        "report",
         "shards",
         "vocab",
     ]
@@ -360,3 +362,30 @@ def test_min_count_sends_rare_items_to_oov(spark, tmp_path, built):
     assert result.manifest["counts"]["oov"]["item"] == 6  # i4..i9 once each
     alice = _lifelong(spark, tmp_path / "out")["alice"]
     assert alice["item"] == [3, 2, 4, 1, 1, 1, 1, 1]
+
+
+def test_report_pictures_and_summary(built):
+    """`OUT/report/`: four non-empty PNGs and a summary.md that links each and gives the
+    history-length quantiles of the 4 users (1, 2, 4 and 8 valid events)."""
+    root, manifest, _ = built
+    report = root / "out1" / "report"
+    summary = (report / "summary.md").read_text()
+    for name in PICTURES:
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (report / name).stat().st_size > 5000
+        assert f"]({name})" in summary
+    assert "median ≈ 2, p90 ≈ 8, p99 ≈ 8; longest 8." in summary
+    assert "1 days with events; busiest day holds 15 events." in summary
+    assert f"| events in          | {manifest['counts']['events_in']:,}" in summary
+
+
+def test_report_stats_bins_and_days(spark):
+    lifelong = spark.createDataFrame([(n,) for n in (1, 2, 4, 8, 9, 1000)], "n_events long")
+    events = spark.createDataFrame(
+        [(ts,) for ts in (0, 86_399, 86_400, 10 * 86_400 + 5)], "ts long"
+    )
+    stats = collect_report_stats(events, lifelong)
+    assert [(round(low, 3), n) for low, n in stats.history_bins] == [
+        (1.0, 1), (1.995, 1), (3.981, 1), (7.943, 2), (1000.0, 1)
+    ]  # fmt: skip
+    assert stats.events_per_day == [(0, 2), (1, 1), (10, 1)]
