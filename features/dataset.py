@@ -32,14 +32,17 @@ The same seed, epoch, world size and worker count give the same batches.
 than the manifest says is reported with `warnings.warn` and counted (`stats["corrupt_shards"]`,
 `stats["missing_samples"]`); samples read before the damage are kept. Tar members with absolute
 paths, `..` components or of a non-regular type are skipped (`stats["unsafe_members"]`); samples
-that fail to decode are skipped (`stats["bad_samples"]`). With `strict=True` each of these raises
-`ShardError` naming the shard. Counters are per process: `dataset.stats` accumulates what this
-process read; every batch also carries the increments since the producing worker's previous
-batch in `batch.loader_stats`, which the consumer sums (see `trainers.data`).
+that fail to decode are skipped (`stats["bad_samples"]`). Members and samples reach this policy
+through the reading stages' WebDataset `handler=` (`features.tar_reader`), which counts, warns
+and returns True (skip, go on). With `strict=True` each of these raises `ShardError` naming the
+shard. Counters are per process: `dataset.stats` accumulates what this process read; every
+batch also carries the increments since the producing worker's previous batch in
+`batch.loader_stats`, which the consumer sums (see `trainers.data`).
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import warnings
@@ -52,11 +55,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import _InfiniteConstantSampler
+from webdataset import filters as wds_filters
 
 from features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
 from features.schema import check_members, format_version_message
 from features.tar_reader import (  # noqa: F401 (re-exported: part of this module's API)
     CORRUPT_ERRORS,
+    MemberError,
     ShardError,
     iter_tar_samples,
     open_shard,
@@ -89,8 +94,6 @@ STAT_KEYS = (
 )
 
 Batch = CtrBatch | GenerativeBatch
-#: `_decode`'s result for a sample that does not decode (counted, warned; it yields nothing).
-_BAD = UserSample(user="", split="train", history={}, targets={})
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,15 @@ def batch_order(worker_batches: Sequence[int]) -> list[int]:
 def _shuffled(
     items: Iterator[UserSample], size: int, rng: np.random.Generator
 ) -> Iterator[UserSample]:
-    """Bounded-buffer shuffle: hold `size` items, emit a random one per new item, then drain."""
+    """Bounded-buffer shuffle: hold `size` items, emit a random one per new item, then drain.
+
+    Not `webdataset.filters.shuffle`: seeded, it would keep every property the loader needs
+    (the same multiset of samples, so exactly-once and batch counts hold; a deterministic
+    stream, which mid-epoch resume replays), but its algorithm and RNG (`random.Random`,
+    swap-with-last `pick`) give a different order for the same seed, so every training run
+    would change batch order against recorded runs (`tests/golden`) and a checkpoint written
+    mid-epoch by this code would resume onto a different rest of its epoch.
+    """
     buffer: list[UserSample] = []
     for item in items:
         if len(buffer) < size:
@@ -237,6 +248,36 @@ def _shuffled(
         buffer[j] = item
     for j in rng.permutation(len(buffer)):
         yield buffer[j]
+
+
+class _UndecodableSample(ValueError):
+    """A raw sample that `decode_split` rejects, as passed to the decode stage's handler."""
+
+    def __init__(self, key: str, cause: Exception) -> None:
+        super().__init__(f"sample {key!r}: {cause}")
+        self.key, self.cause = key, cause
+
+
+@dataclass
+class _ShardTally:
+    """What one shard gave: samples of the split yielded, samples that did not decode (whose
+    split is unknown) — checked against the manifest's count at the end of the shard."""
+
+    read: int = 0
+    bad: int = 0
+
+
+def _decode(raw: dict[str, Any], split: str) -> UserSample | None:
+    """The decode stage's function: `decode_split`, its errors raised as `_UndecodableSample`.
+
+    Our own decoder rather than WebDataset's `autodecode`: it converts only the history prefix
+    the split's targets need and passes over users without targets in the split (None, which
+    `webdataset.filters.map` drops), where `autodecode` would `np.load` every member whole.
+    """
+    try:
+        return decode_split(raw, split)
+    except (ValueError, KeyError) as exc:
+        raise _UndecodableSample(raw.get("__key__", "?"), exc) from exc
 
 
 def check_loader_args(
@@ -561,50 +602,56 @@ class LifeseqDataset(IterableDataset):
             warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def _iter_samples(self, shard_ids: list[int]) -> Iterator[UserSample]:
+        """This split's samples of the worker's shards, in order.
+
+        Each shard runs through the stages `open_shard` → `iter_tar_samples` (WebDataset's
+        `group_by_keys`) → `webdataset.filters.map(decode_split)`, all with `_handle` as their
+        `handler=`; a shard that cannot be opened, breaks off, or whose count differs from the
+        manifest goes to `_corrupt`.
+        """
         for idx in shard_ids:
             spec = self.shards[idx]
             self._count("shards")
-            read = bad = 0
-
-            def on_unsafe(name: str, reason: str, url: str = spec.url) -> None:
-                self._problem(
-                    "unsafe_members", f"shard {url}: rejected tar member {name!r}: {reason}"
-                )
-
-            def on_bad_member(name: str, reason: str, url: str = spec.url) -> None:
-                self._problem("bad_members", f"shard {url}: skipped tar member {name!r}: {reason}")
-
+            tally = _ShardTally()
+            handler = functools.partial(self._handle, spec, tally)
+            decode = wds_filters.map(functools.partial(_decode, split=self.split), handler=handler)
             try:
                 handle = open_shard(spec.url)
             except OSError as exc:
-                self._corrupt(spec, f"cannot be opened ({exc})", read)
+                self._corrupt(spec, f"cannot be opened ({exc})", 0)
                 continue
             try:
                 with handle:
-                    for raw in iter_tar_samples(handle, spec.url, on_unsafe, on_bad_member):
-                        sample = self._decode(spec, raw)
-                        if sample is _BAD:
-                            bad += 1
-                        elif sample is not None:
-                            read += 1
-                            yield sample
+                    for sample in decode(iter_tar_samples(handle, spec.url, handler)):
+                        tally.read += 1
+                        yield sample
             except CORRUPT_ERRORS as exc:
-                self._corrupt(spec, f"is damaged ({type(exc).__name__}: {exc})", read + bad)
+                self._corrupt(
+                    spec, f"is damaged ({type(exc).__name__}: {exc})", tally.read + tally.bad
+                )
                 continue
             # A sample that does not decode may or may not be of this split.
-            if read > spec.samples or read + bad < spec.samples:
-                self._corrupt(spec, "is truncated or differs from the manifest", read + bad)
+            if tally.read > spec.samples or tally.read + tally.bad < spec.samples:
+                self._corrupt(
+                    spec, "is truncated or differs from the manifest", tally.read + tally.bad
+                )
 
-    def _decode(self, spec: ShardSpec, raw: dict[str, Any]) -> UserSample | None:
-        """This split's view of a raw sample; None for a user without targets of the split;
-        `_BAD` (counted, warned) for one that does not decode, whose split is unknown."""
-        try:
-            return decode_split(raw, self.split)
-        except (ValueError, KeyError) as exc:
+    def _handle(self, spec: ShardSpec, tally: _ShardTally, exn: Exception) -> bool:
+        """The reading stages' `handler=` for shard `spec`: count and warn a member that is not
+        read or a sample that does not decode and return True (skip it, go on); in strict mode
+        raise `ShardError` naming the shard. Any other exception is re-raised."""
+        if isinstance(exn, MemberError):
+            verb = "rejected" if exn.stat == "unsafe_members" else "skipped"
+            message = f"shard {spec.url}: {verb} tar member {exn.name!r}: {exn.reason}"
+            self._problem(exn.stat, message)
+        elif isinstance(exn, _UndecodableSample):
+            tally.bad += 1
             self._problem(
-                "bad_samples", f"shard {spec.url}: skipped sample {raw.get('__key__')!r}: {exc}"
+                "bad_samples", f"shard {spec.url}: skipped sample {exn.key!r}: {exn.cause}"
             )
-            return _BAD
+        else:
+            raise exn
+        return True
 
     def _corrupt(self, spec: ShardSpec, what: str, read: int) -> None:
         missing = max(spec.samples - read, 0)
