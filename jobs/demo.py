@@ -273,6 +273,20 @@ def report_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pictures_section(work: Path) -> str:
+    """Markdown links (relative to `work`) to the demo's pictures that exist: the build report,
+    each model's training curves and the AUC-by-gap chart."""
+    lines = ["pictures:"]
+    report = work / "build" / "report"
+    if (report / "summary.md").is_file():
+        lines.append(f"- build report: [summary]({(report / 'summary.md').relative_to(work)})"
+                     + "".join(f", [{p.stem}]({p.relative_to(work)})"
+                               for p in sorted(report.glob("*.png"))))  # fmt: skip
+    for png in sorted((work / "plots").glob("*.png")):
+        lines.append(f"- {png.stem.replace('_', ' ')}: [{png.name}]({png.relative_to(work)})")
+    return "\n".join(lines)
+
+
 def run(settings: DemoSettings) -> dict[str, Any]:
     """Run every stage (see the module docstring); the report."""
     from jobs import bench_serving, build_lifelong, synth
@@ -366,11 +380,12 @@ def run(settings: DemoSettings) -> dict[str, Any]:
         "total_s": round(time.monotonic() - stages.started, 1),
         "latency_settings": latency["settings"],
     }
-    table = report_table(report)
+    table = report_table(report) + "\n\n" + pictures_section(work)
     (work / "report.json").write_text(json.dumps(report, indent=1, default=float))
     (work / "report.md").write_text(table + "\n")
     print("\n" + table)
-    print(f"\nwrote {work / 'report.md'}, {work / 'report.json'}, {plots}/*.png")
+    print(f"\nwrote {work / 'report.md'}, {work / 'report.json'}, {plots}/*.png, "
+          f"{build / 'report'}/*.png")  # fmt: skip
     return report
 
 

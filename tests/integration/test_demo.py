@@ -4,6 +4,7 @@ HSTU epoch): every stage runs, and the report agrees with the build it made."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,24 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path: Path) -> None:
         assert (work / "plots" / png).stat().st_size > 1000
     table = (work / "report.md").read_text()
     assert "| twin | 2 |" in table and "| din | 2 |" in table and "| oracle |" in table
+    pictures = [work / "build" / "report" / f"{name}.png" for name in
+                ("history_length", "events_per_day", "quarantine", "targets_per_split")]  # fmt: skip
+    pictures += [work / "plots" / f"{name}_training_curves.png" for name in runs]
+    for png in pictures:
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000, png
+        assert f"]({png.relative_to(work)})" in table
+    output = proc.stdout + proc.stderr
+    chatter = [line for line in output.splitlines() if THIRD_PARTY.search(line)]
+    assert not chatter, "\n".join(chatter[:20])
+
+
+#: Lines third-party libraries print at their default levels: a log record of a logger outside
+#: lifeseq's packages (FBGEMM logs on `root`), TorchRec's planner table, FBGEMM's kernel
+#: arguments, Lightning's start-up notices, Spark's log4j lines, torch.fx's tracing warning.
+THIRD_PARTY = re.compile(
+    r"^\d{4}-\d\d-\d\d [\d:,]+ [A-Z]+ (?!(pipeline|features|models|trainers|jobs|serving)\b)"
+    r"|Successfully loaded|SplitTableBatchedEmbeddingBagsCodegen|Feature Gates|Planner Statistics"
+    r"|GPU available|Seed set to|Initializing distributed|distributed_backend="
+    r"|^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (WARN|INFO)|WindowExec|_symbolic_trace|is_fx_tracing"
+    r"|^\[rank\d+\]:[WI]\d{4}"
+)
