@@ -31,6 +31,7 @@ from pipeline.build import run_build  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.manifest import summary_table  # noqa: E402
 from pipeline.preflight import preflight  # noqa: E402
+from pipeline.progress import spark_progress  # noqa: E402
 from pipeline.spark_session import (  # noqa: E402
     get_spark,
     log_level,
@@ -123,16 +124,17 @@ def run(args: argparse.Namespace) -> int:
         return _error(err)
     ship_package(spark)
     try:
-        result = run_build(
-            spark,
-            cfg,
-            args.input,
-            args.output,
-            overwrite=args.overwrite,
-            vocab_from=args.vocab_from,
-            checked=checked,
-            base=args.base,
-        )
+        with spark_progress(spark):
+            result = run_build(
+                spark,
+                cfg,
+                args.input,
+                args.output,
+                overwrite=args.overwrite,
+                vocab_from=args.vocab_from,
+                checked=checked,
+                base=args.base,
+            )
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         return _error(err)
     print(summary_table(result.manifest))

@@ -55,6 +55,7 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 
 from features.schema import FeatureSchema
 from models.interfaces import ExportUnsupported, RequestInput, SparseDenseModel, class_path
+from pipeline.progress import step_progress
 from serving.artifacts import EXPORT_FORMAT_VERSION, MANIFEST_FILE, ExportError, file_entry
 from serving.scorer import Vocab
 from trainers.checkpoint import JsonFileSystemReader, load_tensors, read_checkpoint_tree
@@ -491,11 +492,18 @@ def export_checkpoint(
     tmp = out.parent / f"{out.name}.tmp-export"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    vocab = export_vocabs(Path(data.root), tmp)
-    tables = export_tables(ckpt, tmp, model)
-    caches = export_item_caches(tmp, model, tables)
-    sections = export_programs(tmp, model)
-    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    with step_progress(f"export {out.name}: vocabularies", total=5) as steps:
+        vocab = export_vocabs(Path(data.root), tmp)
+        steps.advance(f"export {out.name}: embedding tables")
+        tables = export_tables(ckpt, tmp, model)
+        steps.advance(f"export {out.name}: item caches")
+        caches = export_item_caches(tmp, model, tables)
+        steps.advance(f"export {out.name}: torch.export programs")
+        sections = export_programs(tmp, model)
+        steps.advance(f"export {out.name}: checksums")
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        entries = {str(p.relative_to(tmp)): file_entry(p) for p in files}
+        steps.advance(f"export {out.name}: done")
     manifest = {
         "format_version": EXPORT_FORMAT_VERSION,
         "created_unix": int(time.time()),
@@ -515,7 +523,7 @@ def export_checkpoint(
         "caches": caches,
         **sections,
         "vocab": vocab,
-        "files": {str(p.relative_to(tmp)): file_entry(p) for p in files},
+        "files": entries,
     }
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     if out.exists():
