@@ -63,6 +63,15 @@ class ChatterFilter(logging.Filter):
         return record.levelno >= self.third_party_level
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever `sys.stderr` is at emit time, so a progress bar
+    that redirects stderr (rich's live display) prints log lines above the bar, not through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stderr)
+        super().emit(record)
+
+
 def is_own_file(filename: str) -> bool:
     """Whether a source file is part of lifeseq's packages (a warning issued from our code)."""
     return os.path.abspath(filename).startswith(_OWN_DIRS)
@@ -113,7 +122,7 @@ def configure_logging(verbose: bool = False, own_level: int = logging.INFO) -> N
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = CurrentStderrHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT))
     handler.addFilter(ChatterFilter(own_level, others))
     root.addHandler(handler)
