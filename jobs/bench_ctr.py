@@ -8,7 +8,7 @@ onto) and each seed of `--seeds`:
 
 * `jobs/train.py fit` for one epoch (or `--steps` steps; a subprocess per run), then
   `jobs/train.py test` on `last.ckpt`: test AUC, GAUC, logloss from the CSV logger; training
-  targets/s = median of the logged `train/samples_per_s` after the first 10% of steps; then
+  targets/s = median of the logged `train/samples_per_sec` after the first 10% of steps; then
   every test target's logit in this process (`jobs.ctr_eval.model_logits`) for the test AUC per
   gap bucket (events since the target's category last occurred in its window) and on the far
   targets (gap >= 100: the category occurred, but before what DIN-100 sees);

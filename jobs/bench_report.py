@@ -102,11 +102,15 @@ def read_metrics_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
 def train_throughput(
     series: dict[str, list[tuple[int, float]]], total_steps: int, skip: float = WARMUP_FRACTION
 ) -> float | None:
-    """Median `train/samples_per_s` of the steps after the first `skip` of `total_steps`.
+    """Median training targets/s of the job over the steps after the first `skip` of
+    `total_steps`.
 
-    Falls back to every logged value when none is that late; None when none was logged.
+    The rate is the first of `trainers.callbacks.THROUGHPUT_KEYS` logged. Falls back to every
+    logged value when none is that late; None when none was logged.
     """
-    values = series.get("train/samples_per_s", [])
+    from trainers.callbacks import THROUGHPUT_KEYS  # here: the Spark benchmarks need no torch
+
+    values = next((series[key] for key in THROUGHPUT_KEYS if series.get(key)), [])
     late = [v for step, v in values if step >= skip * total_steps]
     chosen = late or [v for _, v in values]
     return statistics.median(chosen) if chosen else None

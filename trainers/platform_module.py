@@ -108,6 +108,9 @@ class PlatformModule(L.LightningModule):
     #: The `trainers.data.LifeseqDataModule` view whose batches the task reads (`ctr`,
     #: `generative`); `lifeseq train` refuses another at start-up (`trainers.fit_check`).
     data_view: str = ""
+    #: Lightning's `ThroughputMonitor` (`trainers.callbacks.Throughput`) reads this: FLOPs are
+    #: not counted (fused TorchRec kernels have no FLOP formula), so it logs no FLOP rates.
+    flops_per_batch: float | None = None
 
     def __init__(
         self,

@@ -97,6 +97,18 @@ def ranking_metrics(ranks: Tensor, ks: Sequence[int] = (10, 50)) -> dict[str, Te
     return {name: (s.double() / count).float() for name, s in _metric_sums(ranks, ks).items()}
 
 
+def _quiet_before_update(compute: Callable[[], Any]) -> Callable[[], Any]:
+    """`compute` without torchmetrics' compute-before-update warning (other warnings pass)."""
+
+    @functools.wraps(compute)
+    def quiet() -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _COMPUTE_BEFORE_UPDATE, UserWarning)
+            return compute()
+
+    return quiet
+
+
 class RankingMetrics(torchmetrics.Metric):
     """HR@K, NDCG@K and MRR accumulated over batches (and DDP ranks) from target ranks.
 
@@ -106,7 +118,12 @@ class RankingMetrics(torchmetrics.Metric):
 
     `compute()` with no targets (no update, or only empty ones) returns zeros rather than NaN,
     and without torchmetrics' "compute called before update" warning: an evaluation rank with
-    no data is an expected case, not a bug.
+    no data is an expected case, not a bug. torchmetrics has no setting for that warning: it is
+    given by the wrapper `Metric.__init__` puts around `compute` (sync, cache), before
+    `compute` runs, whenever `update_called` is False. So the instance's public `compute` is
+    wrapped once more, with the warning filtered out, here and when unpickled or copied
+    (torchmetrics drops and rebuilds its wrapper in `__getstate__`/`__setstate__`); overriding
+    `update_called` instead would make that property lie.
 
     Args:
         ks: cut-offs K, distinct positive ints.
@@ -139,6 +156,7 @@ class RankingMetrics(torchmetrics.Metric):
             "reciprocal_rank", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum"
         )
         self.add_state("count", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self.compute = _quiet_before_update(self.compute)
 
     def update(self, ranks: Tensor) -> None:
         """Add a batch of target ranks.
@@ -177,14 +195,7 @@ class RankingMetrics(torchmetrics.Metric):
         out["count"] = self.count.float()
         return out
 
-    def _wrap_compute(self, compute: Callable[..., Any]) -> Callable[..., Any]:
-        """torchmetrics' compute wrapper (sync, cache) minus its compute-before-update warning."""
-        wrapped = super()._wrap_compute(compute)
-
-        @functools.wraps(compute)
-        def quiet(*args: Any, **kwargs: Any) -> Any:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", _COMPUTE_BEFORE_UPDATE, UserWarning)
-                return wrapped(*args, **kwargs)
-
-        return quiet
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """torchmetrics' unpickling (which rebuilds its `compute` wrapper), then ours."""
+        super().__setstate__(state)
+        self.compute = _quiet_before_update(self.compute)

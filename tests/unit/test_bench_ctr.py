@@ -51,6 +51,15 @@ def test_train_throughput_drops_the_first_tenth_of_steps(tmp_path: Path) -> None
     assert bench_ctr.train_throughput({}, total_steps=40) is None
 
 
+def test_train_throughput_reads_lightnings_keys_before_the_old_one() -> None:
+    device = [(9, 100.0), (19, 120.0)]
+    job = [(9, 200.0), (19, 240.0)]
+    two_ranks = {"train/device/samples_per_sec": device, "train/samples_per_sec": job}
+    assert bench_ctr.train_throughput(two_ranks, total_steps=20) == 220.0  # the job's rate
+    one_rank = {"train/device/samples_per_sec": device, "train/samples_per_s": [(9, 1.0)]}
+    assert bench_ctr.train_throughput(one_rank, total_steps=20) == 110.0
+
+
 def test_final_test_metrics(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
     path.write_text(TEST_CSV)

@@ -7,6 +7,7 @@ hit = rank < K, NDCG = 1 / log2(rank + 2) within the cut-off, RR = 1 / (rank + 1
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 
 import pytest
@@ -118,6 +119,16 @@ def test_metric_with_no_targets_is_zero_and_silent() -> None:
         empty = as_floats(only_empty.compute())
     assert never_updated == zeros
     assert empty == zeros
+
+
+def test_metric_stays_silent_and_exact_when_copied_or_unpickled() -> None:
+    metric = RankingMetrics()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for copy in (metric.clone(), pickle.loads(pickle.dumps(metric))):
+            assert as_floats(copy.compute())["count"] == 0.0
+            copy.update(torch.tensor(RANKS))
+            assert as_floats(copy.compute()) == pytest.approx({**EXPECTED, "count": 5.0})
 
 
 def test_metric_reset_and_state_reduction() -> None:

@@ -3,12 +3,14 @@ non-finite guard, closure-once combined optimizer, dense-only clipping, batch mo
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -263,3 +265,130 @@ def test_data_wait_fraction_counts_the_gap_between_steps() -> None:
     # measured: gaps 2.5→3 (0.5) and 4→5 (1.0); steps [3,4] and [5,6] (2.0)
     assert wait.summary() == {"steps": 2, "wait_s": 1.5, "step_s": 2.0, "fraction": 0.4286}
     assert logged[-1] == pytest.approx(1.5 / 3.5)
+
+
+@dataclass
+class _TinyBatch:
+    """A batch with `num_targets`, as `CtrBatch`: T rows of 2 features and a regression label."""
+
+    x: torch.Tensor  # (T, 2)
+    y: torch.Tensor  # (T,)
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.y.shape[0])
+
+
+def _tiny_batches(count: int, targets: int = 3, padding_first: bool = False) -> list[_TinyBatch]:
+    gen = torch.Generator().manual_seed(0)
+    batches = [_TinyBatch(torch.randn(targets, 2, generator=gen), torch.randn(targets, generator=gen))
+               for _ in range(count)]  # fmt: skip
+    if padding_first:
+        batches.insert(0, _TinyBatch(torch.zeros(0, 2), torch.zeros(0)))
+    return batches
+
+
+def _tiny_module(batches: list[_TinyBatch]) -> Any:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(2, 1)
+
+        def _loss(self, batch: _TinyBatch) -> torch.Tensor:
+            error = self.layer(batch.x).squeeze(-1) - batch.y  # (T,)
+            return (error**2).sum() / max(batch.num_targets, 1)
+
+        def training_step(self, batch: _TinyBatch, batch_idx: int) -> torch.Tensor:
+            loss = self._loss(batch)
+            self.log("train/loss", loss, batch_size=1)
+            return loss
+
+        def test_step(self, batch: _TinyBatch, batch_idx: int) -> None:
+            self.log("test/loss", self._loss(batch), batch_size=1)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(batches, batch_size=None)
+
+        def test_dataloader(self) -> DataLoader:
+            return DataLoader(batches, batch_size=None)
+
+    return Tiny()
+
+
+def _trainer(root: Path, max_steps: int, callbacks: list, **kwargs: Any) -> Any:
+    import lightning as L
+
+    return L.Trainer(
+        max_steps=max_steps, callbacks=callbacks, default_root_dir=root, accelerator="cpu",
+        devices=1, enable_progress_bar=False, enable_model_summary=False, **kwargs,
+    )  # fmt: skip
+
+
+def test_throughput_logs_lightnings_keys_for_training_only(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    from trainers.callbacks import Throughput
+
+    module = _tiny_module(_tiny_batches(12, targets=3, padding_first=True))
+    logs = CSVLogger(tmp_path, name="csv")
+    trainer = _trainer(tmp_path, 13, [Throughput(window=2)], logger=logs, log_every_n_steps=1)
+    trainer.fit(module)
+    assert float(trainer.progress_bar_metrics["train/samples_per_sec"]) > 0
+    trainer.test(module, verbose=False)
+
+    rows = list(csv.DictReader((Path(logs.log_dir) / "metrics.csv").open(newline="")))
+    keys = {k for row in rows for k, v in row.items() if v}
+    assert {"train/device/samples_per_sec", "train/samples", "train/time"} <= keys
+    assert "train/samples_per_sec" not in keys  # Lightning logs the job's rate only if world > 1
+    assert max(float(r["train/samples"]) for r in rows if r.get("train/samples")) == 36.0
+    assert {k for k in keys if k.startswith("test/")} == {"test/loss"}
+    with pytest.raises(ValueError, match=r"Throughput.window: expected >= 1, got 0"):
+        Throughput(window=0)
+
+
+def _saved_steps() -> tuple[Any, list[int]]:
+    import lightning as L
+
+    steps: list[int] = []
+
+    class Saves(L.Callback):
+        def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: Any) -> None:
+            steps.append(trainer.global_step)
+
+    return Saves(), steps
+
+
+def _last_step(dirpath: Path) -> int:
+    return torch.load(dirpath / "last.ckpt", weights_only=False)["global_step"]
+
+
+def test_last_checkpoint_holds_the_final_step_once_and_resumes(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from trainers.callbacks import LastCheckpoint
+
+    args = {"save_last": True, "every_n_train_steps": 4}
+    plain = tmp_path / "plain"
+    _trainer(plain, 6, [ModelCheckpoint(plain, **args)], logger=False).fit(
+        _tiny_module(_tiny_batches(6))
+    )
+    assert _last_step(plain) == 4  # Lightning alone: the final 2 steps are not in last.ckpt
+
+    dirpath = tmp_path / "ckpt"
+    saves, steps = _saved_steps()
+    _trainer(dirpath, 6, [LastCheckpoint(dirpath, **args), saves], logger=False).fit(
+        _tiny_module(_tiny_batches(6))
+    )
+    assert _last_step(dirpath) == 6 and steps == [4, 4, 6]
+
+    saves, steps = _saved_steps()
+    _trainer(dirpath, 8, [LastCheckpoint(dirpath, **args), saves], logger=False).fit(
+        _tiny_module(_tiny_batches(6)), ckpt_path="last"
+    )
+    assert _last_step(dirpath) == 8 and steps == [8, 8]  # a save at the final step: no rewrite
