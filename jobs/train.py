@@ -313,7 +313,11 @@ class LifeseqCLI(LightningCLI):
 
 def _add_rich_progress_bar(trainer: Namespace) -> None:
     """Use Lightning's `RichProgressBar` (steps, samples/s and the logged metrics) unless the
-    progress bar is off or the config names a progress bar of its own."""
+    progress bar is off or the config names a progress bar of its own. Without a terminal
+    (a log file, a captured subprocess) the bar is off unless `enable_progress_bar` is given:
+    its frames would only clutter the log."""
+    if trainer.enable_progress_bar is None and not sys.stdout.isatty():
+        trainer.enable_progress_bar = False
     if trainer.enable_progress_bar is False:
         return
     callbacks = list(trainer.callbacks or [])

@@ -122,3 +122,31 @@ def test_verbose_is_accepted_after_the_command(monkeypatch):
     assert args.verbose is True and rest == ["--out", "x"]
     args, _ = cli.build_parser().parse_known_args(["synth", "--out", "x"])
     assert args.verbose is False
+
+
+@pytest.mark.parametrize(
+    ("tty", "given", "callbacks", "expect_enabled", "expect_rich"),
+    [
+        (True, None, [], None, True),
+        (False, None, [], False, False),  # a log file: no frames
+        (False, True, [], True, True),  # asked for explicitly
+        (True, False, [], False, False),
+        (True, None, ["lightning.pytorch.callbacks.TQDMProgressBar"], None, False),
+    ],
+)
+def test_rich_progress_bar_only_where_it_helps(
+    monkeypatch, tty, given, callbacks, expect_enabled, expect_rich
+):
+    from jsonargparse import Namespace
+
+    from jobs import train
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    trainer = Namespace(
+        enable_progress_bar=given,
+        callbacks=[Namespace(class_path=c, init_args=Namespace()) for c in callbacks],
+    )
+    train._add_rich_progress_bar(trainer)
+    paths = [c.class_path for c in trainer.callbacks]
+    assert trainer.enable_progress_bar is expect_enabled
+    assert ("lightning.pytorch.callbacks.RichProgressBar" in paths) is expect_rich
