@@ -308,23 +308,16 @@ class LifeseqCLI(LightningCLI):
             ) and not callback.init_args.get("dirpath"):
                 root = trainer.default_root_dir or os.getcwd()
                 callback.init_args["dirpath"] = str(Path(root) / "checkpoints")
-        _add_rich_progress_bar(trainer)
+        _progress_bar_on_a_terminal(trainer)
 
 
-def _add_rich_progress_bar(trainer: Namespace) -> None:
-    """Use Lightning's `RichProgressBar` (steps, samples/s and the logged metrics) unless the
-    progress bar is off or the config names a progress bar of its own. Without a terminal
-    (a log file, a captured subprocess) the bar is off unless `enable_progress_bar` is given:
-    its frames would only clutter the log."""
+def _progress_bar_on_a_terminal(trainer: Namespace) -> None:
+    """Without a terminal (a log file, a captured subprocess) turn the progress bar off unless
+    `enable_progress_bar` is given: its frames would only clutter the log. On a terminal
+    Lightning picks its `RichProgressBar` itself (rich is installed): steps, samples/s and the
+    metrics logged to the bar."""
     if trainer.enable_progress_bar is None and not sys.stdout.isatty():
         trainer.enable_progress_bar = False
-    if trainer.enable_progress_bar is False:
-        return
-    callbacks = list(trainer.callbacks or [])
-    if any((getattr(c, "class_path", "") or "").endswith("ProgressBar") for c in callbacks):
-        return
-    bar = Namespace(class_path="lightning.pytorch.callbacks.RichProgressBar", init_args=Namespace())
-    trainer.callbacks = [*callbacks, bar]
 
 
 def main(argv: list[str] | None = None) -> int:

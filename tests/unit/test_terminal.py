@@ -125,28 +125,25 @@ def test_verbose_is_accepted_after_the_command(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("tty", "given", "callbacks", "expect_enabled", "expect_rich"),
-    [
-        (True, None, [], None, True),
-        (False, None, [], False, False),  # a log file: no frames
-        (False, True, [], True, True),  # asked for explicitly
-        (True, False, [], False, False),
-        (True, None, ["lightning.pytorch.callbacks.TQDMProgressBar"], None, False),
-    ],
+    ("tty", "given", "expected"),
+    [(True, None, None), (False, None, False), (False, True, True), (True, False, False)],
 )
-def test_rich_progress_bar_only_where_it_helps(
-    monkeypatch, tty, given, callbacks, expect_enabled, expect_rich
-):
+def test_progress_bar_off_without_a_terminal_unless_given(monkeypatch, tty, given, expected):
+    """None lets Lightning pick its `RichProgressBar` (rich is installed)."""
     from jsonargparse import Namespace
 
     from jobs import train
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
-    trainer = Namespace(
-        enable_progress_bar=given,
-        callbacks=[Namespace(class_path=c, init_args=Namespace()) for c in callbacks],
-    )
-    train._add_rich_progress_bar(trainer)
-    paths = [c.class_path for c in trainer.callbacks]
-    assert trainer.enable_progress_bar is expect_enabled
-    assert ("lightning.pytorch.callbacks.RichProgressBar" in paths) is expect_rich
+    trainer = Namespace(enable_progress_bar=given, callbacks=[])
+    train._progress_bar_on_a_terminal(trainer)
+    assert trainer.enable_progress_bar is expected
+    assert trainer.callbacks == []
+
+
+def test_lightning_picks_the_rich_progress_bar():
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    trainer = Trainer(enable_progress_bar=True, logger=False, enable_checkpointing=False)
+    assert isinstance(trainer.progress_bar_callback, RichProgressBar)
