@@ -56,6 +56,40 @@ class RequestError(ValueError):
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """Sizes a request may have; a larger one is refused before any parsing (a request with
+    10^6 events is a mistake or an attack, not a slow score).
+
+    Attributes:
+        max_history_events: events of one request's history (the model itself reads only the
+            most recent `max_history` / `max_len` of them).
+        max_candidates: candidates of one CTR request, and `k` of a next-item request.
+    """
+
+    max_history_events: int = 100_000
+    max_candidates: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_history_events", "max_candidates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RequestLimits.{name}: expected >= 1, got {getattr(self, name)}")
+
+    def check(self, field_name: str, value: Any, limit_name: str) -> None:
+        """Refuse `value` (a list) longer than the limit `limit_name`, naming both.
+
+        Raises:
+            RequestError: too long, or not a list.
+        """
+        limit = getattr(self, limit_name)
+        size = len(_sequence(field_name, value))
+        if size > limit:
+            raise RequestError(
+                f"{field_name}: {size:,} entries exceed the limit {limit_name}={limit:,}; "
+                "send fewer (the model reads only the most recent events) or raise the limit"
+            )
+
+
+@dataclass(frozen=True)
 class CtrRequest:
     """One user's history and the candidates to score (lifelong CTR models).
 
@@ -214,9 +248,12 @@ class Vocab:
 class Scorer:
     """A loaded export; see the module docstring. Build with `Scorer.load`."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, root: Path, manifest: dict[str, Any], limits: RequestLimits | None = None
+    ) -> None:
         self.root = root
         self.manifest = manifest
+        self.limits = limits or RequestLimits()
         model = manifest["model"]
         self.family: str = model["family"]
         self.name: str = model["name"]
@@ -252,12 +289,15 @@ class Scorer:
         self.max_len = int(model.get("max_len") or 0)
 
     @staticmethod
-    def load(root: str | Path, checksums: bool = True) -> Scorer:
+    def load(
+        root: str | Path, checksums: bool = True, limits: RequestLimits | None = None
+    ) -> Scorer:
         """Open export `root`, checking every file against the manifest first.
 
         Args:
             root: the export directory.
             checksums: verify sha256 (False: sizes only, for very large exports).
+            limits: request sizes to accept (default `RequestLimits()`).
 
         Raises:
             ExportError: a missing, partial or corrupted file, naming it.
@@ -265,7 +305,7 @@ class Scorer:
         root = Path(root)
         manifest = read_manifest(root)
         verify_files(root, manifest, checksums=checksums)
-        return Scorer(root, manifest)
+        return Scorer(root, manifest, limits)
 
     # --- CTR --------------------------------------------------------------------------------
 
@@ -328,6 +368,8 @@ class Scorer:
         """
         if not isinstance(request, CtrRequest):
             raise RequestError(f"expected a CtrRequest, got {type(request).__name__}")
+        self.limits.check("history_items", request.history_items, "max_history_events")
+        self.limits.check("candidates", request.candidates, "max_candidates")
         items = _raw_ids("history_items", request.history_items)
         behaviors = _raw_ids("history_behaviors", request.history_behaviors)
         ts, request_ts = _timestamps("history_ts", request.history_ts, request.request_ts)
@@ -449,6 +491,7 @@ class Scorer:
         """
         program, specs = self._state_program("score_state")
         self._check_state(state)
+        self.limits.check("candidates", candidates, "max_candidates")
         raw = _raw_ids("candidates", candidates)
         if not raw:
             raise RequestError("candidates: empty; send at least one item to score")
@@ -473,6 +516,7 @@ class Scorer:
         """
         if not isinstance(request, NextItemRequest):
             raise RequestError(f"expected a NextItemRequest, got {type(request).__name__}")
+        self.limits.check("history_items", request.history_items, "max_history_events")
         items = _raw_ids("history_items", request.history_items)
         ts, request_ts = _timestamps("history_ts", request.history_ts, request.request_ts)
         _same_length(history_items=items, history_ts=ts)
@@ -524,6 +568,9 @@ class Scorer:
         k = request.k
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise RequestError(f"k: expected a positive integer, got {k!r}")
+        if k > self.limits.max_candidates:
+            raise RequestError(f"k: {k:,} exceeds the limit max_candidates="
+                               f"{self.limits.max_candidates:,}; ask for fewer")  # fmt: skip
         user, history_ids, oov = self.user_embedding(request)
         query32, query64 = user.float(), user.double()
         index = self.caches["item_index"]

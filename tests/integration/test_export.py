@@ -42,7 +42,7 @@ from models.sequential import SequenceStep
 from pipeline.sample_codec import UserSample
 from serving.artifacts import ExportError, read_manifest, sha256_file
 from serving.export import data_module, export_checkpoint, instantiate_module, load_trained_model
-from serving.scorer import CtrRequest, NextItemRequest, RequestError, Scorer
+from serving.scorer import CtrRequest, NextItemRequest, RequestError, RequestLimits, Scorer
 from tests.distributed.test_train_job import REPO_ROOT, torchrun
 from tests.unit.test_dataset import VOCAB, write_out_dir
 from trainers.checkpoint import read_checkpoint_tree, save_checkpoint
@@ -518,6 +518,31 @@ def test_malformed_next_item_requests_are_rejected(exports) -> None:
         Scorer.load(exports["din"][1], checksums=False).recommend(NextItemRequest(["i2"], [1], 5))
     recs = scorer.recommend(NextItemRequest(["nope", "i2"], [1, 2], 5, k=3))
     assert recs.oov == {"history_items": 1} and len(recs.items) == 3
+
+
+def test_oversized_requests_are_refused_naming_the_limit(exports) -> None:
+    """10^6 history events or 10^5 candidates: refused by the configured limits, not scored."""
+    din = Scorer.load(exports["din"][1], checksums=False)
+    million = ["i2"] * 1_000_000
+    with pytest.raises(RequestError, match="history_items: 1,000,000 entries exceed the limit "
+                                           "max_history_events=100,000"):  # fmt: skip
+        din.score(_ctr(history_items=million, history_behaviors=million, history_ts=million))
+    with pytest.raises(RequestError, match="candidates: 100,000 entries exceed the limit "
+                                           "max_candidates=10,000"):  # fmt: skip
+        din.score(_ctr(candidates=["i5"] * 100_000))
+    small = Scorer.load(exports["din"][1], checksums=False,
+                        limits=RequestLimits(max_history_events=1, max_candidates=1))  # fmt: skip
+    with pytest.raises(RequestError, match="max_history_events=1;"):
+        small.score(_ctr())
+    at_limit = small.score(_ctr(history_items=["i2"], history_behaviors=["b2"], history_ts=[1]))
+    assert at_limit.probabilities.shape == (1,)
+    hstu = Scorer.load(exports["hstu"][1], checksums=False)
+    with pytest.raises(RequestError, match="history_items: 1,000,000 entries exceed"):
+        hstu.recommend(NextItemRequest(million, list(range(1_000_000)), 2_000_000))
+    with pytest.raises(RequestError, match="k: 100,000 exceeds the limit max_candidates=10,000"):
+        hstu.recommend(NextItemRequest(["i2"], [1], 5, k=100_000))
+    with pytest.raises(ValueError, match="RequestLimits.max_candidates: expected >= 1"):
+        RequestLimits(max_candidates=0)
 
 
 # --- command line -----------------------------------------------------------------------------
