@@ -65,11 +65,16 @@ class ChatterFilter(logging.Filter):
 
 class CurrentStderrHandler(logging.StreamHandler):
     """A stream handler writing to whatever `sys.stderr` is at emit time, so a progress bar
-    that redirects stderr (rich's live display) prints log lines above the bar, not through it."""
+    that redirects stderr (rich's live display) prints log lines above the bar, not through it.
+    Nothing of an earlier `sys.stderr` is kept (it may be closed by now)."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
-        super().emit(record)
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        """Ignored: the stream is always the current `sys.stderr`."""
 
 
 def is_own_file(filename: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -54,3 +56,31 @@ def write_text(path: Path, lines: Sequence[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_before() -> Iterator[None]:
+    """Undo what a job's `main()` run in-process (`jobs.terminal.configure_logging`) does to
+    the process: root handlers and level, every logger's level and propagation,
+    `warnings.showwarning`. Without this, one test's job would silence another test's
+    library logs."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    loggers = {
+        name: (logger.level, logger.propagate, list(logger.handlers))
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    show = warnings.showwarning
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger):
+            logger_level, propagate, logger_handlers = loggers.get(
+                name, (logging.NOTSET, logger.propagate, logger.handlers)
+            )  # a logger created during the test loses only a level set on it
+            logger.setLevel(logger_level)
+            logger.propagate = propagate
+            logger.handlers[:] = logger_handlers
+    warnings.showwarning = show

@@ -18,18 +18,8 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture
 def restore_logging(monkeypatch):
-    """Undo `configure_logging`'s global changes after the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    show = warnings.showwarning
-    levels = {n: logging.getLogger(n).level for n in (*terminal.THIRD_PARTY_LOGGERS, "pipeline")}
+    """No `LIFESEQ_LOG_LEVEL` from the caller's environment (conftest undoes the rest)."""
     monkeypatch.delenv(terminal.LOG_LEVEL_ENV, raising=False)
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    warnings.showwarning = show
-    for name, value in levels.items():
-        logging.getLogger(name).setLevel(value)
 
 
 def _record(name: str, level: int) -> logging.LogRecord:
@@ -147,3 +137,21 @@ def test_lightning_picks_the_rich_progress_bar():
 
     trainer = Trainer(enable_progress_bar=True, logger=False, enable_checkpointing=False)
     assert isinstance(trainer.progress_bar_callback, RichProgressBar)
+
+
+def test_handler_writes_to_the_current_stderr_even_after_the_old_one_closed(monkeypatch):
+    """In-process jobs (tests, notebooks) swap and close `sys.stderr`; the handler keeps no
+    reference to an old one."""
+    import io
+
+    handler = terminal.CurrentStderrHandler(sys.stderr)
+    record = _record("pipeline.build", logging.INFO)
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    handler.handle(record)
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    handler.handle(record)
+    handler.flush()
+    assert second.getvalue() == "message\n"
