@@ -93,11 +93,16 @@ class LifelongInputs:
         When every target shares one request time (a serving request), the buckets are computed
         once per event and broadcast.
         """
+        return self.chunk_gap_bucket_rows(step).expand(step.rows.shape[0], -1)
+
+    def chunk_gap_bucket_rows(self, step: Chunk) -> torch.Tensor:
+        """The step's time-gap buckets, broadcastable to (n, C): (1, C) when every target
+        shares one request time (a serving request: one bucket per event, so a per-bucket
+        term is looked up per event, not per pair), else (n, C)."""
         buckets = self.gap_embedding.num_embeddings
         events_ts = self.event_ts[step.events].unsqueeze(0)  # (1, C)
         if self.shared_request_ts is not None:
-            row = bucketize_time_gap(self.shared_request_ts - events_ts, buckets)  # (1, C)
-            return row.expand(step.rows.shape[0], -1)
+            return bucketize_time_gap(self.shared_request_ts - events_ts, buckets)
         gap = self.target_ts[step.rows].unsqueeze(1) - events_ts
         return bucketize_time_gap(gap, buckets)
 
@@ -114,8 +119,12 @@ class LifelongInputs:
 
     def chunk_match(self, step: Chunk) -> torch.Tensor:
         """(n, C) int64: 1 where the slice's event has the row's target category."""
+        return self.chunk_same_category(step).long()
+
+    def chunk_same_category(self, step: Chunk) -> torch.Tensor:
+        """(n, C) bool: the slice's event has the row's target category."""
         categories = self.event_category[step.events].unsqueeze(0)
-        return (categories == self.target_category[step.rows].unsqueeze(1)).long()
+        return categories == self.target_category[step.rows].unsqueeze(1)
 
     def chunk_pair_features(
         self, step: Chunk, bucket: torch.Tensor, match: torch.Tensor

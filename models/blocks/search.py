@@ -229,7 +229,9 @@ class TwinSearch(_TopKSearch):
             query: (T, H, dh) `attention.query` of the targets.
         """
         # mean_h(q_h·k_h + b_h) = (q·k over the flattened heads) / H + mean_h(b_h): one matrix
-        # product per slice and (n, C) bias lookups, never the (n, C, H) logits.
+        # product per slice plus bias terms, never the (n, C, H) logits. The behavior and (for a
+        # serving request, one request time) the time-gap terms are looked up per event and
+        # broadcast over the candidates; the category match picks one of two values per pair.
         with torch.no_grad():
             heads = query.shape[1]
             keys = event_keys.detach().flatten(1)  # (N, H*dh)
@@ -241,8 +243,10 @@ class TwinSearch(_TopKSearch):
 
         def score(step: Chunk) -> torch.Tensor:
             with torch.no_grad():
-                bucket, match = inputs.chunk_gap_bucket(step), inputs.chunk_match(step)
+                bucket = inputs.chunk_gap_bucket_rows(step)  # (1, C) or (n, C)
+                same = inputs.chunk_same_category(step)  # (n, C)
                 logits = queries[step.rows] @ keys[step.events].T  # (n, C)
-                return logits + behavior_bias[step.events] + gap_bias[bucket] + match_bias[match]
+                match = torch.where(same, match_bias[1], match_bias[0])
+                return logits + behavior_bias[step.events] + gap_bias[bucket] + match
 
         return self._top(score, inputs)
