@@ -43,6 +43,8 @@ COMMANDS = (
             "lifeseq migrate RUN/checkpoints/last.ckpt --out RUN/checkpoints/last.zoo.ckpt"),
     Command("demo", "jobs.demo", "synth → build → train → evaluate → export → serve",
             "lifeseq demo --workdir out/demo"),
+    Command("serve", "jobs.serve", "HTTP server on an export: /score, /recommend, /health",
+            "lifeseq serve export/twin --port 8000"),
 )  # fmt: skip
 BENCHES = (
     Command("pipeline", "jobs.bench_pipeline", "pipeline: Spark vs single-process, 1M-64M events",
@@ -55,6 +57,8 @@ BENCHES = (
             "lifeseq bench zoo --models sasrec,hstu --seeds 0,1,2"),
     Command("serving", "jobs.bench_serving", "scorer latency p50/p99 per request",
             "lifeseq bench serving --export export/twin --histories 1000 10000"),
+    Command("http", "jobs.bench_http", "HTTP server load test: throughput, p50/p99, same scores",
+            "lifeseq bench http --export export/twin --requests 200 --out bench_out/http.json"),
     Command("loader", "jobs.bench_loader", "shard loader throughput against raw tar reading",
             "lifeseq bench loader --mb 64 --out bench_out/loader.json"),
     Command("increment", "jobs.bench_increment", "incremental build against a full rebuild",
