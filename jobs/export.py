@@ -30,12 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="export directory to create")
     parser.add_argument("--data", default=None, help="lifeseq build output (default: the run's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip the AOTInductor packages (compiled/*.pt2; about 10-30 s per program)",
+    )
     args = parser.parse_args(argv)
     # one process reads the (maybe multi-rank) checkpoint: DCP's notice says just that
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        manifest = export_checkpoint(args.ckpt, args.out, args.data, overwrite=args.overwrite)
+        manifest = export_checkpoint(
+            args.ckpt, args.out, args.data, overwrite=args.overwrite, compiled=not args.no_compile
+        )
     except (ExportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -46,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{manifest['checkpoint']['global_step']}) to {args.out}: {len(manifest['files'])} "
         f"files, {size / 1e6:.1f} MB"
     )
+    packages = manifest["compiled"].get("programs")
+    if packages:
+        seconds = sum(p["seconds"] for p in packages.values())
+        print(f"compiled {len(packages)} AOTInductor package(s) in {seconds:.0f} s: "
+              f"{', '.join(p['file'] for p in packages.values())}")  # fmt: skip
     return 0
 
 

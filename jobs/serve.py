@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scoring-threads", type=_positive, default=1,
                         help="requests scored at once, each in a worker thread (default 1: "
                         "serial scoring, torch's intra-op threads use the cores)")  # fmt: skip
+    parser.add_argument("--compiled", action="store_true",
+                        help="run the export's AOTInductor packages (compiled/*.pt2)")  # fmt: skip
     parser.add_argument("--no-checksums", action="store_true",
                         help="check file sizes only, not sha256 (faster start of a large export)")  # fmt: skip
     return parser
@@ -109,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     limits = RequestLimits(args.max_history_events, args.max_candidates)
     try:
-        scorer = Scorer.load(args.export, checksums=not args.no_checksums, limits=limits)
+        scorer = Scorer.load(
+            args.export, checksums=not args.no_checksums, limits=limits, compiled=args.compiled
+        )
     except (ExportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

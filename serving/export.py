@@ -57,6 +57,7 @@ from features.schema import FeatureSchema
 from models.interfaces import ExportUnsupported, RequestInput, SparseDenseModel, class_path
 from pipeline.progress import step_progress
 from serving.artifacts import EXPORT_FORMAT_VERSION, MANIFEST_FILE, ExportError, file_entry
+from serving.compiled import COMPILED_DIR, compile_program, compiler_missing
 from serving.scorer import Vocab
 from trainers.checkpoint import JsonFileSystemReader, load_tensors, read_checkpoint_tree
 from trainers.data import LifeseqDataModule
@@ -463,8 +464,34 @@ def _model_name(model: SparseDenseModel) -> str:
     return model_label(model).split(" + ")[-1].rsplit(".", 1)[-1]
 
 
+def compile_dense(root: Path, dense: dict[str, Any]) -> dict[str, Any]:
+    """AOTInductor packages of the request programs (`serving.compiled`); the manifest's
+    `compiled` section: `{"programs": {name: {file, seconds}}, "torch": version}`, or
+    `{"skipped": reason}` when there is no C++ compiler or Inductor fails (export goes on:
+    the `torch.export` programs still serve)."""
+    reason = compiler_missing()
+    programs: dict[str, Any] = {}
+    for name, spec in dense.items() if reason is None else ():
+        package = root / COMPILED_DIR / f"{name}.pt2"
+        try:
+            seconds = compile_program(root / spec["file"], package)
+        except RuntimeError as err:
+            reason = f"{err}; the export serves its torch.export programs"
+            shutil.rmtree(root / COMPILED_DIR, ignore_errors=True)
+            break
+        programs[name] = {"file": f"{COMPILED_DIR}/{name}.pt2", "seconds": round(seconds, 1)}
+    if reason is not None:
+        logger.warning("compiled packages skipped: %s", reason)
+        return {"skipped": reason}
+    return {"programs": programs, "torch": torch.__version__}
+
+
 def export_checkpoint(
-    ckpt: str | Path, out: str | Path, data_root: str | None = None, overwrite: bool = False
+    ckpt: str | Path,
+    out: str | Path,
+    data_root: str | None = None,
+    overwrite: bool = False,
+    compiled: bool = True,
 ) -> dict[str, Any]:
     """Export checkpoint `ckpt` to directory `out` (see the module docstring).
 
@@ -474,6 +501,8 @@ def export_checkpoint(
         data_root: the `lifeseq build` output (default: the run's `data.root`), for the
             feature schema and vocabularies.
         overwrite: replace an existing `out`.
+        compiled: also write AOTInductor packages of the request programs (`compiled/`;
+            skipped with a warning without a C++ compiler).
 
     Returns:
         The manifest.
@@ -492,7 +521,7 @@ def export_checkpoint(
     tmp = out.parent / f"{out.name}.tmp-export"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with step_progress(f"export {out.name}: vocabularies", total=5) as steps:
+    with step_progress(f"export {out.name}: vocabularies", total=6) as steps:
         vocab = export_vocabs(Path(data.root), tmp)
         steps.advance(f"export {out.name}: embedding tables")
         tables = export_tables(ckpt, tmp, model)
@@ -500,6 +529,12 @@ def export_checkpoint(
         caches = export_item_caches(tmp, model, tables)
         steps.advance(f"export {out.name}: torch.export programs")
         sections = export_programs(tmp, model)
+        steps.advance(f"export {out.name}: AOTInductor packages")
+        packages = (
+            compile_dense(tmp, sections["dense"])
+            if compiled
+            else {"skipped": "not asked for (lifeseq export --no-compile)"}
+        )
         steps.advance(f"export {out.name}: checksums")
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         entries = {str(p.relative_to(tmp)): file_entry(p) for p in files}
@@ -523,6 +558,7 @@ def export_checkpoint(
         "caches": caches,
         **sections,
         "vocab": vocab,
+        "compiled": packages,
         "files": entries,
     }
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))

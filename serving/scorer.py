@@ -43,6 +43,7 @@ import torch
 from features.batch import user_hash
 from models.blocks.user_embedding import USER_HASH_FIELD, hashed_rows
 from serving.artifacts import ExportError, ShardedRows, read_manifest, verify_files
+from serving.compiled import load_package
 
 PAD_ID = 0
 OOV_ID = 1
@@ -249,11 +250,16 @@ class Scorer:
     """A loaded export; see the module docstring. Build with `Scorer.load`."""
 
     def __init__(
-        self, root: Path, manifest: dict[str, Any], limits: RequestLimits | None = None
+        self,
+        root: Path,
+        manifest: dict[str, Any],
+        limits: RequestLimits | None = None,
+        compiled: bool = False,
     ) -> None:
         self.root = root
         self.manifest = manifest
         self.limits = limits or RequestLimits()
+        self.compiled = compiled
         model = manifest["model"]
         self.family: str = model["family"]
         self.name: str = model["name"]
@@ -266,10 +272,14 @@ class Scorer:
             for name, spec in manifest["caches"].items()
         }
         self.vocab = {name: Vocab(root / spec["file"]) for name, spec in manifest["vocab"].items()}
-        self.programs = {
-            name: torch.export.load(root / spec["file"]).module()
-            for name, spec in manifest["dense"].items()
-        }
+        self.programs = (
+            self._compiled_programs()
+            if compiled
+            else {
+                name: torch.export.load(root / spec["file"]).module()
+                for name, spec in manifest["dense"].items()
+            }
+        )
         #: Further programs of the model (`ServingSpec.programs`), by name.
         self.extra_programs = {
             name: torch.export.load(root / spec["file"]).module()
@@ -288,9 +298,30 @@ class Scorer:
         self.max_history = int(model.get("max_history") or 0)
         self.max_len = int(model.get("max_len") or 0)
 
+    def _compiled_programs(self) -> dict[str, Any]:
+        """The request programs as AOTInductor packages (`serving.compiled`).
+
+        Raises:
+            ExportError: the export has none (no C++ compiler at export, `--no-compile`, or
+                an export from before lifeseq compiled them), saying why.
+        """
+        section = self.manifest.get("compiled") or {}
+        packages = section.get("programs") or {}
+        missing = sorted(set(self.manifest["dense"]) - set(packages))
+        if missing:
+            why = section.get("skipped", "exported before lifeseq compiled its programs")
+            raise ExportError(
+                f"{self.root}: no compiled package of {missing} ({why}); export again on a "
+                "machine with a C++ compiler, or serve without --compiled"
+            )
+        return {name: load_package(self.root / spec["file"]) for name, spec in packages.items()}
+
     @staticmethod
     def load(
-        root: str | Path, checksums: bool = True, limits: RequestLimits | None = None
+        root: str | Path,
+        checksums: bool = True,
+        limits: RequestLimits | None = None,
+        compiled: bool = False,
     ) -> Scorer:
         """Open export `root`, checking every file against the manifest first.
 
@@ -298,6 +329,8 @@ class Scorer:
             root: the export directory.
             checksums: verify sha256 (False: sizes only, for very large exports).
             limits: request sizes to accept (default `RequestLimits()`).
+            compiled: run the AOTInductor packages (`compiled/`) instead of the
+                `torch.export` programs.
 
         Raises:
             ExportError: a missing, partial or corrupted file, naming it.
@@ -305,7 +338,7 @@ class Scorer:
         root = Path(root)
         manifest = read_manifest(root)
         verify_files(root, manifest, checksums=checksums)
-        return Scorer(root, manifest, limits)
+        return Scorer(root, manifest, limits, compiled)
 
     # --- CTR --------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from models.interfaces import SparseDenseModel
 from models.sequential import SequenceStep
 from pipeline.sample_codec import UserSample
 from serving.artifacts import ExportError, read_manifest, sha256_file
+from serving.compiled import compiler_missing
 from serving.export import data_module, export_checkpoint, instantiate_module, load_trained_model
 from serving.scorer import CtrRequest, NextItemRequest, RequestError, RequestLimits, Scorer
 from tests.distributed.test_train_job import REPO_ROOT, torchrun
@@ -228,7 +229,7 @@ def exports(out: Path, twin_two_rank: Path, twin_one_rank: Path) -> dict[str, tu
         if name != "twin":
             ckpts[name] = random_checkpoint(root / f"{name}.ckpt", out, name)
     for name, ckpt in ckpts.items():
-        export_checkpoint(ckpt, root / f"export_{name}")
+        export_checkpoint(ckpt, root / f"export_{name}", compiled=False)
         result[name] = (ckpt, root / f"export_{name}")
     return result
 
@@ -556,14 +557,60 @@ def _export_cli(*args: str) -> subprocess.CompletedProcess:
 def test_export_command_line(exports, tmp_path: Path) -> None:
     ckpt, _ = exports["din"]
     target = tmp_path / "cli"
-    done = _export_cli("--ckpt", str(ckpt), "--out", str(target))
+    done = _export_cli("--ckpt", str(ckpt), "--out", str(target), "--no-compile")
     assert done.returncode == 0, done.stderr
     assert "exported ctr model LifelongCtr" in done.stdout and (target / "manifest.json").is_file()
+    assert not (target / "compiled").exists()
     again = _export_cli("--ckpt", str(ckpt), "--out", str(target))
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
     missing = _export_cli("--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "not a lifeseq sharded checkpoint" in missing.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compiler_missing() is not None, reason="no C++ compiler")
+@pytest.mark.parametrize("family", ["twin", "hstu"])
+def test_compiled_packages_score_like_the_eager_program(exports, family, tmp_path) -> None:
+    """`lifeseq export` writes an AOTInductor package per request program; `--compiled`
+    scores equal the `torch.export` program's and the trained model's."""
+    ckpt, eager_root = exports[family]
+    target = tmp_path / family
+    done = _export_cli("--ckpt", str(ckpt), "--out", str(target))
+    assert done.returncode == 0, done.stderr
+    manifest = read_manifest(target)
+    packages = manifest["compiled"]["programs"]
+    assert set(packages) == set(manifest["dense"]) and "AOTInductor package" in done.stdout
+    for spec in packages.values():
+        assert spec["file"] in manifest["files"] and (target / spec["file"]).stat().st_size > 0
+    compiled, eager = Scorer.load(target, compiled=True), Scorer.load(eager_root)
+    model, _ = load_trained_model(ckpt)
+    if family == "twin":
+        for seed, history, candidates in CASES:
+            request, sample = ctr_case(seed, history, candidates)
+            got = compiled.score(request).logits
+            np.testing.assert_allclose(got, eager.score(request).logits, rtol=0, atol=TOL)
+            np.testing.assert_allclose(got, ctr_expected(model, sample), rtol=0, atol=TOL)
+    else:
+        for seed, history in ((0, 30), (1, 1), (2, MAX_LEN + 20)):
+            request, _ = next_item_case(seed, history)
+            got, want = compiled.recommend(request), eager.recommend(request)
+            assert got.items == want.items
+            np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=TOL)
+
+
+def test_without_a_compiler_export_skips_the_packages_and_says_why(
+    exports, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    ckpt, _ = exports["din"]
+    manifest = export_checkpoint(ckpt, tmp_path / "din", compiled=True)
+    assert manifest["compiled"]["skipped"].startswith("no C++ compiler (no-such-compiler) on PATH")
+    assert not (tmp_path / "din" / "compiled").exists()
+    with pytest.raises(ExportError, match=r"no compiled package of \['model', 'model_no_history'\]"
+                                          r" \(no C\+\+ compiler"):  # fmt: skip
+        Scorer.load(tmp_path / "din", compiled=True)
+    assert Scorer.load(tmp_path / "din").score(_ctr()).logits.shape == (1,)
 
 
 def test_serving_benchmark_times_every_cell(exports) -> None:
