@@ -138,11 +138,16 @@ def generative_cell(scorer: Scorer, history: int, n: int, warmup: int) -> dict[s
 
 
 def bench_export(
-    root: Path, histories: Sequence[int], candidates: Sequence[int], n: int, warmup: int
+    root: Path,
+    histories: Sequence[int],
+    candidates: Sequence[int],
+    n: int,
+    warmup: int,
+    compiled: bool = False,
 ) -> dict[str, Any]:
-    """Every cell of one export."""
+    """Every cell of one export (`compiled`: its AOTInductor packages)."""
     started = time.monotonic()
-    scorer = Scorer.load(root)
+    scorer = Scorer.load(root, compiled=compiled)
     load_s = time.monotonic() - started
     if scorer.family == "ctr":
         cells = [ctr_cell(scorer, h, c, n, warmup) for h in histories for c in candidates]
@@ -150,7 +155,8 @@ def bench_export(
         cells = [generative_cell(scorer, h, n, warmup) for h in histories]
     size = sum(e["bytes"] for e in scorer.manifest["files"].values())
     return {"export": str(root), "family": scorer.family, "model": scorer.name,
-            "export_mb": size / 1e6, "load_s": load_s, "cells": cells}  # fmt: skip
+            "compiled": compiled, "export_mb": size / 1e6, "load_s": load_s,
+            "cells": cells}  # fmt: skip
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -175,10 +181,12 @@ def run(
     candidates: Sequence[int] = CANDIDATES,
     requests: int = 100,
     warmup: int = 5,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Benchmark `exports`; the JSON payload."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    results = [bench_export(root, histories, candidates, requests, warmup) for root in exports]
+    results = [bench_export(root, histories, candidates, requests, warmup, compiled)
+               for root in exports]  # fmt: skip
     return {
         "results": results,
         "settings": {"requests": requests, "warmup": warmup, "threads": torch.get_num_threads()},
@@ -203,9 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, nargs="+", default=list(CANDIDATES))
     parser.add_argument("--requests", type=int, default=100, help="timed requests per cell")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--compiled", action="store_true",
+                        help="run the exports' AOTInductor packages (compiled/*.pt2)")  # fmt: skip
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    payload = run(args.export, args.histories, args.candidates, args.requests, args.warmup)
+    payload = run(args.export, args.histories, args.candidates, args.requests, args.warmup,
+                  args.compiled)  # fmt: skip
     print(markdown(payload["results"]))
     print(f"({args.requests} requests per cell, {payload['settings']['threads']} threads, "
           f"load average {payload['machine']['load_avg_1m_before']})")  # fmt: skip

@@ -57,6 +57,9 @@ BENCHES = (
             "lifeseq bench zoo --models sasrec,hstu --seeds 0,1,2"),
     Command("serving", "jobs.bench_serving", "scorer latency p50/p99 per request",
             "lifeseq bench serving --export export/twin --histories 1000 10000"),
+    Command("latency", "jobs.bench_latency", "scorer latency side by side: baseline, eager, compiled",
+            "lifeseq bench latency --export export/twin --baseline-repo ../old "
+            "--baseline-export ../old-export/twin"),
     Command("http", "jobs.bench_http", "HTTP server load test: throughput, p50/p99, same scores",
             "lifeseq bench http --export export/twin --requests 200 --out bench_out/http.json"),
     Command("loader", "jobs.bench_loader", "shard loader throughput against raw tar reading",
