@@ -90,7 +90,9 @@ class CtrFeatures:
             target features per target).
         cached: item cache → rows at the history's items, (N, ...) (serving only; empty in
             training, where units compute them).
-        request_ts: (1,) the request time every target shares (a serving request), or None.
+        request_ts: (1,) the request time every target shares, or None. Given only by a
+            serving request program (`CtrRequestProgram`): one user's request, where every
+            target's window is the whole history.
     """
 
     windows: TargetWindows

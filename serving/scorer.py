@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -221,7 +223,15 @@ def _same_length(**fields: Sequence[Any]) -> None:
 
 
 class Vocab:
-    """raw id (string) → vocab id, from an exported `vocab/{name}.parquet`."""
+    """raw id (string) → vocab id, from an exported `vocab/{name}.parquet`.
+
+    When every raw id is a canonical decimal integer (`"20248"`, not `"007"`: event logs'
+    numeric ids), lookups take a vectorized path (`NumericIndex`): Arrow parses the request's
+    ids and numpy finds them. A request of 10,000 ids then costs well under 1 ms even when the
+    vocabulary is out of the CPU cache (as right after a request's program ran), against ~5 ms
+    of hash probes into a 100,000-entry dict. Ids that are not canonical integers (`"007"`,
+    `"i17"`) take the dict, so both paths give the same ids.
+    """
 
     def __init__(self, path: Path) -> None:
         table = pq.read_table(path)
@@ -232,11 +242,17 @@ class Vocab:
         if "category_id" in table.column_names:
             self.category = np.full(max(ids, default=1) + 1, OOV_ID, dtype=np.int64)
             self.category[np.asarray(ids, dtype=np.int64)] = table["category_id"].to_numpy()
+        numbers = canonical_integers(raw_ids)
+        self.numeric = None if numbers is None else NumericIndex(numbers, np.asarray(ids))
 
     def lookup(self, raw: list[str]) -> tuple[np.ndarray, int]:
         """(n,) int64 ids of `raw` ids (OOV → 1) and how many were unknown."""
-        found = map(self.ids.get, raw, itertools.repeat(OOV_ID))
-        ids = np.fromiter(found, dtype=np.int64, count=len(raw))
+        numbers = canonical_integers(raw) if self.numeric is not None else None
+        if numbers is not None and self.numeric is not None:
+            ids = self.numeric.find(numbers)
+        else:
+            found = map(self.ids.get, raw, itertools.repeat(OOV_ID))
+            ids = np.fromiter(found, dtype=np.int64, count=len(raw))
         return ids, int((ids == OOV_ID).sum())
 
     def categories(self, item_ids: np.ndarray) -> np.ndarray:
@@ -244,6 +260,64 @@ class Vocab:
         assert self.category is not None
         inside = item_ids < self.category.shape[0]
         return np.where(inside, self.category[np.where(inside, item_ids, 0)], OOV_ID)
+
+
+#: 10, 100, ..., 10^18: the decimal digits of n >= 0 are 1 + how many of them are <= n.
+_POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)
+#: A `NumericIndex` keeps a dense table (one slot per raw value up to the largest) when it has
+#: at most this many slots per id, plus `DENSE_SLACK`; else it binary-searches sorted values.
+DENSE_SLOTS_PER_ID = 64
+DENSE_SLACK = 1 << 20
+
+
+def canonical_integers(raw: Sequence[str]) -> np.ndarray | None:
+    """`raw` as int64 when every id is a canonical decimal integer (what `str(int)` writes),
+    else None."""
+    strings = pa.array(raw, type=pa.string())
+    try:
+        numbers = pc.cast(strings, pa.int64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    # A string that parses to n and is as long as str(n) is str(n) ("007", "+7", "-0" are not).
+    magnitude = np.abs(numbers)  # int64 min stays negative: refused below
+    canonical = _POWERS_OF_TEN.searchsorted(magnitude, side="right") + 1 + (numbers < 0)
+    lengths = pc.utf8_length(strings).to_numpy(zero_copy_only=False)
+    if bool((magnitude < 0).any()) or not np.array_equal(lengths, canonical):
+        return None
+    return numbers
+
+
+class NumericIndex:
+    """Integer raw id → vocab id: a dense table indexed by the raw value when the values are
+    non-negative and compact (one random read per id), else a binary search in sorted values.
+
+    Args:
+        numbers: (V,) int64 raw ids.
+        ids: (V,) their vocab ids.
+    """
+
+    def __init__(self, numbers: np.ndarray, ids: np.ndarray) -> None:
+        self.dense: np.ndarray | None = None
+        self.sorted: np.ndarray | None = None
+        self.sorted_ids: np.ndarray | None = None
+        top = int(numbers.max()) if numbers.size else -1
+        if numbers.size == 0 or (
+            int(numbers.min()) >= 0 and top < DENSE_SLOTS_PER_ID * numbers.size + DENSE_SLACK
+        ):
+            self.dense = np.full(max(top + 1, 1), OOV_ID, dtype=np.int64)
+            self.dense[numbers] = ids
+        else:
+            order = np.argsort(numbers, kind="stable")
+            self.sorted, self.sorted_ids = numbers[order], ids[order].astype(np.int64)
+
+    def find(self, numbers: np.ndarray) -> np.ndarray:
+        """(n,) int64 vocab ids of raw values `numbers` (unknown → OOV 1)."""
+        if self.dense is not None:
+            inside = (numbers >= 0) & (numbers < self.dense.shape[0])
+            return np.where(inside, self.dense[np.where(inside, numbers, 0)], OOV_ID)
+        assert self.sorted is not None and self.sorted_ids is not None
+        at = np.minimum(np.searchsorted(self.sorted, numbers), self.sorted.size - 1)
+        return np.where(self.sorted[at] == numbers, self.sorted_ids[at], OOV_ID)
 
 
 class Scorer:

@@ -295,3 +295,50 @@ class DinAttention(nn.Module):
         scores = self.unit(pairs.reshape(-1, pairs.shape[-1])).view(*pairs.shape[:2], 1)
         scores = scores * valid.unsqueeze(-1)
         return (scores * torch.cat([keys, side], dim=-1)).sum(dim=1)
+
+    def forward_shared(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        side: torch.Tensor,
+        same: torch.Tensor,
+        match_table: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """`forward` when every target pools the same behaviors (a serving request), with the
+        side features `[per-event features, match_table[same]]`.
+
+        The first layer of the unit is linear in `[q, k, q - k, q * k, side]`, so it splits into
+        a per-target term, a per-event term, the `q * k` term and a two-value match term
+        (`W [q, k, q-k, q*k, s] = (W_q + W_d) q + (W_k - W_d) k + W_p (q*k) + W_s s`): only the
+        `q * k` product is computed per pair, and nothing per pair is concatenated. Equal to
+        `forward` on the expanded inputs up to float rounding (tested ≤ 1e-5).
+
+        Args:
+            query: (T, key_dim) target features.
+            keys: (n, key_dim) the shared behaviors' item features.
+            side: (n, side_dim - M) the behaviors' per-event side features.
+            same: (T, n) bool, which row of `match_table` each pair takes.
+            match_table: (2, M) the per-pair side feature's two values.
+            valid: (n,) bool.
+
+        Returns:
+            (T, key_dim + side_dim), as `forward`.
+        """
+        first = self.unit[0]
+        kd, events = query.shape[1], side.shape[1]
+        w_q, w_k, w_d, w_p, w_s, w_m = first.weight.split(
+            [kd, kd, kd, kd, events, match_table.shape[1]], dim=1
+        )
+        per_target = query @ (w_q + w_d).T + first.bias  # (T, h)
+        per_event = keys @ (w_k - w_d).T + side @ w_s.T  # (n, h)
+        match = match_table @ w_m.T  # (2, h)
+        product = (query.unsqueeze(1) * keys.unsqueeze(0)) @ w_p.T  # (T, n, h)
+        hidden = product + per_target.unsqueeze(1) + per_event.unsqueeze(0)
+        hidden = hidden + torch.where(same.unsqueeze(-1), match[1], match[0])
+        flat = hidden.reshape(-1, hidden.shape[-1])  # PReLU's channels are dim 1
+        scores = self.unit[1:](flat).view(hidden.shape[:2]) * valid  # (T, n)
+        pooled = scores @ torch.cat([keys, side], dim=1)  # (T, key_dim + side_dim - M)
+        matched = (scores * same).sum(dim=1, keepdim=True)  # (T, 1)
+        unmatched = scores.sum(dim=1, keepdim=True) - matched
+        return torch.cat([pooled, unmatched * match_table[0] + matched * match_table[1]], dim=1)

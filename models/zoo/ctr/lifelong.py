@@ -123,9 +123,26 @@ class LifelongCtr(CtrModel):
     def short_term(self, inputs: LifelongInputs) -> torch.Tensor:
         """(T, 5D) DIN pooling of each window's most recent `short_term_len` behaviors."""
         index, valid = recent(inputs.windows, self.config.short_term_len)  # (T, n)
+        if inputs.request_ts is not None:  # a serving request: one window for every target
+            return self._short_term_shared(inputs, index[0], valid[0])
         cross = inputs.pair_features(inputs.all_rows(), index)
         keys = gather_rows(inputs.event_inherent, index)  # (T, n, 2D)
         return self.din(inputs.target_inherent, keys, cross.cat(), valid)
+
+    def _short_term_shared(
+        self, inputs: LifelongInputs, index: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """`short_term` when every target has the same window and time (a serving request):
+        the (n,) most recent events are gathered once (`DinAttention.forward_shared`)."""
+        gap = inputs.gap_embedding(inputs.gap_bucket(inputs.all_rows()[:1], index.unsqueeze(0)))
+        side = torch.cat([gather_rows(inputs.event_behavior, index), gap[0]], dim=1)  # (n, 2D)
+        same = gather_rows(inputs.event_category, index).unsqueeze(0) == (
+            inputs.target_category.unsqueeze(1)
+        )  # (T, n)
+        keys = gather_rows(inputs.event_inherent, index)  # (n, 2D)
+        return self.din.forward_shared(
+            inputs.target_inherent, keys, side, same, inputs.match_embedding.weight, valid
+        )
 
     def forward(self, features: CtrFeatures) -> CtrOutput:
         """(T,) logits (and a long-term unit's auxiliary logits)."""
