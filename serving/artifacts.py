@@ -147,6 +147,8 @@ class ShardedRows:
     def take(self, ids: np.ndarray) -> np.ndarray:
         """(n, width) float32 copy of rows `ids` (int64, in [0, rows))."""
         ids = np.asarray(ids, dtype=np.int64)
+        if len(self.shards) == 1:  # one file (a one-rank table): a single gather
+            return np.asarray(np.take(self.shards[0], ids, axis=0), dtype=np.float32)
         out = np.empty((ids.shape[0], self.width), dtype=np.float32)
         if ids.size == 0:
             return out
