@@ -211,6 +211,7 @@ def run(
     timeout_s: float = 60.0,
     startup_timeout_s: float = 300.0,
     scoring_threads: int = 1,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Load-test a `lifeseq serve` of `export` (see the module docstring); the JSON payload.
 
@@ -218,14 +219,14 @@ def run(
         RuntimeError: the server did not start (its log's tail in the message).
     """
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    scorer = Scorer.load(export)
+    scorer = Scorer.load(export, compiled=compiled)
     sizes = candidates if scorer.family == "ctr" else (0,)
     prepared = [build_cell(scorer, h, c, min(distinct, requests)) for h in histories for c in sizes]
     defaults = RequestLimits()
     server_args = [
         "--max-history-events", str(max(defaults.max_history_events, *histories)),
         "--max-candidates", str(max(defaults.max_candidates, *sizes)),
-        "--scoring-threads", str(scoring_threads),
+        "--scoring-threads", str(scoring_threads), *(["--compiled"] if compiled else []),
     ]  # fmt: skip
     path = "/score" if scorer.family == "ctr" else "/recommend"
     cells = []
@@ -245,7 +246,7 @@ def run(
         "cells": cells,
         "settings": {"requests": requests, "concurrency": list(concurrency), "distinct": distinct,
                      "warmup": warmup, "timeout_s": timeout_s, "host": HOST,
-                     "scoring_threads": scoring_threads},
+                     "scoring_threads": scoring_threads, "compiled": compiled},
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "load_avg_1m_before": load_avg},
@@ -318,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the server may take to load and answer /health")  # fmt: skip
     parser.add_argument("--scoring-threads", type=int, default=1,
                         help="the server's --scoring-threads")  # fmt: skip
+    parser.add_argument("--compiled", action="store_true",
+                        help="the server (and the in-process check) run compiled/*.pt2")  # fmt: skip
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--png", default=None, help="write throughput and p99 plots here")
     args = parser.parse_args(argv)
@@ -329,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         payload = run(args.export, args.histories, args.candidates, args.requests,
                       args.concurrency, args.distinct, args.warmup, args.timeout,
-                      args.startup_timeout, args.scoring_threads)  # fmt: skip
+                      args.startup_timeout, args.scoring_threads, args.compiled)  # fmt: skip
     except (RuntimeError, FileNotFoundError, ValueError) as err:  # ExportError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 1
