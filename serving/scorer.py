@@ -198,7 +198,12 @@ def _timestamps(name: str, value: Any, request_ts: Any) -> tuple[np.ndarray, int
             raise RequestError(f"{name}[{i}]: expected integer epoch seconds, got {ts!r}")
     if isinstance(request_ts, bool) or not isinstance(request_ts, numbers.Integral):
         raise RequestError(f"request_ts: expected integer epoch seconds, got {request_ts!r}")
-    ts = np.asarray(values, dtype=np.int64)
+    try:
+        ts = np.asarray(values, dtype=np.int64)
+    except OverflowError:
+        raise RequestError(f"{name}: a timestamp is outside int64; send epoch seconds") from None
+    if int(request_ts) >= 1 << 63 or int(request_ts) < -(1 << 63):
+        raise RequestError(f"request_ts: {int(request_ts)} is outside int64; send epoch seconds")
     if ts.size > 1 and bool((np.diff(ts) < 0).any()):
         at = int(np.argmax(np.diff(ts) < 0)) + 1
         raise RequestError(

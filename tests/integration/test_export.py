@@ -495,6 +495,8 @@ def _ctr(**changes: Any) -> CtrRequest:
         (_ctr(history_ts=[100, "200"]), r"history_ts\[1\]: expected integer epoch seconds"),
         (_ctr(request_ts=150), "request_ts 150 is before the last event"),
         (_ctr(request_ts=None), "request_ts: expected integer epoch seconds"),
+        (_ctr(history_ts=[100, 2**70]), "history_ts: a timestamp is outside int64"),
+        (_ctr(request_ts=2**64), "request_ts: 18446744073709551616 is outside int64"),
         (_ctr(history_behaviors=["b2"]), "history fields differ in length"),
         (NextItemRequest(["i2"], [1], 2), "expected a CtrRequest"),
     ],
