@@ -2,13 +2,15 @@
 uvicorn) until interrupted (Ctrl-C or SIGTERM).
 
     lifeseq serve EXPORT --port 8000 [--host 127.0.0.1] [--max-history-events N]
-        [--max-candidates N] [--max-body-bytes N] [--scoring-threads 1] [--no-checksums]
+        [--max-candidates N] [--max-body-bytes N] [--scoring-threads 1] [--compiled]
+        [--no-checksums]
     curl -s localhost:8000/health
 
 The export is checked against its manifest's checksums before anything listens: a missing or
 damaged export prints one `error:` line naming the file and exits 1. `--port 0` picks a free
 port; the startup line says which. uvicorn's access log is off unless `lifeseq --verbose serve`
-(or `LIFESEQ_LOG_LEVEL=INFO`).
+(or `LIFESEQ_LOG_LEVEL=INFO`). `--compiled` serves the export's AOTInductor packages
+(`compiled/*.pt2`); an export without them is refused, saying why.
 """
 
 from __future__ import annotations
