@@ -365,7 +365,7 @@ def _saved_steps() -> tuple[Any, list[int]]:
 
 
 def _last_step(dirpath: Path) -> int:
-    return torch.load(dirpath / "last.ckpt", weights_only=False)["global_step"]
+    return torch.load(dirpath / "last.ckpt", weights_only=True)["global_step"]
 
 
 def test_last_checkpoint_holds_the_final_step_once_and_resumes(tmp_path: Path) -> None:
