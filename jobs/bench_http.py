@@ -40,7 +40,7 @@ import httpx
 import numpy as np
 import torch
 
-from jobs.bench_report import REPO_ROOT, git_commit, tail, write_json
+from jobs.bench_report import REPO_ROOT, git_commit, save_figure, tail, write_json
 from jobs.bench_serving import ctr_requests, next_item_requests, percentiles
 from serving.scorer import CtrScores, Recommendations, RequestLimits, Scorer
 
@@ -295,11 +295,7 @@ def plot(payload: dict[str, Any], path: str | Path) -> None:
         ax.grid(alpha=0.3)
     left.legend(fontsize=8)
     fig.suptitle(f"lifeseq serve {payload['model']} ({payload['endpoint']}), 127.0.0.1")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

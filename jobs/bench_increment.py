@@ -31,7 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from jobs.bench_pipeline import CONFIG, _synth, _timed
-from jobs.bench_report import git_commit, write_json
+from jobs.bench_report import git_commit, save_figure, write_json
 
 STAGES = ("validate", "dedupe", "vocab", "lifelong", "shards")
 RUNS = ("base", "increment", "full rebuild")
@@ -113,11 +113,7 @@ def plot(results: dict[str, Any], path: str) -> None:
     ax.set(xlabel="seconds (stages of the Spark job)",
            title=f"a day on top of a build: increment = {results['ratio']:.2f} × full rebuild")  # fmt: skip
     ax.legend(ncol=5, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.bench_generative import machine_info
-from jobs.bench_report import git_commit, write_json
+from jobs.bench_report import git_commit, save_figure, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("baseline", "eager", "compiled")
@@ -131,11 +131,7 @@ def plot(rows: list[dict[str, Any]], names: list[str], path: str) -> None:
     ax.set_ylabel("ms per request (bars p99, dots p50)")
     ax.set_title("serving.Scorer latency, side by side (2-core CPU)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

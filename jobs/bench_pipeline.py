@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 
-from jobs.bench_report import write_json
+from jobs.bench_report import save_figure, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "configs" / "pipeline" / "synthetic.yaml"
@@ -319,11 +319,7 @@ def plot(results: dict[str, dict], path: str) -> None:
               title="driver memory")  # fmt: skip
     right.set_ylim(bottom=0)
     right.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 def _baseline_cells(row: dict) -> str:

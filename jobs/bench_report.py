@@ -138,3 +138,14 @@ def config_sha256(*paths: Path) -> str:
     keeps the stored runs; a changed value does not."""
     content = [yaml.safe_load(path.read_text()) for path in paths]
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> None:
+    """Lay out `fig`, write it to `path` (creating the folder), close it, and say so."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    print(f"wrote {path}")

@@ -560,7 +560,8 @@ def test_more_samples_than_the_manifest_lists_are_dropped_not_extra_batches(tmp_
     assert ds.stats["corrupt_shards"] == 1  # the count differs from the manifest's
 
 
-def _tar_bytes(entries: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
+def tar_bytes(entries: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
+    """A USTAR tar of `(name, data)` regular files and raw `TarInfo` headers, in order."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for entry in entries:
@@ -582,7 +583,7 @@ def malicious_shard(path: Path) -> None:
     link = tarfile.TarInfo("link.history.npy")
     link.type = tarfile.SYMTYPE
     link.linkname = "/etc/passwd"
-    path.write_bytes(_tar_bytes([*evil[:3], *good, *absolute, link]))
+    path.write_bytes(tar_bytes([*evil[:3], *good, *absolute, link]))
 
 
 def test_path_traversal_members_are_rejected_and_counted(tmp_path: Path) -> None:
@@ -614,7 +615,7 @@ def test_undecodable_sample_is_skipped_and_counted(tmp_path: Path) -> None:
     manifest = write_out_dir(tmp_path, {"train": [1]})
     good = [(f"a.{s}", data) for s, data in encode_sample(make_sample(1))]
     broken = [(f"b.{s}", data) for s, data in encode_sample(make_sample(2)) if s != "history.npy"]
-    (tmp_path / "shards" / "train" / "train-000000.tar").write_bytes(_tar_bytes(good + broken))
+    (tmp_path / "shards" / "train" / "train-000000.tar").write_bytes(tar_bytes(good + broken))
     manifest["splits"]["train"]["shards"][0]["samples"] = 2
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
 

@@ -22,23 +22,9 @@ from features.tar_reader import (
     open_shard,
     tar_members,
 )
-from tests.unit.test_dataset import encode_sample, make_sample, users_of, write_out_dir
+from tests.unit.test_dataset import encode_sample, make_sample, tar_bytes, users_of, write_out_dir
 
 pytestmark = pytest.mark.unit
-
-
-def tar_bytes(entries: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
-    """A USTAR tar of `(name, data)` regular files and raw `TarInfo` headers, in order."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for entry in entries:
-            if isinstance(entry, tarfile.TarInfo):
-                tar.addfile(entry)
-            else:
-                info = tarfile.TarInfo(entry[0])
-                info.size = len(entry[1])
-                tar.addfile(info, io.BytesIO(entry[1]))
-    return buffer.getvalue()
 
 
 def special(name: str, kind: bytes) -> tarfile.TarInfo:
