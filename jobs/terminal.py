@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.spark_session import LOG_LEVEL_ENV, log_level, python_log_level
+from pipeline.log_levels import LOG_LEVEL_ENV, log_level, python_log_level
 
 #: Top-level packages whose loggers are lifeseq's own.
 OWN_PACKAGES = ("pipeline", "features", "models", "trainers", "jobs", "serving", "__main__")
