@@ -33,6 +33,7 @@ from models.blocks.windows import (
     Chunk,
     OnlineSoftmaxPool,
     chunked_topk,
+    whole_window_topk,
 )
 
 
@@ -241,6 +242,9 @@ class TwinSearch(_TopKSearch):
                 b.mean(dim=-1) for b in (bias.behavior, bias.gap, bias.match)
             )
 
+        if inputs.windows.whole and inputs.request_ts is not None:
+            return self._request(inputs, queries, keys, behavior_bias, gap_bias, match_bias)
+
         def score(step: Chunk) -> torch.Tensor:
             with torch.no_grad():
                 bucket = inputs.chunk_gap_bucket_rows(step)  # (1, C) or (n, C)
@@ -250,3 +254,31 @@ class TwinSearch(_TopKSearch):
                 return logits + behavior_bias[step.events] + gap_bias[bucket] + match
 
         return self._top(score, inputs)
+
+    def _request(
+        self,
+        inputs: LifelongInputs,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        behavior_bias: torch.Tensor,
+        gap_bias: torch.Tensor,
+        match_bias: torch.Tensor,
+    ) -> SearchResult:
+        """`forward` of a serving request (every target's window is the whole history, at one
+        request time): the behavior and time-gap terms are summed per event into the matrix
+        product's bias vector, so per pair only the product and the category match remain, and
+        one `whole_window_topk` picks the top K.
+
+        Args:
+            inputs: the request's inputs.
+            queries: (T, H·dh) queries divided by H.
+            keys: (N, H·dh) event keys.
+            behavior_bias: (N,) per event; gap_bias: (G,) per bucket; match_bias: (2,).
+        """
+        with torch.no_grad():
+            event_bias = behavior_bias + gap_bias[inputs.request_gap_bucket()]  # (N,)
+            scores = torch.addmm(event_bias, queries, keys.T)  # (T, N)
+            same = inputs.event_category.unsqueeze(0) == inputs.target_category.unsqueeze(1)
+            scores = scores + torch.where(same, match_bias[1], match_bias[0])
+        index, top = whole_window_topk(scores, self.k)
+        return SearchResult(index, top)

@@ -37,7 +37,7 @@ from torch import nn
 
 from models.blocks.checks import check_positive
 from models.blocks.lifelong_inputs import LifelongInputs, PairFeatures
-from models.blocks.windows import NEG_INF, Chunk, OnlineSoftmaxPool, scan_chunks
+from models.blocks.windows import NEG_INF, Chunk, OnlineSoftmaxPool, gather_rows, scan_chunks
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,60 @@ class MultiHeadTargetAttention(nn.Module):
         weights = torch.softmax(torch.cat([null, logits], dim=1), dim=1)[:, 1:]  # (T, K, H)
         pooled = torch.einsum("tkh,tkhd->thd", weights, self.values(inherent, cross))
         return self.out_proj(pooled.reshape(pooled.shape[0], self.heads * self.head_dim))
+
+    def attend_request(
+        self,
+        query: torch.Tensor,
+        event_keys: torch.Tensor,
+        inputs: LifelongInputs,
+        index: torch.Tensor,
+    ) -> torch.Tensor:
+        """`attend` over each target's selected events of a serving request (every target shares
+        the request time), with the per-pair cross terms taken from small tables.
+
+        The cross features enter both maps linearly, so the bias is `split_bias`'s per-event,
+        per-bucket and per-match terms, and the values split the same way:
+        `W_v [x_i, b_i, g(bucket_i), m(same_ij)] = W_xb [x_i, b_i] + G[bucket_i] + M[same_ij]`
+        with `G` (buckets, H·dh) and `M` (2, H·dh) projected once per request. Only the
+        `[x_i, b_i]` product (T·K rows, 2D + D wide instead of 2D + 3D) and gathers remain per
+        pair, and the time-gap bucket is computed once per event. Equal to `attend` on
+        `pair_features` up to float rounding (tested ≤ 1e-5 through every family's export).
+
+        Args:
+            query: (T, H, dh).
+            event_keys: (N, H, dh) every event's key.
+            inputs: the request's inputs (`request_ts` set).
+            index: (T, K) flat event indices of the selected events; -1 = none.
+
+        Returns:
+            (T, out_dim), as `attend`.
+        """
+        t, k = index.shape
+        valid = index >= 0
+        bias = self.split_bias(inputs)
+        bucket = gather_rows(inputs.request_gap_bucket(), index)  # (T, K)
+        same = gather_rows(inputs.event_category, index) == inputs.target_category.unsqueeze(1)
+        match = same.long()
+        logits = torch.einsum("thd,tkhd->tkh", query, gather_rows(event_keys, index))
+        logits = logits + gather_rows(bias.behavior, index) + bias.gap[bucket] + bias.match[match]
+        logits = (logits * self.logit_scale).masked_fill(~valid.unsqueeze(-1), NEG_INF)
+        null = (self.null_logit * self.logit_scale).expand(t, 1, -1)  # (T, 1, H)
+        weights = torch.softmax(torch.cat([null, logits], dim=1), dim=1)[:, 1:]  # (T, K, H)
+        d = inputs.event_behavior.shape[-1]
+        w_event, w_gap, w_match = self.value_proj.weight.split(
+            [self.value_proj.in_features - 2 * d, d, d], dim=1
+        )
+        event = torch.cat(
+            [gather_rows(inputs.event_inherent, index), gather_rows(inputs.event_behavior, index)],
+            dim=-1,
+        )  # (T, K, 2D + D)
+        values = torch.nn.functional.linear(event, w_event, self.value_proj.bias)
+        gap_values = inputs.gap_embedding.weight @ w_gap.T  # (G, H·dh)
+        match_values = inputs.match_embedding.weight @ w_match.T  # (2, H·dh)
+        values = values + gap_values[bucket] + match_values[match]  # (T, K, H·dh)
+        values = values.view(t, k, self.heads, self.head_dim)
+        pooled = torch.einsum("tkh,tkhd->thd", weights, values)
+        return self.out_proj(pooled.reshape(t, self.heads * self.head_dim))
 
     def attend_windows(
         self,

@@ -84,6 +84,9 @@ class RetrievalUnit(LongTermUnit):
         event_keys = self.event_keys(inputs)  # (N, H, dh)
         found = self.retrieve(inputs, query, event_keys)
         index = found.index  # (T, K)
+        if inputs.request_ts is not None:  # a serving request: one time for every target
+            out = self.attention.attend_request(query, event_keys, inputs, index)
+            return LongTermOutput(out, found.aux_logits, self.aux_weight())
         cross = inputs.pair_features(inputs.all_rows(), index)  # (T, K, ...)
         out = self.attention.attend(
             query, gather_rows(event_keys, index), gather_rows(inputs.event_inherent, index),

@@ -164,6 +164,9 @@ def chunked_topk(
         events) and (T, k) float scores (-inf there), best first. Ties keep an arbitrary one of
         the tied events unless `score_fn` breaks them.
     """
+    if windows.whole and not recent_first:
+        (step,) = scan_chunks(windows, chunk)
+        return whole_window_topk(score_fn(step), k)
     t = windows.num_targets
     device = windows.lo.device
     best_index = torch.full((t, k), -1, dtype=torch.int64, device=device)
@@ -189,6 +192,23 @@ def chunked_topk(
         best_score = torch.full((t, k), NEG_INF, device=device)
     best_index = best_index.masked_fill(torch.isneginf(best_score), -1)
     return best_index, best_score
+
+
+def whole_window_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`chunked_topk` of a request whose every window is the whole history, from its (T, N)
+    scores: one `topk`, the positions being the flat event indices, with no index matrix built
+    and no merge (at N = 10,000 and T = 100 that was an (T, N + k) int64 copy and a gather).
+
+    `k` columns of -inf are appended, so a history shorter than `k` needs no shape-dependent
+    branch (which `torch.export`'s dynamic N would refuse); they come back as index -1.
+
+    Returns:
+        (index, score): (T, k) as `chunked_topk`'s.
+    """
+    t = scores.shape[0]
+    padded = torch.cat([scores, scores.new_full((t, k), NEG_INF)], dim=1)  # (T, N + k)
+    top_score, top_pos = torch.topk(padded, k, dim=1)
+    return top_pos.masked_fill(torch.isneginf(top_score), -1), top_score
 
 
 def recent(windows: TargetWindows, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,6 @@
 """Serving's fast paths give what the plain ones give: DIN's shared-window pooling equals its
-per-pair form, and the integer vocabulary lookup equals the dict lookup."""
+per-pair form, a request's one top-k equals the chunked scan, and the integer vocabulary lookup
+equals the dict lookup."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from models.blocks.target_attention import DinAttention
+from models.blocks.windows import TargetWindows, chunked_topk
 from serving.scorer import NumericIndex, Vocab, canonical_integers
 
 pytestmark = pytest.mark.unit
@@ -30,6 +32,25 @@ def test_din_shared_window_equals_the_per_pair_form(targets: int, events: int) -
     expected = din(query, keys.expand(targets, -1, -1), pair_side, valid.expand(targets, -1))
     got = din.forward_shared(query, keys, side, same, table, valid)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("events", [0, 1, 5, 8, 9, 300])
+def test_a_requests_one_top_k_equals_the_chunked_scan(events: int) -> None:
+    """`windows.whole` (a request) takes `whole_window_topk`: same indices and scores as the
+    chunk-by-chunk merge, with -1 / -inf where the history is shorter than k."""
+    k, targets = 8, 6
+    scores = torch.randn(targets, events, generator=torch.Generator().manual_seed(events))
+    whole = TargetWindows.whole_history(targets, events, torch.device("cpu"))
+    scanned = TargetWindows(whole.lo, whole.hi, events)  # the same windows, chunk by chunk
+
+    def score(step):  # noqa: ANN001, ANN202
+        return scores[step.rows][:, step.events]
+
+    index, top = chunked_topk(score, whole, k, chunk=4)
+    expected_index, expected_top = chunked_topk(score, scanned, k, chunk=4)
+    assert index.shape == (targets, k)
+    assert torch.equal(index, expected_index) and torch.equal(top, expected_top)
+    assert int((index >= 0).sum(dim=1).min()) == min(k, events)
 
 
 @pytest.mark.parametrize(
