@@ -227,9 +227,11 @@ class MultiHeadTargetAttention(nn.Module):
         The cross features enter both maps linearly, so the bias is `split_bias`'s per-event,
         per-bucket and per-match terms, and the values split the same way:
         `W_v [x_i, b_i, g(bucket_i), m(same_ij)] = W_xb [x_i, b_i] + G[bucket_i] + M[same_ij]`
-        with `G` (buckets, H·dh) and `M` (2, H·dh) projected once per request. Only the
-        `[x_i, b_i]` product (T·K rows, 2D + D wide instead of 2D + 3D) and gathers remain per
-        pair, and the time-gap bucket is computed once per event. Equal to `attend` on
+        with `G` (buckets, H·dh) and `M` (2, H·dh) projected once per request and `W_xb [x_i, b_i]`
+        once per event; per pair only gathers and adds remain, and the time-gap bucket is
+        computed once per event. (Per event rather than per selected pair: at 1,000 events and
+        T·K = 6,400 pairs that is 6× fewer rows; at 10,000 events 1.6× more, which measured
+        0.1 ms slower there against 0.2 ms faster at 1,000.) Equal to `attend` on
         `pair_features` up to float rounding (tested ≤ 1e-5 through every family's export).
 
         Args:
@@ -256,11 +258,10 @@ class MultiHeadTargetAttention(nn.Module):
         w_event, w_gap, w_match = self.value_proj.weight.split(
             [self.value_proj.in_features - 2 * d, d, d], dim=1
         )
-        event = torch.cat(
-            [gather_rows(inputs.event_inherent, index), gather_rows(inputs.event_behavior, index)],
-            dim=-1,
-        )  # (T, K, 2D + D)
-        values = torch.nn.functional.linear(event, w_event, self.value_proj.bias)
+        event = torch.cat([inputs.event_inherent, inputs.event_behavior], dim=-1)  # (N, 3D)
+        values = gather_rows(
+            torch.nn.functional.linear(event, w_event, self.value_proj.bias), index
+        )
         gap_values = inputs.gap_embedding.weight @ w_gap.T  # (G, H·dh)
         match_values = inputs.match_embedding.weight @ w_match.T  # (2, H·dh)
         values = values + gap_values[bucket] + match_values[match]  # (T, K, H·dh)
