@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 MANIFEST_FILE = "manifest.json"
 #: Format version of `manifest.json` (2: the model zoo's generic `request` section).
@@ -147,8 +148,9 @@ class ShardedRows:
     def take(self, ids: np.ndarray) -> np.ndarray:
         """(n, width) float32 copy of rows `ids` (int64, in [0, rows))."""
         ids = np.asarray(ids, dtype=np.int64)
-        if len(self.shards) == 1:  # one file (a one-rank table): a single gather
-            return np.asarray(np.take(self.shards[0], ids, axis=0), dtype=np.float32)
+        if len(self.shards) == 1:  # one file (a one-rank table): one gather on torch's threads
+            rows = torch.from_numpy(self.shards[0]).index_select(0, torch.from_numpy(ids))
+            return rows.to(torch.float32).numpy()
         out = np.empty((ids.shape[0], self.width), dtype=np.float32)
         if ids.size == 0:
             return out
