@@ -7,7 +7,8 @@ family's base, `configs/smoke.yaml`), parsed as `lifeseq train` parses it, must
   the most recent 100 events (`planted.far_history_sample`; DIN-100 and the smoke model cannot
   see it by construction, so they are not asked to);
 * export (`lifeseq export`'s code path, from a DCP checkpoint) to a program whose scores equal
-  the eager model's (≤ 1e-5), unknown ids included; an incremental-state model (MIMN) also
+  the eager model's (≤ 1e-5), unknown ids included, both as `torch.export` programs and (slow)
+  as the AOTInductor packages `--compiled` serves; an incremental-state model (MIMN) also
   scores so from a state updated event by event through its exported `update` program.
 
 And every zoo class must be named by at least one config (a model is its file and its config).
@@ -32,6 +33,7 @@ from models.interfaces import CtrModel, LongTermUnit, SequenceEncoder
 from models.sequential import SequenceStep
 from models.zoo import choices
 from pipeline.sample_codec import UserSample
+from serving.compiled import compiler_missing
 from serving.export import export_checkpoint, load_trained_model
 from serving.scorer import (
     CtrRequest,
@@ -304,16 +306,31 @@ def check_sequential_export(scorer: Scorer, model: torch.nn.Module, case: ZooCas
     assert top.ids.tolist() == ids[0].tolist()
 
 
+#: The `torch.export` programs, and (slow: one C++ compile per program, ~10 s each) the
+#: AOTInductor packages `lifeseq export` compiles from them (`Scorer.load(compiled=True)`).
+PROGRAMS = [
+    pytest.param(False, id="exported"),
+    pytest.param(
+        True, id="compiled",
+        marks=[pytest.mark.slow,
+               pytest.mark.skipif(compiler_missing() is not None, reason="no C++ compiler")],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("compiled", PROGRAMS)
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_export_scores_like_the_eager_model(
-    case: ZooCase, builds: dict[str, Path], tmp_path: Path
+    case: ZooCase, compiled: bool, builds: dict[str, Path], tmp_path: Path
 ) -> None:
     root = builds[case.family]
     ckpt = tmp_path / "model.ckpt"
     random_checkpoint(case, root, ckpt)
-    manifest = export_checkpoint(ckpt, tmp_path / "export", str(root), compiled=False)
+    manifest = export_checkpoint(ckpt, tmp_path / "export", str(root), compiled=compiled)
     assert manifest["model"]["family"] == case.family
-    scorer = Scorer.load(tmp_path / "export")
+    if compiled:
+        assert set(manifest["compiled"]["programs"]) == set(manifest["dense"])
+    scorer = Scorer.load(tmp_path / "export", compiled=compiled)
     model, _ = load_trained_model(ckpt, str(root))
     if case.family == "ctr":
         check_ctr_export(scorer, model, tmp_path)

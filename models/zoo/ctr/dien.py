@@ -123,10 +123,15 @@ def recur(
     if torch.compiler.is_exporting():
         from torch._higher_order_ops.scan import scan
 
+        targets = h0.shape[0]  # T, symbolic under export
+
         def body(
             h: torch.Tensor, x_i: tuple[torch.Tensor, ...]
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            new = step(h, *x_i)
+            # The no-op view names T inside the step, so export passes it to the scan as an
+            # input; AOTInductor sizes the stacked states from the scan's inputs and fails
+            # (`KeyError: s…`, torch 2.13) when T is not among them.
+            new = step(h, *x_i).view(targets, -1)
             return new, new.clone()
 
         _, states = scan(body, h0, tuple(x.transpose(0, 1) for x in xs))  # (n, T, H)
