@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"serving {scorer.name} ({scorer.family}) from {args.export} on http://{shown}:{port}",
+    kind = f"{scorer.family}, compiled" if scorer.compiled else scorer.family
+    print(f"serving {scorer.name} ({kind}) from {args.export} on http://{shown}:{port}",
           flush=True)  # fmt: skip
     logger.debug("limits %s, max_body_bytes %d", limits, body_limit)
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -5,7 +5,7 @@ under uvicorn).
     POST /recommend   sequential exports: history → top-k items and scores, OOV counts
     GET  /health      {"status": "ok", "model": ..., "family": ...}
     GET  /metadata    the export manifest's model, versions, format_version and checkpoint,
-                      and the request limits
+                      the request limits, and whether the AOTInductor packages serve (`compiled`)
 
 Request bodies are JSON objects whose fields are those of `CtrRequest` / `NextItemRequest`
 (raw ids as strings or integers, epoch seconds as integers). Every error answers
@@ -251,7 +251,8 @@ def create_app(
     async def metadata(request: Request) -> dict[str, Any]:
         manifest = scorer.manifest
         sections = ("model", "versions", "format_version", "checkpoint")
-        return {**{key: manifest.get(key) for key in sections}, "limits": limits}
+        return {**{key: manifest.get(key) for key in sections}, "limits": limits,
+                "compiled": scorer.compiled}  # fmt: skip
 
     routes = [
         Route("/score", _json_endpoint(score_ctr), methods=["POST"]),

@@ -29,6 +29,7 @@ from starlette.testclient import TestClient
 from jobs import bench_http
 from models.blocks.embeddings import torchrec_available
 from serving.artifacts import read_manifest
+from serving.compiled import compiler_missing
 from serving.export import export_checkpoint
 from serving.scorer import RequestLimits, Scorer
 from serving.server import create_app, default_max_body_bytes
@@ -329,13 +330,30 @@ def _serve(export: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", "serve", str(export), *args]
 
 
+@pytest.fixture(scope="module")
+def compiled_din(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The DIN export again, with its AOTInductor packages (`compiled/`)."""
+    if compiler_missing() is not None:
+        pytest.skip(compiler_missing())
+    target = tmp_path_factory.mktemp("compiled") / "export_din"
+    manifest = read_manifest(exports["din"])
+    export_checkpoint(Path(manifest["checkpoint"]["path"]), target, compiled=True)
+    return target
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_lifeseq_serve_answers_over_http_and_stops(
-    exports: dict[str, Path], scorers: dict[str, Scorer], tmp_path: Path
-) -> None:
+    exports: dict[str, Path], scorers: dict[str, Scorer], tmp_path: Path, compiled: bool,
+    request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
+    """`lifeseq serve` (and `--compiled`, the AOTInductor packages) answers like the in-process
+    `torch.export` scorer, refuses bad JSON, and stops cleanly on SIGTERM."""
     port = _free_port()
     log = tmp_path / "serve.log"
+    export = request.getfixturevalue("compiled_din") if compiled else exports["din"]
+    flags = ["--compiled"] if compiled else []
     with open(log, "w") as out:
-        process = subprocess.Popen(_serve(exports["din"], "--port", str(port)), cwd=REPO_ROOT,
+        process = subprocess.Popen(_serve(export, "--port", str(port), *flags), cwd=REPO_ROOT,
                                    stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -350,13 +368,15 @@ def test_lifeseq_serve_answers_over_http_and_stops(
                                    scorers["din"].score(request).probabilities, atol=SAME)  # fmt: skip
         refused = httpx.post(f"{url}/score", content=b"{", timeout=30)
         assert refused.status_code == 400 and "not valid JSON" in refused.json()["error"]
-        assert httpx.get(f"{url}/metadata", timeout=30).json()["model"]["name"] == "LifelongCtr"
+        metadata = httpx.get(f"{url}/metadata", timeout=30).json()
+        assert metadata["model"]["name"] == "LifelongCtr" and metadata["compiled"] is compiled
     finally:
         process.terminate()
         rc = process.wait(30)
     text = log.read_text()
     assert rc == 0, text
-    assert f"serving LifelongCtr (ctr) from {exports['din']} on {url}\n" in text
+    kind = "ctr, compiled" if compiled else "ctr"
+    assert f"serving LifelongCtr ({kind}) from {export} on {url}\n" in text
     assert "Traceback" not in text and "POST /score" not in text  # access log off by default
 
 
