@@ -188,6 +188,17 @@ def _raw_ids(name: str, value: Any) -> list[str]:
     return [str(raw) for raw in values]
 
 
+def _arrow_strings(values: Sequence[Any]) -> pa.StringArray | None:
+    """`values` as an Arrow string array when every element is a string (Arrow checks the types
+    while it converts, ~25 ns an id), else None (integers, a bad element: `_raw_ids` then names
+    it). Bytes are read as UTF-8."""
+    try:
+        strings = pa.array(values, type=pa.string())
+    except pa.ArrowException:  # a non-string element: the checked path names it
+        return None
+    return None if strings.null_count else strings
+
+
 def _timestamps(name: str, value: Any, request_ts: Any) -> tuple[np.ndarray, int]:
     values = _sequence(name, value)
     integers = set(map(type, values)) <= {int} or (
@@ -234,8 +245,11 @@ class Vocab:
     numeric ids), lookups take a vectorized path (`NumericIndex`): Arrow parses the request's
     ids and numpy finds them. A request of 10,000 ids then costs well under 1 ms even when the
     vocabulary is out of the CPU cache (as right after a request's program ran), against ~5 ms
-    of hash probes into a 100,000-entry dict. Ids that are not canonical integers (`"007"`,
-    `"i17"`) take the dict, so both paths give the same ids.
+    of hash probes into a 100,000-entry dict. A small vocabulary of other ids (behavior types
+    such as `"click"`) is searched by Arrow (`pyarrow.compute.index_in`, which hashes the
+    vocabulary each call: cheap for at most `SMALL_VOCAB` ids). Ids that are not canonical
+    integers in a numeric vocabulary (`"007"`), and those of a large vocabulary of other ids,
+    take the dict; every path gives the same ids.
     """
 
     def __init__(self, path: Path) -> None:
@@ -249,16 +263,48 @@ class Vocab:
             self.category[np.asarray(ids, dtype=np.int64)] = table["category_id"].to_numpy()
         numbers = canonical_integers(raw_ids)
         self.numeric = None if numbers is None else NumericIndex(numbers, np.asarray(ids))
+        self.small: tuple[pa.StringArray, np.ndarray] | None = None
+        if self.numeric is None and len(raw_ids) <= SMALL_VOCAB:
+            self.small = (pa.array(raw_ids, type=pa.string()), np.asarray(ids, dtype=np.int64))
 
-    def lookup(self, raw: list[str]) -> tuple[np.ndarray, int]:
+    def lookup(self, raw: Sequence[str] | pa.StringArray) -> tuple[np.ndarray, int]:
         """(n,) int64 ids of `raw` ids (OOV → 1) and how many were unknown."""
-        numbers = canonical_integers(raw) if self.numeric is not None else None
-        if numbers is not None and self.numeric is not None:
-            ids = self.numeric.find(numbers)
-        else:
+        ids = None
+        if self.numeric is not None or self.small is not None:
+            strings = raw if isinstance(raw, pa.Array) else pa.array(raw, type=pa.string())
+            ids = self._vectorized(strings)
+        if ids is None:
+            raw = raw.to_pylist() if isinstance(raw, pa.Array) else raw
             found = map(self.ids.get, raw, itertools.repeat(OOV_ID))
             ids = np.fromiter(found, dtype=np.int64, count=len(raw))
         return ids, int((ids == OOV_ID).sum())
+
+    def lookup_field(self, name: str, value: Any) -> tuple[np.ndarray, int]:
+        """`lookup` of a request field's raw ids (strings, or integers standing for their
+        decimal strings), checked on the way.
+
+        Raises:
+            RequestError: not a list, or an element neither a string nor an integer (named).
+        """
+        values = _sequence(name, value)
+        if self.numeric is not None or self.small is not None:
+            strings = _arrow_strings(values)
+            ids = self._vectorized(strings) if strings is not None else None
+            if ids is not None:
+                return ids, int((ids == OOV_ID).sum())
+        return self.lookup(_raw_ids(name, values))
+
+    def _vectorized(self, strings: pa.StringArray) -> np.ndarray | None:
+        """The ids of `strings` by `NumericIndex` or the small vocabulary's Arrow search, or
+        None where neither applies (the dict's turn)."""
+        if self.numeric is not None:
+            numbers = canonical_integers(strings)
+            return None if numbers is None else self.numeric.find(numbers)
+        if self.small is not None:
+            vocab_raw, vocab_ids = self.small
+            at = pc.fill_null(pc.index_in(strings, value_set=vocab_raw), -1).to_numpy()
+            return np.where(at >= 0, vocab_ids[np.maximum(at, 0)], OOV_ID)
+        return None
 
     def categories(self, item_ids: np.ndarray) -> np.ndarray:
         """(n,) category ids of item ids (OOV item → OOV category)."""
@@ -267,6 +313,8 @@ class Vocab:
         return np.where(inside, self.category[np.where(inside, item_ids, 0)], OOV_ID)
 
 
+#: A vocabulary of non-integer raw ids up to this size is searched by Arrow (`Vocab`).
+SMALL_VOCAB = 4096
 #: 10, 100, ..., 10^18: the decimal digits of n >= 0 are 1 + how many of them are <= n.
 _POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)
 #: A `NumericIndex` keeps a dense table (one slot per raw value up to the largest) when it has
@@ -275,10 +323,10 @@ DENSE_SLOTS_PER_ID = 64
 DENSE_SLACK = 1 << 20
 
 
-def canonical_integers(raw: Sequence[str]) -> np.ndarray | None:
+def canonical_integers(raw: Sequence[str] | pa.StringArray) -> np.ndarray | None:
     """`raw` as int64 when every id is a canonical decimal integer (what `str(int)` writes),
     else None."""
-    strings = pa.array(raw, type=pa.string())
+    strings = raw if isinstance(raw, pa.Array) else pa.array(raw, type=pa.string())
     try:
         numbers = pc.cast(strings, pa.int64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -482,19 +530,20 @@ class Scorer:
             raise RequestError(f"expected a CtrRequest, got {type(request).__name__}")
         self.limits.check("history_items", request.history_items, "max_history_events")
         self.limits.check("candidates", request.candidates, "max_candidates")
-        items = _raw_ids("history_items", request.history_items)
-        behaviors = _raw_ids("history_behaviors", request.history_behaviors)
-        ts, request_ts = _timestamps("history_ts", request.history_ts, request.request_ts)
-        _same_length(history_items=items, history_behaviors=behaviors, history_ts=ts)
-        candidates = _raw_ids("candidates", request.candidates)
-        if len(candidates) == 0:
-            raise RequestError("candidates: empty; send at least one item to score")
-        keep = slice(max(len(items) - self.max_history, 0), None)
-        items, behaviors, ts = items[keep], behaviors[keep], ts[keep]
         item_vocab = self.vocab["item"]
-        event_item, oov_items = item_vocab.lookup(items)
-        event_behavior, oov_behaviors = self.vocab["behavior"].lookup(behaviors)
-        target_item, oov_candidates = item_vocab.lookup(candidates)
+        event_item, _ = item_vocab.lookup_field("history_items", request.history_items)
+        event_behavior, _ = self.vocab["behavior"].lookup_field(
+            "history_behaviors", request.history_behaviors
+        )
+        ts, request_ts = _timestamps("history_ts", request.history_ts, request.request_ts)
+        _same_length(history_items=event_item, history_behaviors=event_behavior, history_ts=ts)
+        target_item, oov_candidates = item_vocab.lookup_field("candidates", request.candidates)
+        if len(target_item) == 0:
+            raise RequestError("candidates: empty; send at least one item to score")
+        keep = slice(max(len(ts) - self.max_history, 0), None)
+        event_item, event_behavior, ts = event_item[keep], event_behavior[keep], ts[keep]
+        oov_items = int((event_item == OOV_ID).sum())
+        oov_behaviors = int((event_behavior == OOV_ID).sum())
         ids = {
             "event_item": event_item,
             "event_category": item_vocab.categories(event_item),
@@ -576,11 +625,9 @@ class Scorer:
         """
         program, specs = self._state_program("update")
         self._check_state(state)
-        (item,) = _raw_ids("item", [item])
-        (behavior,) = _raw_ids("behavior", [behavior])
+        event_item, _ = self.vocab["item"].lookup_field("item", [item])
+        event_behavior, _ = self.vocab["behavior"].lookup_field("behavior", [behavior])
         event_ts, _ = _timestamps("ts", [ts], ts)
-        event_item, _ = self.vocab["item"].lookup([item])
-        event_behavior, _ = self.vocab["behavior"].lookup([behavior])
         ids = {
             "event_item": event_item,
             "event_category": self.vocab["item"].categories(event_item),
@@ -604,11 +651,10 @@ class Scorer:
         program, specs = self._state_program("score_state")
         self._check_state(state)
         self.limits.check("candidates", candidates, "max_candidates")
-        raw = _raw_ids("candidates", candidates)
-        if not raw:
+        target_item, oov = self.vocab["item"].lookup_field("candidates", candidates)
+        if len(target_item) == 0:
             raise RequestError("candidates: empty; send at least one item to score")
         _, request_ts = _timestamps("history_ts", [], request_ts)
-        target_item, oov = self.vocab["item"].lookup(raw)
         ids = {
             "target_item": target_item,
             "target_category": self.vocab["item"].categories(target_item),
@@ -629,12 +675,11 @@ class Scorer:
         if not isinstance(request, NextItemRequest):
             raise RequestError(f"expected a NextItemRequest, got {type(request).__name__}")
         self.limits.check("history_items", request.history_items, "max_history_events")
-        items = _raw_ids("history_items", request.history_items)
+        item_ids, oov = self.vocab["item"].lookup_field("history_items", request.history_items)
         ts, request_ts = _timestamps("history_ts", request.history_ts, request.request_ts)
-        _same_length(history_items=items, history_ts=ts)
-        if len(items) == 0:
+        _same_length(history_items=item_ids, history_ts=ts)
+        if len(item_ids) == 0:
             raise RequestError("history_items: empty; a next-item request needs a history")
-        item_ids, oov = self.vocab["item"].lookup(items)
         seq_ids, seq_ts = item_ids[-self.max_len :], ts[-self.max_len :]
         ids = {
             "sequence_item": seq_ids,

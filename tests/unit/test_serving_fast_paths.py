@@ -15,7 +15,7 @@ import torch
 
 from models.blocks.target_attention import DinAttention
 from models.blocks.windows import TargetWindows, chunked_topk
-from serving.scorer import NumericIndex, Vocab, canonical_integers
+from serving.scorer import SMALL_VOCAB, NumericIndex, RequestError, Vocab, canonical_integers
 
 pytestmark = pytest.mark.unit
 
@@ -79,12 +79,14 @@ def _vocab(tmp_path: Path, raw_ids: list[str]) -> Vocab:
     [
         [str(i) for i in range(0, 3000, 3)],  # compact: a dense table
         [str(i * 10**12) for i in range(-50, 50)],  # negative and sparse: binary search
-        ["a", "7", "b"],  # not all integers: the dict only
+        ["a", "7", "b"],  # not all integers, a small vocabulary: Arrow's index_in
+        [f"i{i}" for i in range(SMALL_VOCAB + 1)],  # too many for index_in: the dict
     ],
 )
 def test_integer_lookup_equals_the_dict_lookup(tmp_path: Path, raw_ids: list[str]) -> None:
     vocab = _vocab(tmp_path, raw_ids)
     assert (vocab.numeric is None) == (not all(r.lstrip("-").isdigit() for r in raw_ids))
+    assert (vocab.small is not None) == (vocab.numeric is None and len(raw_ids) <= SMALL_VOCAB)
     rng = np.random.default_rng(0)
     requests = [
         list(rng.choice(raw_ids, 500)),  # all known
@@ -93,10 +95,33 @@ def test_integer_lookup_equals_the_dict_lookup(tmp_path: Path, raw_ids: list[str
         [],
     ]
     for request in requests:
-        ids, oov = vocab.lookup(request)
         expected = np.fromiter(map(vocab.ids.get, request, itertools.repeat(1)), np.int64)
-        np.testing.assert_array_equal(ids, expected)
-        assert oov == int((expected == 1).sum())
+        for ids, oov in (vocab.lookup(request), vocab.lookup_field("f", request)):
+            np.testing.assert_array_equal(ids, expected)
+            assert oov == int((expected == 1).sum())
+
+
+@pytest.mark.parametrize(
+    "raw_ids",
+    [["3", "7", "11"], ["a", "7", "b"], ["a", "7", *(f"i{i}" for i in range(SMALL_VOCAB))]],
+)
+def test_a_fields_integer_ids_stand_for_their_decimal_strings(tmp_path, raw_ids) -> None:
+    """Numeric, small and large vocabularies: `7`, `"7"` and `np.int64(7)` are one id."""
+    vocab = _vocab(tmp_path, raw_ids)
+    ids, oov = vocab.lookup_field("history_items", [7, "7", np.int64(7), 8, "a"])
+    assert ids.tolist() == [vocab.ids["7"]] * 3 + [1, vocab.ids.get("a", 1)]
+    assert oov == 1 + ("a" not in vocab.ids)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("7", "expected a list, got str"), (["7", None], r"\[1\]: expected a string or integer"),
+     (["7", 1.5], r"\[1\]: expected a string or integer"), ([True], r"\[0\]: expected")],
+)  # fmt: skip
+def test_a_fields_bad_ids_are_named_on_every_path(tmp_path, value, message) -> None:
+    for raw_ids in (["3", "7"], ["a", "7"], [f"i{i}" for i in range(SMALL_VOCAB + 1)]):
+        with pytest.raises(RequestError, match=message):
+            _vocab(tmp_path, raw_ids).lookup_field("history_items", value)
 
 
 def test_numeric_index_refuses_nothing_and_finds_nothing_in_an_empty_vocab() -> None:
