@@ -189,14 +189,16 @@ def _raw_ids(name: str, value: Any) -> list[str]:
 
 
 def _arrow_strings(values: Sequence[Any]) -> pa.StringArray | None:
-    """`values` as an Arrow string array when every element is a string (Arrow checks the types
-    while it converts, ~25 ns an id), else None (integers, a bad element: `_raw_ids` then names
-    it). Bytes are read as UTF-8."""
+    """`values` as an Arrow string array when every element is a `str` (Arrow infers the type
+    while it converts, ~25 ns an id), else None: integers, or a bad element (bytes, None, a
+    float...), which `_raw_ids` then converts or names."""
+    if len(values) == 0:
+        return pa.array([], type=pa.string())
     try:
-        strings = pa.array(values, type=pa.string())
-    except pa.ArrowException:  # a non-string element: the checked path names it
+        strings = pa.array(values)
+    except pa.ArrowException:  # mixed types
         return None
-    return None if strings.null_count else strings
+    return strings if strings.type == pa.string() and not strings.null_count else None
 
 
 def _timestamps(name: str, value: Any, request_ts: Any) -> tuple[np.ndarray, int]:

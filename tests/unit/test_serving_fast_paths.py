@@ -116,7 +116,8 @@ def test_a_fields_integer_ids_stand_for_their_decimal_strings(tmp_path, raw_ids)
 @pytest.mark.parametrize(
     ("value", "message"),
     [("7", "expected a list, got str"), (["7", None], r"\[1\]: expected a string or integer"),
-     (["7", 1.5], r"\[1\]: expected a string or integer"), ([True], r"\[0\]: expected")],
+     (["7", 1.5], r"\[1\]: expected a string or integer"), ([True], r"\[0\]: expected"),
+     (["7", b"7"], r"\[1\]: expected a string or integer id, got b'7'")],
 )  # fmt: skip
 def test_a_fields_bad_ids_are_named_on_every_path(tmp_path, value, message) -> None:
     for raw_ids in (["3", "7"], ["a", "7"], [f"i{i}" for i in range(SMALL_VOCAB + 1)]):
