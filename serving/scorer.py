@@ -196,7 +196,7 @@ def _arrow_strings(values: Sequence[Any]) -> pa.StringArray | None:
         return pa.array([], type=pa.string())
     try:
         strings = pa.array(values)
-    except pa.ArrowException:  # mixed types
+    except (pa.ArrowException, OverflowError):  # mixed types; an integer beyond int64
         return None
     return strings if strings.type == pa.string() and not strings.null_count else None
 

@@ -108,9 +108,9 @@ def test_integer_lookup_equals_the_dict_lookup(tmp_path: Path, raw_ids: list[str
 def test_a_fields_integer_ids_stand_for_their_decimal_strings(tmp_path, raw_ids) -> None:
     """Numeric, small and large vocabularies: `7`, `"7"` and `np.int64(7)` are one id."""
     vocab = _vocab(tmp_path, raw_ids)
-    ids, oov = vocab.lookup_field("history_items", [7, "7", np.int64(7), 8, "a"])
-    assert ids.tolist() == [vocab.ids["7"]] * 3 + [1, vocab.ids.get("a", 1)]
-    assert oov == 1 + ("a" not in vocab.ids)
+    ids, oov = vocab.lookup_field("history_items", [7, "7", np.int64(7), 8, "a", 10**30])
+    assert ids.tolist() == [vocab.ids["7"]] * 3 + [1, vocab.ids.get("a", 1), 1]
+    assert oov == 2 + ("a" not in vocab.ids)
 
 
 @pytest.mark.parametrize(
