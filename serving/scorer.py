@@ -272,7 +272,7 @@ class Vocab:
     def lookup(self, raw: Sequence[str] | pa.StringArray) -> tuple[np.ndarray, int]:
         """(n,) int64 ids of `raw` ids (OOV → 1) and how many were unknown."""
         ids = None
-        if self.numeric is not None or self.small is not None:
+        if self._vectorizes:
             strings = raw if isinstance(raw, pa.Array) else pa.array(raw, type=pa.string())
             ids = self._vectorized(strings)
         if ids is None:
@@ -289,12 +289,13 @@ class Vocab:
             RequestError: not a list, or an element neither a string nor an integer (named).
         """
         values = _sequence(name, value)
-        if self.numeric is not None or self.small is not None:
-            strings = _arrow_strings(values)
-            ids = self._vectorized(strings) if strings is not None else None
-            if ids is not None:
-                return ids, int((ids == OOV_ID).sum())
-        return self.lookup(_raw_ids(name, values))
+        strings = _arrow_strings(values) if self._vectorizes else None
+        return self.lookup(strings if strings is not None else _raw_ids(name, values))
+
+    @property
+    def _vectorizes(self) -> bool:
+        """Whether lookups try `_vectorized` (a numeric or a small vocabulary)."""
+        return self.numeric is not None or self.small is not None
 
     def _vectorized(self, strings: pa.StringArray) -> np.ndarray | None:
         """The ids of `strings` by `NumericIndex` or the small vocabulary's Arrow search, or
