@@ -106,9 +106,11 @@ class LifelongInputs:
         gap = self.target_ts[step.rows].unsqueeze(1) - events_ts
         return bucketize_time_gap(gap, buckets)
 
+    @functools.cached_property
     def request_gap_bucket(self) -> torch.Tensor:
         """(N,) time-gap bucket of every event to the request time of a serving request (whose
-        targets share `request_ts`), so per-bucket terms are looked up once per event."""
+        targets share `request_ts`), so per-bucket terms are looked up once per event; computed
+        once per request (the GSU and the ESU both read it)."""
         assert self.request_ts is not None, "request_gap_bucket: not a serving request"
         gap = self.request_ts - self.event_ts
         return bucketize_time_gap(gap, self.gap_embedding.num_embeddings)

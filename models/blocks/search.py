@@ -276,7 +276,7 @@ class TwinSearch(_TopKSearch):
             behavior_bias: (N,) per event; gap_bias: (G,) per bucket; match_bias: (2,).
         """
         with torch.no_grad():
-            event_bias = behavior_bias + gap_bias[inputs.request_gap_bucket()]  # (N,)
+            event_bias = behavior_bias + gap_bias[inputs.request_gap_bucket]  # (N,)
             scores = torch.addmm(event_bias, queries, keys.T)  # (T, N)
             same = inputs.event_category.unsqueeze(0) == inputs.target_category.unsqueeze(1)
             scores = scores + torch.where(same, match_bias[1], match_bias[0])

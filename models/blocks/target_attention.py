@@ -207,11 +207,17 @@ class MultiHeadTargetAttention(nn.Module):
         Returns:
             (T, out_dim).
         """
-        logits = self.logits(query, keys, cross) * self.logit_scale
-        logits = logits.masked_fill(~valid.unsqueeze(-1), NEG_INF)
+        return self._pool(self.logits(query, keys, cross), valid, self.values(inherent, cross))
+
+    def _pool(
+        self, logits: torch.Tensor, valid: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
+        """(T, out_dim): the softmax (with the null slot) of (T, K, H) `logits` over the valid
+        (T, K) slots, pooling the (T, K, H, dh) `values`, through `out_proj`."""
+        logits = (logits * self.logit_scale).masked_fill(~valid.unsqueeze(-1), NEG_INF)
         null = (self.null_logit * self.logit_scale).expand(logits.shape[0], 1, -1)  # (T, 1, H)
         weights = torch.softmax(torch.cat([null, logits], dim=1), dim=1)[:, 1:]  # (T, K, H)
-        pooled = torch.einsum("tkh,tkhd->thd", weights, self.values(inherent, cross))
+        pooled = torch.einsum("tkh,tkhd->thd", weights, values)
         return self.out_proj(pooled.reshape(pooled.shape[0], self.heads * self.head_dim))
 
     def attend_request(
@@ -243,16 +249,12 @@ class MultiHeadTargetAttention(nn.Module):
             (T, out_dim), as `attend`.
         """
         t, k = index.shape
-        valid = index >= 0
         bias = self.split_bias(inputs)
-        bucket = gather_rows(inputs.request_gap_bucket(), index)  # (T, K)
+        bucket = gather_rows(inputs.request_gap_bucket, index)  # (T, K)
         same = gather_rows(inputs.event_category, index) == inputs.target_category.unsqueeze(1)
         match = same.long()
         logits = torch.einsum("thd,tkhd->tkh", query, gather_rows(event_keys, index))
         logits = logits + gather_rows(bias.behavior, index) + bias.gap[bucket] + bias.match[match]
-        logits = (logits * self.logit_scale).masked_fill(~valid.unsqueeze(-1), NEG_INF)
-        null = (self.null_logit * self.logit_scale).expand(t, 1, -1)  # (T, 1, H)
-        weights = torch.softmax(torch.cat([null, logits], dim=1), dim=1)[:, 1:]  # (T, K, H)
         d = inputs.event_behavior.shape[-1]
         w_event, w_gap, w_match = self.value_proj.weight.split(
             [self.value_proj.in_features - 2 * d, d, d], dim=1
@@ -262,9 +264,7 @@ class MultiHeadTargetAttention(nn.Module):
         gap_values = inputs.gap_embedding.weight @ w_gap.T  # (G, H·dh)
         match_values = inputs.match_embedding.weight @ w_match.T  # (2, H·dh)
         values = values + gap_values[bucket] + match_values[match]  # (T, K, H·dh)
-        values = values.view(t, k, self.heads, self.head_dim)
-        pooled = torch.einsum("tkh,tkhd->thd", weights, values)
-        return self.out_proj(pooled.reshape(t, self.heads * self.head_dim))
+        return self._pool(logits, index >= 0, values.view(t, k, self.heads, self.head_dim))
 
     def attend_windows(
         self,
