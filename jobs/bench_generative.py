@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -50,6 +48,7 @@ from features.batch import GenerativeBatch, collate_generative
 from features.schema import FeatureConfig, FeatureSchema
 from jobs.bench_report import (
     git_commit,
+    machine_info,
     newest_csv,
     read_metrics_csv,
     run_logged,
@@ -354,19 +353,6 @@ def markdown(payload: dict[str, Any]) -> str:
                         f"{t['tokens_per_s']:,.0f} |"
                     )
     return "\n".join(lines)
-
-
-def machine_info() -> dict[str, Any]:
-    """Device, CPUs, torch threads, platform, Python and torch versions of this process."""
-    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {
-        "device": device,
-        "cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,6 @@ import dataclasses
 import itertools
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -38,9 +37,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-import torch
 
-from jobs.bench_report import REPO_ROOT, git_commit, save_figure, tail, write_json
+from jobs.bench_report import REPO_ROOT, git_commit, machine_info, save_figure, tail, write_json
 from jobs.bench_serving import ctr_requests, next_item_requests, percentiles
 from serving.scorer import CtrScores, Recommendations, RequestLimits, Scorer
 
@@ -247,9 +245,7 @@ def run(
         "settings": {"requests": requests, "concurrency": list(concurrency), "distinct": distinct,
                      "warmup": warmup, "timeout_s": timeout_s, "host": HOST,
                      "scoring_threads": scoring_threads, "compiled": compiled},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "load_avg_1m_before": load_avg},
+        "machine": {**machine_info(), "load_avg_1m_before": load_avg},
         "commit": git_commit(),
     }  # fmt: skip
 

@@ -30,8 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from jobs.bench_generative import machine_info
-from jobs.bench_report import git_commit, save_figure, write_json
+from jobs.bench_report import git_commit, machine_info, save_figure, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("baseline", "eager", "compiled")

@@ -149,3 +149,21 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> None:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     print(f"wrote {path}")
+
+
+def machine_info() -> dict[str, Any]:
+    """Device, CPUs, torch threads, platform, Python and torch versions of this process (torch
+    is imported here, so the Spark benchmarks that use this module stay torch-free)."""
+    import platform
+
+    import torch
+
+    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {
+        "device": device,
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }

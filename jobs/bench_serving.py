@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.bench_report import git_commit, write_json
+from jobs.bench_report import git_commit, machine_info, write_json
 from serving.scorer import CtrRequest, NextItemRequest, Scorer
 
 HISTORIES = (1000, 10_000)
@@ -190,12 +189,7 @@ def run(
     return {
         "results": results,
         "settings": {"requests": requests, "warmup": warmup, "threads": torch.get_num_threads()},
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_avg_1m_before": load,
-            "torch": torch.__version__,
-        },  # fmt: skip
+        "machine": {**machine_info(), "load_avg_1m_before": load},
         "commit": git_commit(),
     }
 

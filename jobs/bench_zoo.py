@@ -62,13 +62,13 @@ from jobs.bench_generative import (
     best_checkpoint,
     build_dataset,
     dataset_summary,
-    machine_info,
     read_test_metrics,
     train_commands,
 )
 from jobs.bench_report import (
     config_sha256,
     git_commit,
+    machine_info,
     newest_csv,
     read_metrics_csv,
     run_logged,
