@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
+from pipeline.log_levels import LOG_LEVEL_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,8 +65,10 @@ def write_text(path: Path, lines: Sequence[str]) -> Path:
 def _logging_as_before() -> Iterator[None]:
     """Undo what a job's `main()` run in-process (`jobs.terminal.configure_logging`) does to
     the process: root handlers and level, every logger's level and propagation,
-    `warnings.showwarning`. Without this, one test's job would silence another test's
-    library logs."""
+    `warnings.showwarning`, and `LIFESEQ_LOG_LEVEL` (`--verbose` sets it, for subprocesses).
+    Without this, one test's job would silence another test's library logs, or turn on
+    `lifeseq serve`'s access log in a later test."""
+    env = os.environ.get(LOG_LEVEL_ENV)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     loggers = {
@@ -84,3 +89,7 @@ def _logging_as_before() -> Iterator[None]:
             logger.propagate = propagate
             logger.handlers[:] = logger_handlers
     warnings.showwarning = show
+    if env is None:
+        os.environ.pop(LOG_LEVEL_ENV, None)
+    else:
+        os.environ[LOG_LEVEL_ENV] = env
