@@ -58,7 +58,6 @@ BYTES_PER_VALUE = 64
 HISTORY_FIELDS = 3
 #: Room in the default body limit for field names, scalars and whitespace.
 BODY_MARGIN = 1 << 16
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 ENDPOINTS = "GET /health, GET /metadata, POST /score (CTR), POST /recommend (sequential)"
 #: What each request field must be in JSON: a list, an integer, a boolean or an id.
 FIELD_KINDS = {
@@ -131,24 +130,13 @@ def _check_kind(name: str, value: Any) -> None:
         raise ApiError(422, f"{name}: expected {_KIND_TEXT[kind]}, got {_json_type(value)}")
 
 
-def _check_int64(name: str, values: list[Any]) -> None:
-    """Refuse integers outside int64 (the scorer's arrays); other element types are left to the
-    scorer's element checks, which name the position."""
-    if (
-        values
-        and set(map(type, values)) == {int}
-        and (min(values) < INT64_MIN or max(values) > INT64_MAX)
-    ):
-        raise ApiError(422, f"{name}: a value outside the int64 range; send epoch seconds")
-
-
 def build_request(
     cls: type[CtrRequest] | type[NextItemRequest], body: dict[str, Any], limits: RequestLimits
 ) -> CtrRequest | NextItemRequest:
     """The scorer request of class `cls` from a parsed JSON object.
 
-    Field names, presence and JSON types are checked here; element types, lengths and order by
-    the scorer. The size limits are checked first, so an oversized request costs nothing more.
+    Field names, presence and JSON types are checked here; element types and ranges, lengths
+    and order by the scorer (its `RequestError`s answer 422 too). The size limits are checked first, so an oversized request costs nothing more.
 
     Raises:
         ApiError: 422 naming an unknown, missing or mistyped field, or the limit a field exceeds.
@@ -173,9 +161,6 @@ def build_request(
             limits.check("candidates", body["candidates"], "max_candidates")
     except RequestError as err:
         raise ApiError(422, str(err)) from err
-    _check_int64("history_ts", body["history_ts"])
-    if not INT64_MIN <= body["request_ts"] <= INT64_MAX:
-        raise ApiError(422, "request_ts: outside the int64 range; send epoch seconds")
     return cls(**body)
 
 
