@@ -214,10 +214,11 @@ class MultiHeadTargetAttention(nn.Module):
     ) -> torch.Tensor:
         """(T, out_dim): the softmax (with the null slot) of (T, K, H) `logits` over the valid
         (T, K) slots, pooling the (T, K, H, dh) `values`, through `out_proj`."""
-        logits = (logits * self.logit_scale).masked_fill(~valid.unsqueeze(-1), NEG_INF)
-        null = (self.null_logit * self.logit_scale).expand(logits.shape[0], 1, -1)  # (T, 1, H)
-        weights = torch.softmax(torch.cat([null, logits], dim=1), dim=1)[:, 1:]  # (T, K, H)
-        pooled = torch.einsum("tkh,tkhd->thd", weights, values)
+        logits = (logits * self.logit_scale).transpose(1, 2)  # (T, H, K)
+        logits = logits.masked_fill(~valid.unsqueeze(1), NEG_INF)
+        null = (self.null_logit * self.logit_scale).view(1, -1, 1).expand(logits.shape[0], -1, 1)
+        weights = torch.softmax(torch.cat([null, logits], dim=2), dim=2)[:, :, 1:]  # (T, H, K)
+        pooled = torch.einsum("thk,tkhd->thd", weights, values)
         return self.out_proj(pooled.reshape(pooled.shape[0], self.heads * self.head_dim))
 
     def attend_request(
