@@ -12,6 +12,11 @@ machine slows all of them alike. Requests are the same for every variant (`bench
 seeds them by cell, from the export's vocabularies: exports of one build). A cell's figure is
 the median over rounds of each round's p50 / p99 (of `--requests` timed requests).
 
+Every variant's request corpus is frozen out of the garbage collector once built
+(`bench_serving.freeze_corpus`), the baseline's too: its checkout may predate that, so the
+subprocess runs `bench_serving` through `FROZEN_CORPUS`, which freezes whatever its
+`ctr_requests` built.
+
     variant    code                  export             program
     baseline   --baseline-repo       --baseline-export  torch.export (`dense/*.pt2`)
     eager      this checkout         --export           torch.export (`dense/*.pt2`)
@@ -33,6 +38,22 @@ from typing import Any
 from jobs.bench_report import git_commit, machine_info, save_figure, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: `python -c` program running a checkout's `jobs.bench_serving.main` (arguments after `-c`)
+#: with the requests its `ctr_requests` builds collected and frozen (`gc.freeze`), as this
+#: checkout's `bench_serving.freeze_corpus` does, so every variant is timed alike.
+FROZEN_CORPUS = """
+import gc, sys
+import jobs.bench_serving as bench
+build = bench.ctr_requests
+def ctr_requests(*args, **kwargs):
+    requests = build(*args, **kwargs)
+    gc.collect()
+    gc.freeze()
+    return requests
+bench.ctr_requests = ctr_requests
+sys.exit(bench.main(sys.argv[1:]))
+"""
 VARIANTS = ("baseline", "eager", "compiled")
 
 
@@ -46,7 +67,7 @@ def run_cell(
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "cell.json"
-        command = [sys.executable, "-m", "jobs.bench_serving", "--export", str(export),
+        command = [sys.executable, "-c", FROZEN_CORPUS, "--export", str(export),
                    "--histories", str(history), "--candidates", str(candidates),
                    "--requests", str(requests), "--out", str(out)]  # fmt: skip
         if compiled:

@@ -1,0 +1,64 @@
+"""The serving benchmarks keep their own request corpus out of Python's garbage collector
+(`jobs.bench_serving.freeze_corpus`), and the side-by-side run (`jobs.bench_latency`) does it for
+a checkout whose `bench_serving` predates that (`FROZEN_CORPUS`)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs import bench_latency, bench_serving
+
+pytestmark = pytest.mark.unit
+
+# A checkout's `jobs.bench_serving` from before `freeze_corpus`: `main` builds the requests with
+# `ctr_requests` (looked up as a module global, as `ctr_cell` does) and reports what it saw.
+OLD_BENCH_SERVING = """
+import gc, json
+
+def ctr_requests(scorer, history, candidates, count, seed):
+    return [[str(i)] * history for i in range(count)]
+
+def main(argv):
+    before = gc.get_freeze_count()
+    requests = ctr_requests(None, 1000, 3, 20, seed=1)
+    print(json.dumps({"argv": argv, "before": before, "after": gc.get_freeze_count(),
+                      "requests": len(requests)}))
+    return 3
+"""
+
+
+def test_freeze_corpus_moves_the_requests_out_of_the_collector() -> None:
+    requests = [[str(i)] * 100 for i in range(50)]
+    try:
+        assert bench_serving.freeze_corpus(requests) is requests
+        assert gc.get_freeze_count() > 0
+        tracked = {id(obj) for obj in gc.get_objects()}
+        assert not any(id(request) in tracked for request in requests)
+    finally:
+        gc.unfreeze()
+    assert any(obj is requests[0] for obj in gc.get_objects())
+
+
+def test_frozen_corpus_runs_an_older_checkouts_benchmark_with_its_requests_frozen(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "__init__.py").write_text("")
+    (tmp_path / "jobs" / "bench_serving.py").write_text(OLD_BENCH_SERVING)
+    done = subprocess.run(
+        [sys.executable, "-c", bench_latency.FROZEN_CORPUS, "--export", "E", "--requests", "2"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr  # main's return value is the exit status
+    seen = json.loads(done.stdout)
+    assert seen["argv"] == ["--export", "E", "--requests", "2"]
+    assert seen["requests"] == 20
+    assert seen["before"] == 0 < seen["after"]
