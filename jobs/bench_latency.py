@@ -13,7 +13,7 @@ seeds them by cell, from the export's vocabularies: exports of one build). A cel
 the median over rounds of each round's p50 / p99 (of `--requests` timed requests).
 
 Every variant's request corpus is frozen out of the garbage collector once built
-(`bench_serving.freeze_corpus`), the baseline's too: its checkout may predate that, so the
+(`bench_serving.frozen_corpus`), the baseline's too: its checkout may predate that, so the
 subprocess runs `bench_serving` through `FROZEN_CORPUS`, which freezes whatever its
 `ctr_requests` built.
 
@@ -41,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: `python -c` program running a checkout's `jobs.bench_serving.main` (arguments after `-c`)
 #: with the requests its `ctr_requests` builds collected and frozen (`gc.freeze`), as this
-#: checkout's `bench_serving.freeze_corpus` does, so every variant is timed alike.
+#: checkout's `bench_serving.frozen_corpus` does, so every variant is timed alike.
 FROZEN_CORPUS = """
 import gc, sys
 import jobs.bench_serving as bench

@@ -18,7 +18,7 @@ sequential: the user embedding, without the catalog scan). Other jobs on the mac
 1-minute load average before timing is recorded.
 
 A cell builds all its requests before timing them, and then freezes them out of Python's garbage
-collector (`freeze_corpus`): at 10,000 events the corpus is ~6 million list slots, and the first
+collector (`frozen_corpus`): at 10,000 events the corpus is ~6 million list slots, and the first
 collection inside the timed loop otherwise traversed its youngest requests, a pause of 8-11 ms
 inside one timed request (the p99 of 200). A server holds one request at a time; collections of
 what scoring allocates still run, and are timed.
@@ -34,7 +34,8 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +97,17 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
             "mean_ms": float(ms.mean())}  # fmt: skip
 
 
-def freeze_corpus(requests: list[Any]) -> list[Any]:
-    """`requests`, with every object alive now collected once and frozen (`gc.freeze`): the
-    garbage collector no longer traverses the benchmark's own request corpus while it times
-    requests, as it would not in a server that holds one request at a time."""
+@contextmanager
+def frozen_corpus(requests: list[Any]) -> Iterator[list[Any]]:
+    """`requests`, with every object alive now collected once and frozen (`gc.freeze`) until
+    the block ends: the garbage collector does not traverse the benchmark's own request corpus
+    while it times requests, as it would not in a server that holds one request at a time."""
     gc.collect()
     gc.freeze()
-    return requests
+    try:
+        yield requests
+    finally:
+        gc.unfreeze()
 
 
 def time_calls(fn: Any, requests: list[Any], warmup: int) -> list[float]:
@@ -119,10 +124,6 @@ def time_calls(fn: Any, requests: list[Any], warmup: int) -> list[float]:
 
 def ctr_cell(scorer: Scorer, history: int, candidates: int, n: int, warmup: int) -> dict[str, Any]:
     """End-to-end and program-only latency of one (history, candidates) CTR cell."""
-    requests = freeze_corpus(
-        ctr_requests(scorer, history, candidates, n + warmup, seed=history + candidates)
-    )
-    end_to_end = time_calls(scorer.score, requests, warmup)
     program = scorer.programs["model"]
 
     def run_program(request: CtrRequest) -> None:
@@ -133,7 +134,10 @@ def ctr_cell(scorer: Scorer, history: int, candidates: int, n: int, warmup: int)
         model_only.append(time.perf_counter() - start)
 
     model_only: list[float] = []
-    time_calls(run_program, requests, warmup)
+    built = ctr_requests(scorer, history, candidates, n + warmup, seed=history + candidates)
+    with frozen_corpus(built) as requests:
+        end_to_end = time_calls(scorer.score, requests, warmup)
+        time_calls(run_program, requests, warmup)
     model_only = model_only[warmup:]
     return {
         "history": history, "events_used": min(history, scorer.max_history),
@@ -144,9 +148,9 @@ def ctr_cell(scorer: Scorer, history: int, candidates: int, n: int, warmup: int)
 
 def generative_cell(scorer: Scorer, history: int, n: int, warmup: int) -> dict[str, Any]:
     """End-to-end and encoder-only latency of top-10 next items for `history` events."""
-    requests = freeze_corpus(next_item_requests(scorer, history, n + warmup, seed=history))
-    end_to_end = time_calls(scorer.recommend, requests, warmup)
-    model_only = time_calls(lambda r: scorer.user_embedding(r), requests, warmup)
+    with frozen_corpus(next_item_requests(scorer, history, n + warmup, seed=history)) as requests:
+        end_to_end = time_calls(scorer.recommend, requests, warmup)
+        model_only = time_calls(lambda r: scorer.user_embedding(r), requests, warmup)
     return {
         "history": history, "events_used": min(history, scorer.max_len), "candidates": "all",
         "catalog": scorer.manifest["tables"]["item"]["rows"], **percentiles(end_to_end),

@@ -1,5 +1,5 @@
 """The serving benchmarks keep their own request corpus out of Python's garbage collector
-(`jobs.bench_serving.freeze_corpus`), and the side-by-side run (`jobs.bench_latency`) does it for
+(`jobs.bench_serving.frozen_corpus`), and the side-by-side run (`jobs.bench_latency`) does it for
 a checkout whose `bench_serving` predates that (`FROZEN_CORPUS`)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from jobs import bench_latency, bench_serving
 
 pytestmark = pytest.mark.unit
 
-# A checkout's `jobs.bench_serving` from before `freeze_corpus`: `main` builds the requests with
+# A checkout's `jobs.bench_serving` from before `frozen_corpus`: `main` builds the requests with
 # `ctr_requests` (looked up as a module global, as `ctr_cell` does) and reports what it saw.
 OLD_BENCH_SERVING = """
 import gc, json
@@ -34,15 +34,15 @@ def main(argv):
 """
 
 
-def test_freeze_corpus_moves_the_requests_out_of_the_collector() -> None:
+def test_frozen_corpus_keeps_the_requests_out_of_the_collector_while_timed() -> None:
     requests = [[str(i)] * 100 for i in range(50)]
-    try:
-        assert bench_serving.freeze_corpus(requests) is requests
-        assert gc.get_freeze_count() > 0
+    before = gc.get_freeze_count()
+    with bench_serving.frozen_corpus(requests) as frozen:
+        assert frozen is requests
+        assert gc.get_freeze_count() > before
         tracked = {id(obj) for obj in gc.get_objects()}
         assert not any(id(request) in tracked for request in requests)
-    finally:
-        gc.unfreeze()
+    assert gc.get_freeze_count() == 0
     assert any(obj is requests[0] for obj in gc.get_objects())
 
 
