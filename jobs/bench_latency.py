@@ -12,9 +12,9 @@ machine slows all of them alike. Requests are the same for every variant (`bench
 seeds them by cell, from the export's vocabularies: exports of one build). A cell's figure is
 the median over rounds of each round's p50 / p99 (of `--requests` timed requests).
 
-Every variant's request corpus is frozen out of the garbage collector once built
+Every variant's request corpus is frozen out of the garbage collector while it is timed
 (`bench_serving.frozen_corpus`), the baseline's too: its checkout may predate that, so the
-subprocess runs `bench_serving` through `FROZEN_CORPUS`, which freezes whatever its
+subprocess runs `bench_serving` through `FROZEN_CORPUS`, which then freezes whatever its
 `ctr_requests` built.
 
     variant    code                  export             program
@@ -39,19 +39,21 @@ from jobs.bench_report import git_commit, machine_info, save_figure, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-#: `python -c` program running a checkout's `jobs.bench_serving.main` (arguments after `-c`)
-#: with the requests its `ctr_requests` builds collected and frozen (`gc.freeze`), as this
-#: checkout's `bench_serving.frozen_corpus` does, so every variant is timed alike.
+#: `python -c` program running a checkout's `jobs.bench_serving.main` (arguments after `-c`).
+#: A checkout from before `bench_serving.frozen_corpus` gets the requests its `ctr_requests`
+#: builds collected and frozen (`gc.freeze`) as that does, so every variant is timed alike; a
+#: checkout that has it runs unchanged.
 FROZEN_CORPUS = """
 import gc, sys
 import jobs.bench_serving as bench
-build = bench.ctr_requests
-def ctr_requests(*args, **kwargs):
-    requests = build(*args, **kwargs)
-    gc.collect()
-    gc.freeze()
-    return requests
-bench.ctr_requests = ctr_requests
+if not hasattr(bench, "frozen_corpus"):
+    build = bench.ctr_requests
+    def ctr_requests(*args, **kwargs):
+        requests = build(*args, **kwargs)
+        gc.collect()
+        gc.freeze()
+        return requests
+    bench.ctr_requests = ctr_requests
 sys.exit(bench.main(sys.argv[1:]))
 """
 VARIANTS = ("baseline", "eager", "compiled")

@@ -46,19 +46,32 @@ def test_frozen_corpus_keeps_the_requests_out_of_the_collector_while_timed() -> 
     assert any(obj is requests[0] for obj in gc.get_objects())
 
 
-def test_frozen_corpus_runs_an_older_checkouts_benchmark_with_its_requests_frozen(
-    tmp_path: Path,
-) -> None:
-    (tmp_path / "jobs").mkdir()
-    (tmp_path / "jobs" / "__init__.py").write_text("")
-    (tmp_path / "jobs" / "bench_serving.py").write_text(OLD_BENCH_SERVING)
+def _run_frozen_corpus(checkout: Path, bench_serving_source: str) -> dict:
+    """What a fake checkout's `bench_serving.main` saw when run through `FROZEN_CORPUS`."""
+    (checkout / "jobs").mkdir()
+    (checkout / "jobs" / "__init__.py").write_text("")
+    (checkout / "jobs" / "bench_serving.py").write_text(bench_serving_source)
     done = subprocess.run(
         [sys.executable, "-c", bench_latency.FROZEN_CORPUS, "--export", "E", "--requests", "2"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)},
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 3, done.stderr  # main's return value is the exit status
-    seen = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_frozen_corpus_runs_an_older_checkouts_benchmark_with_its_requests_frozen(
+    tmp_path: Path,
+) -> None:
+    seen = _run_frozen_corpus(tmp_path, OLD_BENCH_SERVING)
     assert seen["argv"] == ["--export", "E", "--requests", "2"]
     assert seen["requests"] == 20
     assert seen["before"] == 0 < seen["after"]
+
+
+def test_frozen_corpus_leaves_a_checkout_with_frozen_corpus_to_freeze_its_own(
+    tmp_path: Path,
+) -> None:
+    seen = _run_frozen_corpus(tmp_path, OLD_BENCH_SERVING + "\nfrozen_corpus = None\n")
+    assert seen["argv"] == ["--export", "E", "--requests", "2"]
+    assert seen["before"] == 0 == seen["after"]
