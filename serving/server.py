@@ -136,7 +136,8 @@ def build_request(
     """The scorer request of class `cls` from a parsed JSON object.
 
     Field names, presence and JSON types are checked here; element types and ranges, lengths
-    and order by the scorer (its `RequestError`s answer 422 too). The size limits are checked first, so an oversized request costs nothing more.
+    and order by the scorer (its `RequestError`s answer 422 too). The size limits are checked
+    first, so an oversized request costs nothing more.
 
     Raises:
         ApiError: 422 naming an unknown, missing or mistyped field, or the limit a field exceeds.
