@@ -60,6 +60,7 @@ from jobs import ctr_eval
 from jobs.bench_report import (
     WARMUP_FRACTION,
     config_sha256,
+    configs_error,
     git_commit,
     newest_csv,
     read_metrics_csv,
@@ -697,6 +698,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     steps = args.steps
+    broken = configs_error(
+        [PIPELINE_CONFIG, BASE_CONFIG, *(MODEL_CONFIGS / f"{m}.yaml" for m in args.models)]
+    )
+    if broken:
+        print(broken, file=sys.stderr)
+        return 2
     if steps is not None and steps < 1:
         parser.error(f"--steps: expected >= 1, got {steps}")
     workdir = Path(args.workdir).resolve()

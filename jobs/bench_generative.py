@@ -47,6 +47,7 @@ import torch
 from features.batch import GenerativeBatch, collate_generative
 from features.schema import FeatureConfig, FeatureSchema
 from jobs.bench_report import (
+    configs_error,
     git_commit,
     machine_info,
     newest_csv,
@@ -374,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(models) - set(MODELS))
     if unknown or not models:
         parser.error(f"--models: expected names from {list(MODELS)}, got {args.models!r}")
+    broken = configs_error(
+        [PIPELINE_CONFIG, BASE_CONFIG, *(MODEL_CONFIGS / f"{m}.yaml" for m in models)]
+    )
+    if broken:
+        print(broken, file=sys.stderr)
+        return 2
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs: expected >= 1, got {args.epochs}")
     if args.ml1m and not Path(args.ml1m).is_file():

@@ -31,7 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from jobs.bench_pipeline import CONFIG, _synth, _timed
-from jobs.bench_report import git_commit, save_figure, write_json
+from jobs.bench_report import configs_error, git_commit, save_figure, write_json
 
 STAGES = ("validate", "dedupe", "vocab", "lifelong", "shards")
 RUNS = ("base", "increment", "full rebuild")
@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write JSON results here")
     parser.add_argument("--png", default=None, help="write the stage chart here")
     args = parser.parse_args(argv)
+    broken = configs_error([CONFIG])
+    if broken:
+        print(broken, file=sys.stderr)
+        return 2
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     total = args.history_events + args.new_events

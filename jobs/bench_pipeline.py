@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 
-from jobs.bench_report import save_figure, write_json
+from jobs.bench_report import configs_error, save_figure, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "configs" / "pipeline" / "synthetic.yaml"
@@ -379,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write JSON results here")
     parser.add_argument("--png", default=None, help="write the time and memory plot here")
     args = parser.parse_args(argv)
+    broken = configs_error([CONFIG])
+    if broken:
+        print(broken, file=sys.stderr)
+        return 2
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}

@@ -11,10 +11,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pipeline.yaml_files import read_yaml, yaml_file_error
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Logged throughput values of the first `WARMUP_FRACTION` of the steps are left out.
@@ -133,10 +134,21 @@ def newest_csv(run_dir: Path) -> Path:
     return newest / "metrics.csv"
 
 
+def configs_error(paths: Sequence[Path]) -> str | None:
+    """`error: ...` for the first of a benchmark's config files that is missing or not valid
+    YAML (file, line and column), or None: a benchmark checks them before any work, so a
+    broken config costs one line, not a traceback half-way."""
+    for path in paths:
+        error = yaml_file_error(path)
+        if error:
+            return f"error: {error}"
+    return None
+
+
 def config_sha256(*paths: Path) -> str:
     """SHA-256 of the YAML configs' parsed content, in order: a comment or a layout change
     keeps the stored runs; a changed value does not."""
-    content = [yaml.safe_load(path.read_text()) for path in paths]
+    content = [read_yaml(path) for path in paths]
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

@@ -67,6 +67,7 @@ from jobs.bench_generative import (
 )
 from jobs.bench_report import (
     config_sha256,
+    configs_error,
     git_commit,
     machine_info,
     newest_csv,
@@ -163,6 +164,15 @@ def check_args(args: argparse.Namespace) -> None:
             f"--models: expected names from {list(MODELS)} (configs/sequential/*.yaml), got "
             f"{args.models!r}"
         )
+    broken = configs_error(
+        [
+            bench_generative.PIPELINE_CONFIG,
+            BASE_CONFIG,
+            *(MODEL_CONFIGS / f"{m}.yaml" for m in models),
+        ]
+    )
+    if broken:
+        raise ValueError(broken.removeprefix("error: "))
     parse_seeds(args.seeds)
     for flag, value in (("--epochs", args.epochs), ("--patience", args.patience)):
         if value is not None and value < 1:

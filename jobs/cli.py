@@ -36,7 +36,7 @@ COMMANDS = (
             "--output out/build"),
     Command("train", "jobs.train", "LightningCLI training: fit, validate, test",
             "lifeseq train fit --config configs/ctr/base.yaml --config configs/ctr/twin.yaml "
-            "--data.root out/build"),
+            "--data.root out/build --trainer.default_root_dir runs/twin"),
     Command("export", "jobs.export", "checkpoint → embedding shards, .pt2, manifest",
             "lifeseq export --ckpt runs/twin/checkpoints/last.ckpt --out export/twin"),
     Command("migrate", "jobs.migrate", "a config/checkpoint from before the model zoo → today's",
@@ -67,6 +67,26 @@ BENCHES = (
     Command("increment", "jobs.bench_increment", "incremental build against a full rebuild",
             "lifeseq bench increment --history-events 4000000 --new-events 1000000"),
 )  # fmt: skip
+
+
+#: `lifeseq train SUBCOMMAND --help` ends with these; they chain: build → fit → test → export.
+TRAIN_EXAMPLES = {
+    "fit": "lifeseq train fit --config configs/ctr/base.yaml --config configs/ctr/twin.yaml "
+    "--data.root out/build --trainer.default_root_dir runs/twin",
+    "validate": "lifeseq train validate --config configs/ctr/base.yaml --config "
+    "configs/ctr/twin.yaml --data.root out/build --ckpt_path runs/twin/checkpoints/last.ckpt",
+    "test": "lifeseq train test --config configs/ctr/base.yaml --config configs/ctr/twin.yaml "
+    "--data.root out/build --ckpt_path runs/twin/checkpoints/last.ckpt",
+    "predict": "lifeseq train predict --config configs/ctr/base.yaml --config "
+    "configs/ctr/twin.yaml --data.root out/build --ckpt_path runs/twin/checkpoints/last.ckpt",
+}
+
+#: How `lifeseq train --help` points at a task's and a zoo model's own flags.
+TRAIN_MODEL_HELP = (
+    "a task's flags (given as --model.init_args.NAME VALUE): lifeseq train fit --model.help "
+    "trainers.tasks.ctr.CtrModule\na zoo model's: lifeseq train fit --config "
+    "configs/ctr/base.yaml --model.init_args.model.help models.zoo.ctr.lifelong.LifelongCtr"
+)
 
 
 def version_line() -> str:
@@ -156,25 +176,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job = importlib.import_module(command.module)
     if "-h" in rest or "--help" in rest:
-        return _job_help(job, command)
+        return _job_help(job, command, rest)
     if command.name == "train":
         sys.argv = [f"{sys.argv[0]} train", *rest]  # LightningCLI reads sys.argv itself
         return int(job.main(None))
     return int(job.main(rest))
 
 
-def _job_help(job: ModuleType, command: Command) -> int:
-    """Print the job's own `--help` (its flags), then the command's example."""
+def _job_help(job: ModuleType, command: Command, rest: list[str]) -> int:
+    """Print the job's own `--help` (its flags; `train fit --help`: the subcommand's), then the
+    command's example (`TRAIN_EXAMPLES` for a `train` subcommand)."""
+    example = command.example
     try:
         if command.name == "train":
-            sys.argv = [f"{sys.argv[0]} train", "--help"]
+            sub = next((a for a in rest if a in TRAIN_EXAMPLES), None)
+            sys.argv = [f"{sys.argv[0]} train", *([sub] if sub else []), "--help"]
+            example = TRAIN_EXAMPLES.get(sub or "", example)
             job.main(None)
         else:
             job.main(["--help"])
     except SystemExit as done:
         if done.code not in (0, None):
             return int(done.code) if isinstance(done.code, int) else 2
-    print(f"\nexample:\n  {command.example}")
+    print(f"\nexample:\n  {example}")
+    if command.name == "train":
+        print(f"\n{TRAIN_MODEL_HELP}")
     return 0
 
 

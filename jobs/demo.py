@@ -45,6 +45,7 @@ import torch
 from jobs import ctr_eval
 from jobs.bench_ctr import SYNTH_LONG_TERM, SYNTH_SIZES
 from jobs.bench_report import newest_csv, read_metrics_csv, train_throughput
+from pipeline.config import load_config
 from trainers.checkpoint import read_checkpoint_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -400,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hstu-epochs", type=int, default=DemoSettings.hstu_epochs)
     parser.add_argument("--latency-requests", type=int, default=DemoSettings.latency_requests)
     args = parser.parse_args(argv)
+    try:  # before any stage: a broken config costs one line, not a synth run
+        load_config(args.config)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     # one process reads the (maybe multi-rank) checkpoint: DCP's notice says just that
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")
     settings = DemoSettings(args.workdir, args.events, args.seed, args.config, args.ctr_steps,

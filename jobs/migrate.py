@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.yaml_files import read_yaml
 from trainers.legacy import migrate_checkpoint, migrate_config
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.path.is_file():
             raise FileNotFoundError(f"{args.path}: no such config file or checkpoint directory")
-        config = yaml.safe_load(args.path.read_text()) or {}
+        config = read_yaml(args.path) or {}
         text = yaml.safe_dump(migrate_config(config), sort_keys=False)
         if args.out is None:
             sys.stdout.write(text)

@@ -52,12 +52,25 @@ if str(REPO_ROOT) not in sys.path:  # `torchrun jobs/train.py` runs this file as
     sys.path.insert(0, str(REPO_ROOT))
 
 from jsonargparse import Namespace  # noqa: E402
+from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
 from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 from jobs.terminal import configure_logging  # noqa: E402
+from jobs.train_usage import IMPORT_FAILURES, flags_in_help, help_hint, usage_error  # noqa: E402
+from pipeline.yaml_files import yaml_file_error  # noqa: E402
 from trainers.data import LifeseqDataModule  # noqa: E402
 from trainers.platform_module import PlatformModule  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: Subcommands that evaluate a trained model: refused without `--ckpt_path` unless
+#: `--untrained true` asks for a freshly initialized one.
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+#: Where a run goes without `--trainer.default_root_dir`: `runs/<name of the last --config>`.
+RUNS_DIR = Path("runs")
+#: `--ckpt_path` values Lightning resolves itself instead of a path.
+CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 
 
 def _torchrun_layout() -> tuple[int, int]:
@@ -67,31 +80,55 @@ def _torchrun_layout() -> tuple[int, int]:
     return local, max(1, world // max(1, local))
 
 
-#: What jsonargparse's message says when a `class_path` does not resolve.
-CLASS_PATH_ERRORS = (
-    "has no attribute", "No module named", "Import path", "not a subclass", "dot import path",
-)  # fmt: skip
 #: The zoo's interfaces (`models.interfaces`), whose implementations `class_path` names.
 INTERFACES = ("SequenceEncoder", "LongTermUnit", "CtrModel", "InputFeatures")
 
 
 class LifeseqArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser, whose errors about a zoo `class_path` list the valid choices."""
+    """LightningCLI's parser, whose errors name the flag or key in a line or two instead of a
+    usage block and jsonargparse's nested report (`jobs.train_usage`), and list the valid
+    choices of a bad zoo `class_path`.
+
+    Args:
+        argv: the command line being parsed (default `sys.argv[1:]`), to name the flag given.
+    """
+
+    def __init__(self, *args: Any, argv: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.argv = list(sys.argv[1:] if argv is None else argv)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        """Add the valid choices of the interface a bad `class_path` was meant for; a zoo model
-        given where another interface goes exits 1 with two lines saying so (`misplaced`; only
-        where the parser would exit: nested parsers raise, and their caller decides)."""
-        refusal = misplaced(message) if self.exit_on_error else None
+        """Print the condensed message and the help hint, exit 2; a zoo model given where
+        another interface goes exits 1 with two lines saying so (`misplaced`). Only where the
+        parser would exit: nested parsers raise, and their caller decides."""
+        if not self.exit_on_error:
+            super().error(message, ex)
+        refusal = misplaced(message)
         if refusal:
             print(refusal, file=sys.stderr)
             sys.exit(1)
-        hint = choices_hint(message)
-        super().error(f"{message}{hint}", ex)
+        text = usage_error(message, self.argv, flags_in_help(self.format_help()))
+        print(f"{text}{choices_hint(message)}", file=sys.stderr)
+        print(help_hint(help_command(self.argv)), file=sys.stderr)
+        sys.exit(2)
+
+
+def help_command(argv: list[str]) -> str:
+    """The command whose `--help` lists the flags: `lifeseq train fit` (or `jobs/train.py fit`
+    under torchrun / python)."""
+    program = "lifeseq train" if sys.argv[0].endswith(" train") else "jobs/train.py"
+    sub = next((a for a in argv if a in ("fit", *EVAL_SUBCOMMANDS)), "")
+    return f"{program} {sub}".strip()
 
 
 class StartupRefused(Exception):
-    """A run the task cannot train (`trainers.fit_check`): `main` prints it and exits 1."""
+    """A run refused before the Trainer exists (`trainers.fit_check`, the data root, the
+    checkpoint): `main` prints it (rank 0) and exits with `exit_code` (1: the run cannot work
+    on what it was given; 2: the command line itself is incomplete)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 #: Where a model of each zoo interface goes (the task it serves, the configs that use it), for
@@ -152,7 +189,7 @@ def choices_hint(message: str) -> str:
     from models import interfaces
     from models.zoo import choices
 
-    positions = [message.find(sign) for sign in CLASS_PATH_ERRORS if sign in message]
+    positions = [message.find(sign) for sign in IMPORT_FAILURES if sign in message]
     if not positions:
         return ""
     before = message[: min(positions)]
@@ -235,6 +272,10 @@ class LifeseqCLI(LightningCLI):
     the zoo's valid choices in `class_path` errors, and a task that cannot train its model on
     the run's data refused before the Trainer exists (`StartupRefused`)."""
 
+    #: The run folder chosen for a run without `--trainer.default_root_dir` (logged once the
+    #: start-up checks pass).
+    _chosen_folder: str | None = None
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Refuse a task/model/data mismatch (`trainers.fit_check.fit_error`), a full softmax
         over too large a catalog (`catalog_error`) and CTR windows the machine cannot hold
@@ -253,16 +294,17 @@ class LifeseqCLI(LightningCLI):
             raise StartupRefused(error)
         from pipeline import storage
 
-        manifest = None
         try:
-            manifest = storage.read_json(storage.join(data.root, "manifest.json"))
-            schema = FeatureSchema.from_manifest_dict(manifest, data.feature_config)
-        except (OSError, ValueError):  # the data module reports a missing or bad build itself
-            schema = None
-        error = catalog_error(self.model, schema) if schema else None
+            data.check_root()
+        except (OSError, ValueError) as err:
+            raise StartupRefused(f"error: {err}") from None
+        manifest = storage.read_json(storage.join(data.root, "manifest.json"))
+        schema = FeatureSchema.from_manifest_dict(manifest, data.feature_config)
+        error = catalog_error(self.model, schema)
         if error:
             raise StartupRefused(error)
-        if data.view == "ctr" and schema is not None:
+        self._check_checkpoint(schema)
+        if data.view == "ctr":
             error = window_memory_error(
                 data.batch_size,
                 data.eval_batch_size,
@@ -273,11 +315,58 @@ class LifeseqCLI(LightningCLI):
             )
             if error:
                 raise StartupRefused(error)
-        return super().instantiate_trainer(**kwargs)
+        if self._chosen_folder and int(os.environ.get("RANK", "0")) == 0:
+            logger.info(
+                "run folder: %s (--trainer.default_root_dir sets another)", self._chosen_folder
+            )
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as error:  # a trainer flag Lightning refuses
+            raise StartupRefused(f"error: trainer: {error}", exit_code=2) from None
+
+    def _check_checkpoint(self, schema: Any) -> None:
+        """Refuse a `--ckpt_path` that is not there, not a checkpoint, or not of this run's
+        model and data (`trainers.checkpoint_fit`), before anything is written; a `last` that
+        `validate` / `test` / `predict` cannot find is refused too (Lightning would warn and
+        evaluate an untrained model)."""
+        from trainers.checkpoint_fit import checkpoint_fit_error
+
+        config = self.config[self.subcommand]
+        path = config.get("ckpt_path")
+        if path is None:
+            return
+        if path in CKPT_KEYWORDS:
+            if path == "last" and self.subcommand in EVAL_SUBCOMMANDS:
+                last = Path(config.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+                if not last.exists():
+                    raise StartupRefused(
+                        f"error: --ckpt_path last: no {last}; pass the checkpoint's path "
+                        "(RUN/checkpoints/last.ckpt) or --trainer.default_root_dir RUN"
+                    )
+                path = str(last)
+            elif path == "last" and self.subcommand == "fit":
+                last = Path(config.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+                if not last.exists():
+                    logger.info("--ckpt_path last: no %s yet, training from scratch", last)
+                    return
+                path = str(last)
+            else:
+                return
+        settings = {"model": config.model.as_dict(), "data": config.data.as_dict()}
+        error = checkpoint_fit_error(path, self.model, schema, settings)
+        if error:
+            raise StartupRefused(error)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         devices, nodes = _torchrun_layout()
         parser.set_defaults({"trainer.devices": devices, "trainer.num_nodes": nodes})
+        parser.add_argument(
+            "--untrained",
+            type=bool,
+            default=False,
+            help="validate / test / predict a freshly initialized model on purpose (without "
+            "it, these subcommands require --ckpt_path)",
+        )
 
     def instantiate_classes(self) -> None:
         """Instantiate the task and the data module; a config value they reject (a
@@ -285,13 +374,24 @@ class LifeseqCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as error:
-            raise StartupRefused(f"error: {error}") from error
+            argv = getattr(self.parser, "argv", [])
+            raise StartupRefused(usage_error(str(error), argv, []), exit_code=2) from None
 
     def before_instantiate_classes(self) -> None:
+        """Refuse an evaluation without a checkpoint (unless `--untrained true`), choose the
+        run folder when none is given (`default_run_folder`), and default the loggers and
+        checkpoint directory into it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
+        self._check_untrained(config)
+        if trainer.default_root_dir is None:
+            trainer.default_root_dir = str(
+                default_run_folder(self.subcommand, config.get("config") or [],
+                                   config.get("ckpt_path"), config.model.as_dict())
+            )  # fmt: skip
+            self._chosen_folder = trainer.default_root_dir
         if trainer.logger in (None, True):
-            root = trainer.default_root_dir or os.getcwd()
+            root = trainer.default_root_dir
             trainer.logger = [
                 {
                     "class_path": f"lightning.pytorch.loggers.{cls}",
@@ -306,9 +406,49 @@ class LifeseqCLI(LightningCLI):
             if class_path.endswith(
                 ("ModelCheckpoint", "LastCheckpoint")
             ) and not callback.init_args.get("dirpath"):
-                root = trainer.default_root_dir or os.getcwd()
+                root = trainer.default_root_dir
                 callback.init_args["dirpath"] = str(Path(root) / "checkpoints")
         _progress_bar_on_a_terminal(trainer)
+
+    def _check_untrained(self, config: Namespace) -> None:
+        untrained = bool(config.get("untrained"))
+        if self.subcommand == "fit" and untrained:
+            raise StartupRefused(
+                "error: --untrained applies to validate / test / predict; fit trains the model "
+                "(from scratch, or from --ckpt_path)",
+                exit_code=2,
+            )
+        if (
+            self.subcommand in EVAL_SUBCOMMANDS
+            and config.get("ckpt_path") is None
+            and not untrained
+        ):
+            raise StartupRefused(
+                f"error: {self.subcommand} needs --ckpt_path, the checkpoint to evaluate (e.g. "
+                "RUN/checkpoints/last.ckpt); --untrained true evaluates a freshly initialized "
+                "model on purpose",
+                exit_code=2,
+            )
+
+
+def default_run_folder(
+    subcommand: str | None,
+    configs: list[Any],
+    ckpt_path: str | None,
+    model: dict[str, Any],
+) -> Path:
+    """The run folder when `--trainer.default_root_dir` is not given: the checkpoint's own run
+    folder when evaluating `RUN/checkpoints/X.ckpt`, else `runs/<stem of the last --config>`
+    (`runs/twin` for `--config configs/ctr/base.yaml --config configs/ctr/twin.yaml`), or
+    `runs/<model class>` without a config file; never the current directory itself."""
+    if ckpt_path and ckpt_path not in CKPT_KEYWORDS and subcommand in EVAL_SUBCOMMANDS:
+        checkpoint = Path(ckpt_path)
+        if checkpoint.parent.name == "checkpoints":
+            return checkpoint.parent.parent
+    if configs:
+        return RUNS_DIR / Path(str(configs[-1])).stem
+    name = str(model.get("class_path") or "model").rsplit(".", 1)[-1]
+    return RUNS_DIR / name.lower()
 
 
 def _progress_bar_on_a_terminal(trainer: Namespace) -> None:
@@ -322,29 +462,69 @@ def _progress_bar_on_a_terminal(trainer: Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `fit`, `validate` or `test` (argv as after `lifeseq train`)."""
-    configure_logging(
-        own_level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
-    )
-    legacy = config_error(list(sys.argv[1:] if argv is None else argv))
+    rank_zero = int(os.environ.get("RANK", "0")) == 0
+    configure_logging(own_level=logging.INFO if rank_zero else logging.WARNING)
+    args = list(sys.argv[1:] if argv is None else argv)
+    unreadable = next(filter(None, map(yaml_file_error, config_files(args))), None)
+    if unreadable:
+        if rank_zero:
+            print(f"error: --config {unreadable}", file=sys.stderr)
+            print(help_hint(help_command(args)), file=sys.stderr)
+        return 2
+    legacy = config_error(args)
     if legacy:
         print(legacy, file=sys.stderr)
         return 1
     try:
-        LifeseqCLI(
+        cli = LifeseqCLI(
             PlatformModule,
             LifeseqDataModule,
             subclass_mode_model=True,
             args=argv,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"parser_mode": "yaml"},
+            parser_kwargs={"parser_mode": "yaml", "argv": args},
             parser_class=LifeseqArgumentParser,
         )
     except StartupRefused as refused:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if rank_zero:
             print(refused, file=sys.stderr)
-        return 1
+        return refused.exit_code
+    if rank_zero and cli.subcommand:
+        print(run_summary(cli.trainer, cli.subcommand), flush=True)
     _shutdown_process_group()
     return 0
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The `--config` / `-c` files of a command line (`--config=PATH` too), in order."""
+    found = []
+    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+        if flag in ("--config", "-c") and value:
+            found.append(value)
+        elif flag.startswith("--config="):
+            found.append(flag.split("=", 1)[1])
+    return found
+
+
+def run_summary(trainer: Trainer, subcommand: str) -> str:
+    """The last line of a run: what ran, its final metrics and the checkpoint, e.g.
+    `fit: 150 steps; val/auc 0.9165, val/gauc 0.9111, val/loss 0.3778; checkpoint
+    runs/twin/checkpoints/last.ckpt`."""
+    module = trainer.lightning_module
+    stage = {"fit": "val", "validate": "val", "test": "test", "predict": ""}[subcommand]
+    names = [f"{stage}/{n}" for n in (*getattr(module, "progress_metrics", ()), "loss")]
+    metrics = trainer.callback_metrics
+    if subcommand == "fit" and not any(n in metrics for n in names):
+        names = ["train/loss"]  # no validation ran
+    shown = ", ".join(f"{n} {float(metrics[n]):.4f}" for n in names if n in metrics)
+    if subcommand == "fit":
+        callback = trainer.checkpoint_callback
+        path = (callback.last_model_path or callback.best_model_path) if callback else ""
+        done = f"fit: {trainer.global_step} steps"
+    else:
+        path = str(trainer.ckpt_path or "") or "none (--untrained)"
+        done = subcommand
+    return f"{done}; {shown or 'no metrics logged'}; checkpoint {path or 'none written'}"
 
 
 def _shutdown_process_group() -> None:

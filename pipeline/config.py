@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from pipeline.yaml_files import read_yaml
+
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser
 
@@ -429,8 +431,7 @@ def load_config(path: str) -> PipelineConfig:
         ValueError: invalid content, naming the file and the key.
     """
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        data = read_yaml(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"pipeline config not found: {path}") from None
     try:

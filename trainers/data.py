@@ -21,6 +21,10 @@ from features.batch import CtrBatch, GenerativeBatch
 from features.dataset import LifeseqDataLoader, LifeseqDataset, check_loader_args
 from features.schema import FeatureConfig, FeatureSchema
 from features.windows import TrainingWindows
+from pipeline import storage
+
+#: File extensions of raw event files (`lifeseq build --input`), told apart from a build.
+RAW_EVENT_SUFFIXES = ("parquet", "csv", "jsonl", "json", "data", "dat", "inter", "txt")
 
 
 class LifeseqDataModule(L.LightningDataModule):
@@ -108,6 +112,37 @@ class LifeseqDataModule(L.LightningDataModule):
         if self._schema is None:
             raise RuntimeError("LifeseqDataModule.schema: call setup() first (Lightning does)")
         return self._schema
+
+    def check_root(self) -> None:
+        """Check that `root` is a `lifeseq build` output this loader reads, before anything
+        starts (`lifeseq train` asks at start-up; `setup()` would fail later, mid-start).
+
+        Raises:
+            FileNotFoundError: `root` does not exist, or holds no `manifest.json` (the message
+                says whether it holds raw event files, and the `lifeseq build` that makes one).
+            ValueError: the manifest is not one this loader reads (naming the field).
+        """
+        flag = f"--data.root {self.root}"
+        if not storage.exists(self.root):
+            raise FileNotFoundError(
+                f"{flag}: no such directory; pass the --output of a `lifeseq build`"
+            )
+        manifest = storage.join(self.root, "manifest.json")
+        if not storage.exists(manifest):
+            raw = [i for i in storage.list_files(self.root) if i.extension in RAW_EVENT_SUFFIXES]
+            what = (
+                f"holds {len(raw)} raw event file(s) ({raw[0].base_name}, ...), not a build"
+                if raw
+                else "is not a lifeseq build (no manifest.json)"
+            )
+            raise FileNotFoundError(
+                f"{flag} {what}: run `lifeseq build --config configs/pipeline/synthetic.yaml "
+                f"--input {self.root} --output OUT` and pass --data.root OUT"
+            )
+        try:
+            FeatureSchema.from_manifest(self.root, self.feature_config)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{flag}: {err}") from None
 
     def prepare_data(self) -> None:
         """Nothing to do: the shards already exist, and no state may be set here (rank 0 only)."""

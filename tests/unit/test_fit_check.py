@@ -282,7 +282,7 @@ def test_a_window_above_what_the_pipeline_keeps_is_refused_in_one_line(
     argv = ["fit", "--config", str(CTR / "base.yaml"), "--config", str(CTR / "twin.yaml"),
             "--data.root", str(data), "--data.max_history", "1000000",
             "--trainer.default_root_dir", str(run)]  # fmt: skip
-    assert train.main(argv) == 1
+    assert train.main(argv) == 2  # a config value out of range: a usage error
     err = capsys.readouterr().err
     assert err.strip().split("\n")[-1] == (
         "error: FeatureConfig.max_history (data.max_history) is 1,000,000, above the 100,000 "
