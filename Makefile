@@ -14,14 +14,18 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): $(REQS)
+# torchrec goes in after base.txt and with --no-deps, so pip's resolver never sees its CUDA
+# fbgemm-gpu and torchmetrics pins (no "ERROR: pip's dependency resolver" on a fresh machine);
+# requirements/pip_check.py then fails on any broken requirement beyond those two.
+$(STAMP): $(REQS) requirements/pip_check.py
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
 	$(PYTHON) pipeline/java_check.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements/torch-cpu.txt
-	$(PIP) install -q --no-deps -r requirements/torchrec.txt
 	$(PIP) install -q -r requirements/base.txt
+	$(PIP) install -q --no-deps -r requirements/torchrec.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) requirements/pip_check.py
 	$(PY) -c "import torch, fbgemm_gpu, torchrec, lightning, pyspark, webdataset; print('setup OK: torch', torch.__version__, '| torchrec', torchrec.__version__, '| pyspark', pyspark.__version__)"
 	touch $(STAMP)
 
