@@ -1,21 +1,35 @@
 """HTTP load test of `lifeseq serve`: throughput and p50 / p99 latency at several concurrencies,
-zero errors, and the same scores as the in-process scorer.
+zero errors, the same scores as the in-process scorer, a run past the queue's limit, and
+optionally today's server from another checkout side by side.
 
-The benchmark starts `lifeseq serve EXPORT --port 0` as a subprocess on 127.0.0.1, waits (at most
-`--startup-timeout` seconds) for its startup line and `/health`, and for each cell (history
-length × candidates, × concurrency) sends exactly `--requests` requests from `--concurrency`
-keep-alive connections after `--warmup` untimed ones, then stops the server (also on failure).
-Requests are built as `lifeseq bench serving` builds them (`jobs.bench_serving`: seeded, from
-the export's own vocabularies); `--distinct` different ones are cycled. Before the server starts,
-each distinct request is scored in this process by `serving.Scorer` (timed: the `in-process`
-column); every HTTP answer must equal that answer (max abs difference of probabilities and logits,
-or of the top-10 scores with the same items, at most 1e-6). Client and server share the machine's
-cores, as on a one-box deployment; the 1-minute load average before the run is recorded.
+The benchmark starts `lifeseq serve EXPORT --port 0` as a subprocess on 127.0.0.1 (and, with
+`--baseline-repo`, that checkout's own `lifeseq serve` on the same export, with its default
+flags), waits (at most `--startup-timeout` seconds) for the startup line and `/health`, and for
+each cell (history length × candidates, × concurrency) sends exactly `--requests` requests from
+`--concurrency` keep-alive connections after `--warmup` untimed ones. Servers take turns cell by
+cell, `--rounds` times (the order rotates each round): a cell's figures are the medians over
+rounds. Requests are built as `lifeseq bench serving` builds them (`jobs.bench_serving`: seeded,
+from the export's own vocabularies); `--distinct` different ones are cycled. Before the servers
+start, each distinct request is scored in this process by `serving.Scorer` (timed: the
+`in-process` column); every HTTP answer must equal that answer (max abs difference of
+probabilities and logits, or of the top-10 scores with the same items, at most 1e-6). Client and
+servers share the machine's cores, as on a one-box deployment; the 1-minute load average before
+the run is recorded.
+
+* Queueing floor: at concurrency c a request waits for the c - 1 ahead of it, so its latency
+  cannot be below c / throughput; the table gives p99 against that floor.
+* Overload (`--overload`, this checkout's server): `workers + max_queue + 16` connections, each
+  request answered 200 (the same scores) or 503 with `Retry-After`, nothing else.
+* `--background-load N` runs N busy processes for the whole run (a busy box);
+  `--server-cpus 0` pins the servers to those CPUs (`os.sched_setaffinity`: a smaller machine).
 
     lifeseq bench http --export EXPORT [--requests 200] [--concurrency 1 4 16] [--histories 1000]
-        [--candidates 100] [--scoring-threads 1] [--out bench_out/http.json] [--png http.png]
+        [--candidates 100] [--workers N] [--threads-per-worker T] [--max-queue Q]
+        [--baseline-repo OLD_CHECKOUT] [--rounds 3] [--overload] [--background-load 1]
+        [--server-cpus 0] [--out bench_out/http.json] [--png http.png]
 
-Exits 1 when any request failed or any score differed.
+Exits 1 when any request failed (a status other than 200, or 503 in the overload run) or any
+score differed.
 """
 
 from __future__ import annotations
@@ -27,11 +41,14 @@ import itertools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +62,12 @@ from serving.scorer import CtrScores, Recommendations, RequestLimits, Scorer
 HOST = "127.0.0.1"
 #: Largest |HTTP answer - in-process answer| counted as the same score.
 SAME_SCORE_TOL = 1e-6
+#: Connections beyond `workers + max_queue` in the overload run.
+OVERLOAD_EXTRA = 16
+#: This checkout's server and the one of `--baseline-repo`, as labelled in tables.
+THIS, BASELINE = "this", "baseline"
 _STARTED = re.compile(r"^serving .* on (http://\S+)$", re.MULTILINE)
+_BUSY_LOOP = "while True: pass"
 
 
 @dataclasses.dataclass
@@ -56,7 +78,7 @@ class ServerProcess:
     url: str
     log: Path
 
-    def stop(self, timeout_s: float = 10.0) -> int | None:
+    def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGTERM (uvicorn's graceful stop), then SIGKILL after `timeout_s`; the exit code."""
         if self.process.poll() is None:
             self.process.terminate()
@@ -69,9 +91,15 @@ class ServerProcess:
 
 
 def start_server(
-    export: Path, log: Path, args: Sequence[str] = (), timeout_s: float = 300.0
+    export: Path,
+    log: Path,
+    args: Sequence[str] = (),
+    timeout_s: float = 300.0,
+    repo: Path = REPO_ROOT,
+    cpus: Sequence[int] | None = None,
 ) -> ServerProcess:
-    """Start `lifeseq serve EXPORT --port 0` (output to `log`) and wait until `/health` answers.
+    """Start checkout `repo`'s `lifeseq serve EXPORT --port 0` (output to `log`; pinned to
+    `cpus` when given) and wait until `/health` answers.
 
     Raises:
         RuntimeError: the server exited or was not healthy within `timeout_s` (it is stopped;
@@ -79,8 +107,11 @@ def start_server(
     """
     command = [sys.executable, "-m", "jobs.cli", "serve", str(export), "--host", HOST,
                "--port", "0", *args]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=repo,
+                                   env=env, preexec_fn=pin)  # fmt: skip
     server = ServerProcess(process, "", log)
     deadline = time.monotonic() + timeout_s
     try:
@@ -105,6 +136,18 @@ def _healthy(url: str) -> bool:
         return False
 
 
+@contextmanager
+def background_load(processes: int) -> Iterator[None]:
+    """`processes` busy loops running for the block (a busy box)."""
+    hogs = [subprocess.Popen([sys.executable, "-c", _BUSY_LOOP]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 def max_difference(answer: dict[str, Any], expected: CtrScores | Recommendations) -> float:
     """Largest |HTTP answer - in-process answer| over the scores (inf: other items or sizes)."""
     if isinstance(expected, CtrScores):
@@ -124,6 +167,64 @@ def max_difference(answer: dict[str, Any], expected: CtrScores | Recommendations
     return worst
 
 
+class KeepAliveConnection:
+    """One HTTP/1.1 keep-alive connection that POSTs JSON bodies: the load test's client, lean
+    so that the client's own CPU time (it shares the machine's cores with the server) stays
+    small — about 0.3 ms a request against httpx's 3 ms. Answers must carry `Content-Length`
+    (uvicorn's do); `Connection: close` reconnects."""
+
+    def __init__(self, url: str) -> None:
+        host_port = url.removeprefix("http://").split("/", 1)[0]
+        host, _, port = host_port.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+
+    async def close(self) -> None:
+        """Close the connection (if open)."""
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except ConnectionError:
+                pass
+            self._reader = self._writer = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """POST `body` as JSON; (status, lower-case headers, body).
+
+        Raises:
+            ConnectionError: the server closed the connection or answered out of protocol.
+        """
+        if self._writer is None:
+            await self._connect()
+        assert self._reader is not None and self._writer is not None
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+        self._writer.write(head.encode("latin-1"))
+        self._writer.write(body)
+        await self._writer.drain()
+        status_line = await self._reader.readline()
+        parts = status_line.split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            await self.close()
+            raise ConnectionError(f"no HTTP status line: {status_line[:80]!r}")
+        headers = {}
+        while (line := await self._reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "content-length" not in headers:
+            await self.close()
+            raise ConnectionError("answer without Content-Length")
+        payload = await self._reader.readexactly(int(headers["content-length"]))
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return int(parts[1]), headers, payload
+
+
 async def load(
     url: str,
     path: str,
@@ -133,41 +234,55 @@ async def load(
     concurrency: int,
     warmup: int,
     timeout_s: float,
+    accept_overload: bool = False,
 ) -> dict[str, Any]:
-    """Send `requests` POSTs (body `i % len(bodies)`) from `concurrency` connections after
-    `warmup` untimed ones; latency, throughput, errors and the largest score difference."""
-    headers = {"content-type": "application/json"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    """Send `requests` POSTs (body `i % len(bodies)`) from `concurrency` keep-alive connections
+    (`KeepAliveConnection`) after `warmup` untimed ones; latency of the 200s, throughput, status
+    counts, errors (any other status, or a 503 unless `accept_overload`, or a 503 without
+    `Retry-After`) and the largest score difference."""
     latencies: list[float] = []
     errors: list[str] = []
+    statuses: Counter[int] = Counter()
     worst = 0.0
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
-        for i in range(warmup):
-            await client.post(path, content=bodies[i % len(bodies)], headers=headers)
-        counter = itertools.count()
+    connections = [KeepAliveConnection(url) for _ in range(concurrency)]
+    for i in range(warmup):
+        await asyncio.wait_for(connections[0].post(path, bodies[i % len(bodies)]), timeout_s)
+    counter = itertools.count()
 
-        async def worker() -> None:
-            nonlocal worst
-            while (i := next(counter)) < requests:
-                start = time.perf_counter()
-                try:
-                    response = await client.post(path, content=bodies[i % len(bodies)],
-                                                 headers=headers)  # fmt: skip
-                except httpx.HTTPError as err:
-                    errors.append(f"{type(err).__name__}: {err}")
-                    continue
-                latencies.append(time.perf_counter() - start)
-                if response.status_code != 200:
-                    errors.append(f"{response.status_code}: {response.text[:200]}")
-                    continue
-                worst = max(worst, max_difference(response.json(), expected[i % len(bodies)]))
+    async def worker(connection: KeepAliveConnection) -> None:
+        nonlocal worst
+        while (i := next(counter)) < requests:
+            start = time.perf_counter()
+            try:
+                status, headers, payload = await asyncio.wait_for(
+                    connection.post(path, bodies[i % len(bodies)]), timeout_s
+                )
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
+                errors.append(f"{type(err).__name__}: {err}")
+                await connection.close()
+                continue
+            statuses[status] += 1
+            if status == 503 and accept_overload:
+                if not headers.get("retry-after", "").isdigit():
+                    errors.append("503 without Retry-After")
+                continue
+            if status != 200:
+                errors.append(f"{status}: {payload[:200].decode(errors='replace')}")
+                continue
+            latencies.append(time.perf_counter() - start)
+            worst = max(worst, max_difference(json.loads(payload), expected[i % len(bodies)]))
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(connection) for connection in connections))
+    finally:
         seconds = time.perf_counter() - started
+        await asyncio.gather(*(connection.close() for connection in connections))
+    answered = len(latencies)
     return {
         "concurrency": concurrency, "requests": requests, "errors": len(errors),
-        "error_examples": errors[:3], "seconds": seconds, "throughput_rps": requests / seconds,
+        "error_examples": errors[:3], "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "seconds": seconds, "throughput_rps": answered / seconds,
         **(percentiles(latencies) if latencies else {}), "max_abs_diff": worst,
         "same_scores": not errors and worst <= SAME_SCORE_TOL,
     }  # fmt: skip
@@ -198,6 +313,58 @@ def build_cell(
     return cell, bodies, expected
 
 
+def median_cell(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """A cell's rounds folded into one: medians of throughput and latencies, sums of requests,
+    errors and statuses, the worst score difference; the queueing floor (concurrency /
+    throughput) and p99 against it."""
+    first = rounds[0]
+    statuses: Counter[str] = Counter()
+    for r in rounds:
+        statuses.update(r["statuses"])
+    cell = {
+        **{k: v for k, v in first.items() if k not in ("error_examples", "statuses")},
+        "rounds": len(rounds), "requests": sum(r["requests"] for r in rounds),
+        "errors": sum(r["errors"] for r in rounds),
+        "error_examples": [e for r in rounds for e in r["error_examples"]][:3],
+        "statuses": dict(sorted(statuses.items())),
+        "max_abs_diff": max(r["max_abs_diff"] for r in rounds),
+        "same_scores": all(r["same_scores"] for r in rounds),
+        "throughput_rps": statistics.median(r["throughput_rps"] for r in rounds),
+        "throughput_rounds": [round(r["throughput_rps"], 2) for r in rounds],
+    }  # fmt: skip
+    for key in ("p50_ms", "p99_ms", "mean_ms"):
+        values = [r[key] for r in rounds if key in r]
+        if values:
+            cell[key] = statistics.median(values)
+    if cell["throughput_rps"] > 0:
+        cell["floor_ms"] = cell["concurrency"] / cell["throughput_rps"] * 1e3
+        if "p99_ms" in cell:
+            cell["p99_over_floor"] = cell["p99_ms"] / cell["floor_ms"]
+    return cell
+
+
+def targets(cells: list[dict[str, Any]], overload: dict[str, Any] | None) -> dict[str, Any]:
+    """The issue's targets for this checkout's server: throughput never falls as concurrency
+    rises (per history × candidates), p99 at the highest concurrency within 2× its queueing
+    floor, zero errors, and an overload run of only 200s and 503s."""
+    mine = [c for c in cells if c["server"] == THIS]
+    key = lambda c: (c["history"], str(c["candidates"]))  # noqa: E731
+    never_falls, within_2x = {}, {}
+    for (history, candidates), group in itertools.groupby(sorted(mine, key=key), key=key):
+        group = sorted(group, key=lambda c: c["concurrency"])
+        rates = [c["throughput_rps"] for c in group]
+        never_falls[f"{history}x{candidates}"] = all(b >= a for a, b in itertools.pairwise(rates))
+        within_2x[f"{history}x{candidates}"] = group[-1].get("p99_over_floor", float("inf")) <= 2
+    result = {"throughput_never_falls": never_falls, "p99_within_2x_floor": within_2x,
+              "zero_errors": all(c["errors"] == 0 for c in mine)}  # fmt: skip
+    if overload is not None:
+        result["overload_only_200_and_503"] = (
+            overload["errors"] == 0 and set(overload["statuses"]) <= {"200", "503"}
+            and "503" in overload["statuses"]
+        )  # fmt: skip
+    return result
+
+
 def run(
     export: Path,
     histories: Sequence[int] = (1000,),
@@ -208,90 +375,165 @@ def run(
     warmup: int = 5,
     timeout_s: float = 60.0,
     startup_timeout_s: float = 300.0,
-    scoring_threads: int = 1,
+    server_args: Sequence[str] = (),
     compiled: bool = False,
+    baseline_repo: Path | None = None,
+    rounds: int = 1,
+    overload: bool = False,
+    background: int = 0,
+    server_cpus: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Load-test a `lifeseq serve` of `export` (see the module docstring); the JSON payload.
+    """Load-test `lifeseq serve` of `export` (see the module docstring); the JSON payload.
+
+    Args:
+        server_args: flags of this checkout's server (`--workers 2`, ...).
+        baseline_repo: another checkout whose server runs beside, with its default flags.
+        rounds: times each cell runs per server (medians reported).
+        overload: add the run past the queue's limit.
+        background: busy processes running during the measurements.
+        server_cpus: CPUs the servers are pinned to.
 
     Raises:
-        RuntimeError: the server did not start (its log's tail in the message).
+        RuntimeError: a server did not start (its log's tail in the message).
     """
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     scorer = Scorer.load(export, compiled=compiled)
     sizes = candidates if scorer.family == "ctr" else (0,)
     prepared = [build_cell(scorer, h, c, min(distinct, requests)) for h in histories for c in sizes]
     defaults = RequestLimits()
-    server_args = [
-        "--max-history-events", str(max(defaults.max_history_events, *histories)),
-        "--max-candidates", str(max(defaults.max_candidates, *sizes)),
-        "--scoring-threads", str(scoring_threads), *(["--compiled"] if compiled else []),
-    ]  # fmt: skip
+    limits = ["--max-history-events", str(max(defaults.max_history_events, *histories)),
+              "--max-candidates", str(max(defaults.max_candidates, *sizes)),
+              *(["--compiled"] if compiled else [])]  # fmt: skip
     path = "/score" if scorer.family == "ctr" else "/recommend"
-    cells = []
-    with tempfile.TemporaryDirectory(prefix="lifeseq-bench-http-") as tmp:
-        server = start_server(export, Path(tmp) / "server.log", server_args, startup_timeout_s)
-        try:
-            for cell, bodies, expected in prepared:
-                for c in concurrency:
-                    result = asyncio.run(
-                        load(server.url, path, bodies, expected, requests, c, warmup, timeout_s)
-                    )
-                    cells.append({**cell, **result})
-        finally:
-            server.stop()
+    cells, overload_cell, pools = [], None, {}
+    with tempfile.TemporaryDirectory(prefix="lifeseq-bench-http-") as tmp, ExitStack() as stack:
+        servers = {THIS: start_server(export, Path(tmp) / "this.log", [*limits, *server_args],
+                                      startup_timeout_s, cpus=server_cpus)}  # fmt: skip
+        stack.callback(servers[THIS].stop)
+        if baseline_repo is not None:
+            servers[BASELINE] = start_server(export, Path(tmp) / "baseline.log", limits,
+                                             startup_timeout_s, repo=baseline_repo,
+                                             cpus=server_cpus)  # fmt: skip
+            stack.callback(servers[BASELINE].stop)
+        for name, server in servers.items():
+            pools[name] = httpx.get(f"{server.url}/metadata", timeout=10).json().get("serving")
+        stack.enter_context(background_load(background))
+        order = list(servers)
+        for cell, bodies, expected in prepared:
+            for c in concurrency:
+                results: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+                for r in range(rounds):
+                    for name in order[r % len(order) :] + order[: r % len(order)]:
+                        result = asyncio.run(load(servers[name].url, path, bodies, expected,
+                                                  requests, c, warmup, timeout_s))  # fmt: skip
+                        results[name].append(result)
+                for name, runs in results.items():
+                    cells.append({"server": name, **cell, **median_cell(runs)})
+        if overload:
+            pool = pools[THIS] or {}
+            c = int(pool.get("workers", 1)) + int(pool.get("max_queue", 0)) + OVERLOAD_EXTRA
+            cell, bodies, expected = prepared[0]
+            result = asyncio.run(load(servers[THIS].url, path, bodies, expected, max(requests, 4 * c),
+                                      c, warmup, timeout_s, accept_overload=True))  # fmt: skip
+            overload_cell = {"server": THIS, **cell, **median_cell([result])}
     return {
         "export": str(export), "model": scorer.name, "family": scorer.family, "endpoint": path,
-        "cells": cells,
+        "cells": cells, "overload": overload_cell, "targets": targets(cells, overload_cell),
+        "servers": {name: {"pool": pools[name],
+                           "repo": str(baseline_repo if name == BASELINE else REPO_ROOT),
+                           "commit": git_commit(baseline_repo if name == BASELINE else REPO_ROOT)}
+                    for name in pools},
         "settings": {"requests": requests, "concurrency": list(concurrency), "distinct": distinct,
-                     "warmup": warmup, "timeout_s": timeout_s, "host": HOST,
-                     "scoring_threads": scoring_threads, "compiled": compiled},
+                     "warmup": warmup, "timeout_s": timeout_s, "host": HOST, "rounds": rounds,
+                     "server_args": list(server_args), "compiled": compiled,
+                     "background_load": background, "server_cpus": list(server_cpus or [])},
         "machine": {**machine_info(), "load_avg_1m_before": load_avg},
         "commit": git_commit(),
     }  # fmt: skip
 
 
+def _pool_text(pool: dict[str, Any] | None) -> str:
+    if not pool:
+        return "one process (scoring threads: --scoring-threads)"
+    return (
+        f"{pool['workers']} {pool['kind']} × {pool['threads_per_worker'] or 'default'} threads, "
+        f"queue {pool['max_queue']}"
+    )
+
+
 def markdown(payload: dict[str, Any]) -> str:
-    """The cells as a Markdown table."""
+    """The cells as a Markdown table, then the overload run and the targets."""
     lines = [
-        "| model | history (used) | candidates | concurrency | requests | errors | req/s | "
-        "p50 ms | p99 ms | in-process p50 ms | same scores (max diff) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server | history (used) | candidates | concurrency | requests | errors | req/s | "
+        "p50 ms | p99 ms | floor ms | p99 / floor | in-process p50 ms | same scores (max diff) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in payload["cells"]:
+    shown = list(payload["cells"]) + ([payload["overload"]] if payload.get("overload") else [])
+    for c in shown:
         candidates = c["candidates"] if c["candidates"] == "all" else f"{c['candidates']:,}"
+        server = c["server"] + (" (overload)" if c is payload.get("overload") else "")
         lines.append(
-            f"| {payload['model']} | {c['history']:,} ({c['events_used']:,}) | {candidates} | "
+            f"| {server} | {c['history']:,} ({c['events_used']:,}) | {candidates} | "
             f"{c['concurrency']} | {c['requests']} | {c['errors']} | {c['throughput_rps']:.1f} | "
             f"{c.get('p50_ms', float('nan')):.2f} | {c.get('p99_ms', float('nan')):.2f} | "
+            f"{c.get('floor_ms', float('nan')):.1f} | {c.get('p99_over_floor', float('nan')):.2f} | "
             f"{c['in_process_p50_ms']:.2f} | {'yes' if c['same_scores'] else 'NO'} "
             f"({c['max_abs_diff']:.1e}) |"
         )
+    servers = payload.get("servers", {})
+    for name, server in servers.items():
+        lines.append(f"\n{name}: {server['commit'][:7]}, {_pool_text(server['pool'])}")
+    if payload.get("overload"):
+        lines.append(f"overload statuses: {payload['overload']['statuses']}")
+    lines.append(f"targets: {json.dumps(payload['targets'])}")
     return "\n".join(lines)
 
 
 def plot(payload: dict[str, Any], path: str | Path) -> None:
-    """Throughput and p99 latency against concurrency, one line per (history, candidates)."""
+    """Throughput and p99 latency against concurrency, one line per server × (history,
+    candidates); p99's queueing floor dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
-    key = lambda c: (c["history"], c["candidates"])  # noqa: E731
-    for (history, candidates), group in itertools.groupby(payload["cells"], key=key):
-        group = list(group)
-        label = f"{history:,} events" + (f" × {candidates:,}" if candidates != "all" else "")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    key = lambda c: (c["server"], c["history"], str(c["candidates"]))  # noqa: E731
+    for (server, history, candidates), group in itertools.groupby(payload["cells"], key=key):
+        group = sorted(group, key=lambda c: c["concurrency"])
+        label = f"{server}: {history:,} events" + (
+            f" × {candidates}" if candidates != "all" else ""
+        )
+        style = "--" if server == BASELINE else "-"
         x = [c["concurrency"] for c in group]
-        left.plot(x, [c["throughput_rps"] for c in group], marker="o", label=label)
-        right.plot(x, [c.get("p99_ms", float("nan")) for c in group], marker="o", label=label)
-    for ax, ylabel in ((left, "requests / s"), (right, "p99 latency, ms")):
+        left.plot(x, [c["throughput_rps"] for c in group], style, marker="o", label=label)
+        line = right.plot(x, [c.get("p99_ms", float("nan")) for c in group], style, marker="o",
+                          label=label)  # fmt: skip
+        if server == THIS:
+            right.plot(x, [c.get("floor_ms", float("nan")) for c in group], ":",
+                       color=line[0].get_color(), alpha=0.7)  # fmt: skip
+    for ax, ylabel in ((left, "requests / s"), (right, "p99 latency, ms (dotted: floor)")):
         ax.set(xscale="log", xlabel="concurrent connections", ylabel=ylabel)
         ax.set_xticks(payload["settings"]["concurrency"],
                       [str(c) for c in payload["settings"]["concurrency"]])  # fmt: skip
         ax.grid(alpha=0.3)
-    left.legend(fontsize=8)
+    right.set_yscale("log")
+    left.legend(fontsize=7)
     fig.suptitle(f"lifeseq serve {payload['model']} ({payload['endpoint']}), 127.0.0.1")
     save_figure(fig, path)
+
+
+def _cpu_list(text: str) -> list[int]:
+    try:
+        cpus = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected CPU numbers like 0 or 0,1, got {text!r}"
+        ) from None
+    available = os.sched_getaffinity(0)
+    if not cpus or not set(cpus) <= available:
+        raise argparse.ArgumentTypeError(f"expected CPUs among {sorted(available)}, got {text!r}")
+    return cpus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,38 +551,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     parser.add_argument("--startup-timeout", type=float, default=300.0,
                         help="seconds the server may take to load and answer /health")  # fmt: skip
-    parser.add_argument("--scoring-threads", type=int, default=1,
-                        help="the server's --scoring-threads")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=None, help="the server's --workers")
+    parser.add_argument("--threads-per-worker", type=int, default=None,
+                        help="the server's --threads-per-worker")  # fmt: skip
+    parser.add_argument("--max-queue", type=int, default=None, help="the server's --max-queue")
     parser.add_argument("--compiled", action="store_true",
                         help="the server (and the in-process check) run compiled/*.pt2")  # fmt: skip
+    parser.add_argument("--baseline-repo", type=Path, default=None,
+                        help="another checkout whose lifeseq serve runs side by side")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each cell per server")
+    parser.add_argument("--overload", action="store_true",
+                        help="add a run past the queue's limit (only 200s and 503s)")  # fmt: skip
+    parser.add_argument("--background-load", type=int, default=0,
+                        help="busy processes running during the run (a busy box)")  # fmt: skip
+    parser.add_argument("--server-cpus", type=_cpu_list, default=None,
+                        help="pin the servers to these CPUs, e.g. 0 (a smaller machine)")  # fmt: skip
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--png", default=None, help="write throughput and p99 plots here")
     args = parser.parse_args(argv)
-    for name in ("requests", "distinct", "scoring_threads"):
+    for name in ("requests", "distinct", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
     if min(args.concurrency) < 1:
         parser.error(f"--concurrency: expected values >= 1, got {args.concurrency}")
+    if args.background_load < 0:
+        parser.error(f"--background-load: expected >= 0, got {args.background_load}")
+    if args.baseline_repo is not None and not (args.baseline_repo / "jobs" / "cli.py").is_file():
+        parser.error(f"--baseline-repo: {args.baseline_repo} is not a lifeseq checkout")
+    server_args = [
+        arg for flag, value in (("--workers", args.workers),
+                                ("--threads-per-worker", args.threads_per_worker),
+                                ("--max-queue", args.max_queue))
+        if value is not None for arg in (flag, str(value))
+    ]  # fmt: skip
     try:
         payload = run(args.export, args.histories, args.candidates, args.requests,
                       args.concurrency, args.distinct, args.warmup, args.timeout,
-                      args.startup_timeout, args.scoring_threads, args.compiled)  # fmt: skip
+                      args.startup_timeout, server_args, args.compiled, args.baseline_repo,
+                      args.rounds, args.overload, args.background_load, args.server_cpus)  # fmt: skip
     except (RuntimeError, FileNotFoundError, ValueError) as err:  # ExportError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(markdown(payload))
-    print(f"({args.requests} requests per cell, {args.distinct} distinct, "
-          f"{args.scoring_threads} scoring thread(s), {payload['machine']['threads']} torch "
-          f"threads, load average {payload['machine']['load_avg_1m_before']})")  # fmt: skip
+    print(f"({args.requests} requests per cell and round, {args.rounds} round(s), "
+          f"{args.distinct} distinct, load average {payload['machine']['load_avg_1m_before']})")  # fmt: skip
     if args.out:
         write_json(args.out, payload)
     if args.png:
         plot(payload, args.png)
     failed = [c for c in payload["cells"] if not c["same_scores"]]
+    if payload.get("overload") and payload["overload"]["errors"]:
+        failed.append(payload["overload"])
     for c in failed:
-        print(f"error: history {c['history']}, concurrency {c['concurrency']}: {c['errors']} "
-              f"errors {c['error_examples']}, max score difference {c['max_abs_diff']:.2e}",
-              file=sys.stderr)  # fmt: skip
+        print(f"error: {c['server']} history {c['history']}, concurrency {c['concurrency']}: "
+              f"{c['errors']} errors {c['error_examples']}, max score difference "
+              f"{c['max_abs_diff']:.2e}", file=sys.stderr)  # fmt: skip
     return 1 if failed else 0
 
 

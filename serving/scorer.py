@@ -376,6 +376,20 @@ class NumericIndex:
         return np.where(self.sorted[at] == numbers, self.sorted_ids[at], OOV_ID)
 
 
+def compiled_refusal(root: Path, manifest: dict[str, Any]) -> str | None:
+    """Why export `root` cannot serve its AOTInductor packages (`--compiled`), or None."""
+    section = manifest.get("compiled") or {}
+    packages = section.get("programs") or {}
+    missing = sorted(set(manifest["dense"]) - set(packages))
+    if not missing:
+        return None
+    why = section.get("skipped", "exported before lifeseq compiled its programs")
+    return (
+        f"{root}: no compiled package of {missing} ({why}); export again on a machine with a "
+        "C++ compiler, or serve without --compiled"
+    )
+
+
 class Scorer:
     """A loaded export; see the module docstring. Build with `Scorer.load`."""
 
@@ -435,15 +449,10 @@ class Scorer:
             ExportError: the export has none (no C++ compiler at export, `--no-compile`, or
                 an export from before lifeseq compiled them), saying why.
         """
-        section = self.manifest.get("compiled") or {}
-        packages = section.get("programs") or {}
-        missing = sorted(set(self.manifest["dense"]) - set(packages))
-        if missing:
-            why = section.get("skipped", "exported before lifeseq compiled its programs")
-            raise ExportError(
-                f"{self.root}: no compiled package of {missing} ({why}); export again on a "
-                "machine with a C++ compiler, or serve without --compiled"
-            )
+        refusal = compiled_refusal(self.root, self.manifest)
+        if refusal:
+            raise ExportError(refusal)
+        packages = self.manifest["compiled"]["programs"]
         return {name: load_package(self.root / spec["file"]) for name, spec in packages.items()}
 
     @staticmethod

@@ -1,15 +1,17 @@
-"""HTTP server on a `serving.Scorer`: JSON in, JSON out (Starlette; `lifeseq serve` runs it
-under uvicorn).
+"""HTTP front of `lifeseq serve`: reads requests and hands their bodies to a scoring pool
+(`serving.pool`), which answers them (Starlette; `lifeseq serve` runs it under uvicorn).
 
     POST /score       CTR exports: history + candidates → probabilities, logits, OOV counts
     POST /recommend   sequential exports: history → top-k items and scores, OOV counts
-    GET  /health      {"status": "ok", "model": ..., "family": ...}
+    GET  /health      200 {"status": "ok", "model", "family", "workers_ready"} while a worker
+                      can score; 503 {"status": "unavailable", ...} while none can
     GET  /metadata    the export manifest's model, versions, format_version and checkpoint,
-                      the request limits, and whether the AOTInductor packages serve (`compiled`)
+                      the request limits, whether the AOTInductor packages serve (`compiled`),
+                      and the pool (`serving`: workers, threads per worker, queue limit, load)
 
 Request bodies are JSON objects whose fields are those of `CtrRequest` / `NextItemRequest`
-(raw ids as strings or integers, epoch seconds as integers). Every error answers
-`{"error": "..."}` naming the field or limit:
+(`serving.handler` checks and scores them). Every error answers `{"error": "..."}` naming the
+field or limit:
 
     400  the body is not JSON
     404  no such endpoint;  405  the endpoint takes another method
@@ -18,36 +20,29 @@ Request bodies are JSON objects whose fields are those of `CtrRequest` / `NextIt
     422  not an object, an unknown / missing / mistyped field, or the scorer's `RequestError`
          (bad elements, unequal lengths, timestamps out of order, a request over the limits)
     500  a bug: a generic message, the traceback logged by the server
+    503  the pool's queue is full (or no worker runs): `Retry-After` says when to try again
 
-Concurrency: requests are read, parsed and answered on the event loop; scoring runs in a worker
-thread (`anyio.to_thread`) behind a capacity limiter of `scoring_threads` (default 1). One
-scoring thread keeps the scorer's use serial (its numbers cannot depend on what else is in
-flight, and nothing inside it has to be thread-safe), while torch's own intra-op threads use
-the cores for each request; the event loop stays free to answer `/health`, refuse oversized or
-malformed bodies and parse the next request's JSON while a request is scored (torch releases
-the GIL). More scoring threads trade that guarantee for throughput: on the 2-core development
-machine, TWIN at 10,000 events served 26 req/s with one scoring thread and one torch thread,
-35 with one scoring thread and two torch threads, 42 with two scoring threads of one torch
-thread each (same scores; `lifeseq bench http --scoring-threads`).
+Concurrency: the event loop only reads bodies and moves bytes; a pool of workers, each scoring
+one request at a time, does the JSON parsing, checking and scoring (`serving.pool`), so the
+loop stays free to answer `/health`, refuse oversized bodies and shed load while requests are
+scored.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
-import anyio
-import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from serving.scorer import CtrRequest, NextItemRequest, RequestError, RequestLimits, Scorer
+from serving.handler import INTERNAL_ERROR, Answer, ApiError, family_error
+from serving.pool import Overloaded, ScoringPool
+from serving.scorer import RequestLimits
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +54,6 @@ HISTORY_FIELDS = 3
 #: Room in the default body limit for field names, scalars and whitespace.
 BODY_MARGIN = 1 << 16
 ENDPOINTS = "GET /health, GET /metadata, POST /score (CTR), POST /recommend (sequential)"
-#: What each request field must be in JSON: a list, an integer, a boolean or an id.
-FIELD_KINDS = {
-    "history_items": "list", "history_behaviors": "list", "history_ts": "list",
-    "candidates": "list", "request_ts": "int", "k": "int", "exclude_history": "bool",
-    "user_id": "id",
-}  # fmt: skip
-_KIND_TEXT = {
-    "list": "a list",
-    "int": "an integer",
-    "bool": "true or false",
-    "id": "a string or integer (or null)",
-}
 
 
 def default_max_body_bytes(limits: RequestLimits) -> int:
@@ -80,114 +63,34 @@ def default_max_body_bytes(limits: RequestLimits) -> int:
     return BYTES_PER_VALUE * values + BODY_MARGIN
 
 
-class ApiError(Exception):
-    """A request the server refuses: its HTTP status and a message naming the field."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def parse_json(body: bytes) -> dict[str, Any]:
-    """The JSON object in `body`.
-
-    Raises:
-        ApiError: 400 when `body` is not JSON (or nested too deep to parse), 422 when it is
-            JSON but not an object.
-    """
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, huge integers
-        detail = str(err) if isinstance(err, ValueError) else "nested too deeply"
-        raise ApiError(400, f"request body: not valid JSON ({detail}); send a JSON object") from err
-    if not isinstance(value, dict):
-        raise ApiError(422, f"request body: expected a JSON object, got {_json_type(value)}")
-    return value
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-             int: "an integer", float: "a number", type(None): "null"}  # fmt: skip
-    return names.get(type(value), type(value).__name__)
-
-
-def _check_kind(name: str, value: Any) -> None:
-    kind = FIELD_KINDS[name]
-    if kind == "list":
-        ok = isinstance(value, list)
-    elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "bool":
-        ok = isinstance(value, bool)
-    else:
-        ok = value is None or (isinstance(value, str | int) and not isinstance(value, bool))
-    if not ok:
-        raise ApiError(422, f"{name}: expected {_KIND_TEXT[kind]}, got {_json_type(value)}")
-
-
-def build_request(
-    cls: type[CtrRequest] | type[NextItemRequest], body: dict[str, Any], limits: RequestLimits
-) -> CtrRequest | NextItemRequest:
-    """The scorer request of class `cls` from a parsed JSON object.
-
-    Field names, presence and JSON types are checked here; element types and ranges, lengths
-    and order by the scorer (its `RequestError`s answer 422 too). The size limits are checked
-    first, so an oversized request costs nothing more.
-
-    Raises:
-        ApiError: 422 naming an unknown, missing or mistyped field, or the limit a field exceeds.
-    """
-    fields = dataclasses.fields(cls)
-    names = [f.name for f in fields]
-    unknown = sorted(set(body) - set(names))
-    if unknown:
-        raise ApiError(422, f"{unknown[0]}: unknown field; {cls.__name__} fields are "
-                            f"{', '.join(names)}")  # fmt: skip
-    for f in fields:
-        if f.name not in body:
-            if f.default is dataclasses.MISSING:
-                raise ApiError(422, f"{f.name}: missing; {cls.__name__} requires it")
-            continue
-        _check_kind(f.name, body[f.name])
-    try:
-        for name in ("history_items", "history_behaviors", "history_ts"):
-            if name in body:
-                limits.check(name, body[name], "max_history_events")
-        if "candidates" in body:
-            limits.check("candidates", body["candidates"], "max_candidates")
-    except RequestError as err:
-        raise ApiError(422, str(err)) from err
-    return cls(**body)
-
-
 def create_app(
-    scorer: Scorer, max_body_bytes: int | None = None, scoring_threads: int = 1
+    pool: ScoringPool,
+    max_body_bytes: int | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> Starlette:
-    """The ASGI app serving `scorer` (see the module docstring).
+    """The ASGI app serving `pool` (see the module docstring); the pool starts with the app
+    (its lifespan) and stops with it, after the requests in flight are answered.
 
     Args:
-        scorer: a loaded export.
+        pool: the scoring workers (`serving.pool.ProcessPool`, or `InlinePool` in-process).
         max_body_bytes: larger request bodies are refused with 413 (default:
-            `default_max_body_bytes(scorer.limits)`).
-        scoring_threads: requests scored at once, each in a worker thread.
+            `default_max_body_bytes(pool.info.limits)`).
+        on_ready: called once every worker can score (e.g. to print the start-up line).
 
     Raises:
-        ValueError: `max_body_bytes` or `scoring_threads` below 1.
+        ValueError: `max_body_bytes` below 1.
     """
-    body_limit = default_max_body_bytes(scorer.limits) if max_body_bytes is None else max_body_bytes
+    info = pool.info
+    body_limit = default_max_body_bytes(info.limits) if max_body_bytes is None else max_body_bytes
     if body_limit < 1:
         raise ValueError(f"max_body_bytes: expected >= 1, got {body_limit}")
-    if scoring_threads < 1:
-        raise ValueError(f"scoring_threads: expected >= 1, got {scoring_threads}")
-    limiter = anyio.CapacityLimiter(scoring_threads)
     limits = {
-        "max_history_events": scorer.limits.max_history_events,
-        "max_candidates": scorer.limits.max_candidates,
+        "max_history_events": info.limits.max_history_events,
+        "max_candidates": info.limits.max_candidates,
         "max_body_bytes": body_limit,
     }
 
@@ -211,65 +114,65 @@ def create_app(
             "send fewer events or candidates, or start the server with a larger --max-body-bytes"
         )
 
-    def family_check(endpoint: str, family: str, other: str) -> None:
-        if scorer.family != family:
-            raise ApiError(409, f"{endpoint}: this export is a {scorer.family} model "
-                                f"({scorer.name}); use POST {other}")  # fmt: skip
+    def scoring(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
+        async def score(request: Request) -> Response:
+            try:
+                refusal = family_error(endpoint, info.family, info.name)
+                if refusal:
+                    raise refusal
+                answer = await pool.submit(endpoint, await read_body(request))
+            except ApiError as err:
+                return _error(err.status, err.message)
+            except Overloaded as err:
+                return _error(503, str(err), {"Retry-After": str(err.retry_after_s)})
+            except ClientDisconnect:
+                return _error(400, "request body: the client disconnected while sending it")
+            except Exception:
+                logger.exception("POST %s failed", endpoint)
+                return _error(500, INTERNAL_ERROR)
+            return _answer(answer)
 
-    async def score_ctr(request: Request) -> dict[str, Any]:
-        family_check("/score", "ctr", "/recommend")
-        ctr = build_request(CtrRequest, parse_json(await read_body(request)), scorer.limits)
-        scores = await anyio.to_thread.run_sync(scorer.score, ctr, limiter=limiter)
-        return {"probabilities": scores.probabilities.tolist(), "logits": scores.logits.tolist(),
-                "oov": scores.oov, "model": scorer.name}  # fmt: skip
+        return score
 
-    async def recommend(request: Request) -> dict[str, Any]:
-        family_check("/recommend", "sequential", "/score")
-        body = parse_json(await read_body(request))
-        next_item = build_request(NextItemRequest, body, scorer.limits)
-        recs = await anyio.to_thread.run_sync(scorer.recommend, next_item, limiter=limiter)
-        return {"items": recs.items, "scores": recs.scores.tolist(), "oov": recs.oov,
-                "model": scorer.name}  # fmt: skip
+    async def health(request: Request) -> JSONResponse:
+        stats = pool.stats()
+        ready = stats["workers_ready"] > 0
+        return JSONResponse(
+            {"status": "ok" if ready else "unavailable", "model": info.name,
+             "family": info.family, "workers_ready": stats["workers_ready"]},
+            status_code=200 if ready else 503,
+        )  # fmt: skip
 
-    async def health(request: Request) -> dict[str, Any]:
-        return {"status": "ok", "model": scorer.name, "family": scorer.family}
-
-    async def metadata(request: Request) -> dict[str, Any]:
-        manifest = scorer.manifest
+    async def metadata(request: Request) -> JSONResponse:
         sections = ("model", "versions", "format_version", "checkpoint")
-        return {**{key: manifest.get(key) for key in sections}, "limits": limits,
-                "compiled": scorer.compiled}  # fmt: skip
+        return JSONResponse({**{key: info.manifest.get(key) for key in sections},
+                             "limits": limits, "compiled": info.compiled,
+                             "serving": pool.stats()})  # fmt: skip
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await pool.start()
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            await pool.stop()
 
     routes = [
-        Route("/score", _json_endpoint(score_ctr), methods=["POST"]),
-        Route("/recommend", _json_endpoint(recommend), methods=["POST"]),
-        Route("/health", _json_endpoint(health), methods=["GET"]),
-        Route("/metadata", _json_endpoint(metadata), methods=["GET"]),
+        Route("/score", scoring("/score"), methods=["POST"]),
+        Route("/recommend", scoring("/recommend"), methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metadata", metadata, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error},
+                     lifespan=lifespan)  # fmt: skip
 
 
-def _json_endpoint(
-    handler: Callable[[Request], Awaitable[dict[str, Any]]],
-) -> Callable[[Request], Awaitable[JSONResponse]]:
-    """`handler`'s dict as a JSON response; `ApiError` and `RequestError` as their 4xx, any other
-    exception as a logged 500."""
-
-    async def endpoint(request: Request) -> JSONResponse:
-        try:
-            return JSONResponse(await handler(request))
-        except ApiError as err:
-            return _error(err.status, err.message)
-        except RequestError as err:
-            return _error(422, str(err))
-        except ClientDisconnect:
-            return _error(400, "request body: the client disconnected while sending it")
-        except Exception:
-            logger.exception("%s %s failed", request.method, request.url.path)
-            return _error(500, "internal error (a bug in the server, logged there); the request "
-                               "was not scored, please report it")  # fmt: skip
-
-    return endpoint
+def _answer(answer: Answer) -> Response:
+    """A worker's answer as the HTTP response (its JSON bytes as they are)."""
+    return Response(answer.body, status_code=answer.status, media_type="application/json",
+                    headers=answer.headers or None)  # fmt: skip
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -286,4 +189,4 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, message, dict(exc.headers or {}))
 
 
-__all__ = ["ApiError", "build_request", "create_app", "default_max_body_bytes", "parse_json"]
+__all__ = ["create_app", "default_max_body_bytes"]

@@ -31,6 +31,7 @@ from models.blocks.embeddings import torchrec_available
 from serving.artifacts import read_manifest
 from serving.compiled import compiler_missing
 from serving.export import export_checkpoint
+from serving.pool import InlinePool, ProcessPool, export_info
 from serving.scorer import RequestLimits, Scorer
 from serving.server import create_app, default_max_body_bytes
 from tests.integration.test_export import (
@@ -74,15 +75,41 @@ def scorers(exports: dict[str, Path]) -> dict[str, Scorer]:
     return {name: Scorer.load(root) for name, root in exports.items()}
 
 
-@pytest.fixture(scope="module")
-def ctr(scorers: dict[str, Scorer]) -> Iterator[TestClient]:
-    with TestClient(create_app(scorers["din"])) as client:
+def worker_command(export: Path, limits: RequestLimits | None = None) -> list[str]:
+    """The command line `lifeseq serve` starts a scoring worker with."""
+    limits = limits or RequestLimits()
+    return [sys.executable, "-m", "jobs.serve_worker", str(export), "--threads", "1",
+            "--max-history-events", str(limits.max_history_events),
+            "--max-candidates", str(limits.max_candidates)]  # fmt: skip
+
+
+def process_pool(export: Path, workers: int = 2, max_queue: int = 64) -> ProcessPool:
+    """Worker processes on `export`, as `lifeseq serve` starts them."""
+    info = export_info(export, read_manifest(export), RequestLimits(), compiled=False)
+    return ProcessPool(info, worker_command(export), workers, 1, max_queue)
+
+
+def inline(scorer: Scorer, **kwargs: Any) -> Any:
+    """The app on `scorer` in this process (one scoring thread)."""
+    return create_app(InlinePool(scorer), **kwargs)
+
+
+@pytest.fixture(scope="module", params=["threads", "processes"])
+def ctr(
+    request: pytest.FixtureRequest, scorers: dict[str, Scorer], exports: dict[str, Path]
+) -> Iterator[TestClient]:
+    """The DIN app, scoring in this process or in two worker processes (every request test
+    runs on both)."""
+    pool = (
+        InlinePool(scorers["din"]) if request.param == "threads" else process_pool(exports["din"])
+    )
+    with TestClient(create_app(pool)) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def seq(scorers: dict[str, Scorer]) -> Iterator[TestClient]:
-    with TestClient(create_app(scorers["hstu"])) as client:
+    with TestClient(inline(scorers["hstu"])) as client:
         yield client
 
 
@@ -115,8 +142,11 @@ def assert_error(response: httpx.Response, status: int, *words: str) -> str:
 
 
 def test_health_and_metadata(ctr: TestClient, seq: TestClient, exports: dict[str, Path]) -> None:
-    assert ctr.get("/health").json() == {"status": "ok", "model": "LifelongCtr", "family": "ctr"}
-    assert seq.get("/health").json() == {"status": "ok", "model": "Hstu", "family": "sequential"}
+    workers = ctr.get("/metadata").json()["serving"]["workers"]
+    assert ctr.get("/health").json() == {"status": "ok", "model": "LifelongCtr", "family": "ctr",
+                                         "workers_ready": workers}  # fmt: skip
+    assert seq.get("/health").json() == {"status": "ok", "model": "Hstu", "family": "sequential",
+                                         "workers_ready": 1}  # fmt: skip
     meta = ctr.get("/metadata").json()
     manifest = read_manifest(exports["din"])
     for key in ("model", "versions", "format_version", "checkpoint"):
@@ -128,6 +158,9 @@ def test_health_and_metadata(ctr: TestClient, seq: TestClient, exports: dict[str
         "max_body_bytes": default_max_body_bytes(defaults),
     }
     assert "tables" not in meta and "files" not in meta
+    serving = meta["serving"]
+    assert serving["kind"] in ("threads", "processes") and serving["workers_ready"] == workers
+    assert serving["max_queue"] == 64 and serving["waiting"] == serving["scoring"] == 0
 
 
 @pytest.mark.parametrize(("seed", "history", "candidates"), [(0, 120, 30), (1, 0, 4), (2, 5, 1)])
@@ -279,14 +312,14 @@ def test_ten_to_the_six_events_or_five_candidates_are_refused_by_the_limits(
             "history_ts": [1_700_000_000] * events, "candidates": ["i3"],
             "request_ts": 1_700_000_000}  # fmt: skip
     content = json.dumps(huge).encode()
-    with TestClient(create_app(scorers["din"], max_body_bytes=len(content) + 1)) as client:
+    with TestClient(inline(scorers["din"], max_body_bytes=len(content) + 1)) as client:
         started = time.perf_counter()
         response = post(client, "/score", content)
         assert_error(response, 422, "history_items", "1,000,000 entries",
                      "max_history_events=100,000")  # fmt: skip
         assert time.perf_counter() - started < 20  # refused after parsing, never scored
     many = _ctr_with(candidates=["i3"] * 10**5)
-    with TestClient(create_app(scorers["din"])) as client:
+    with TestClient(inline(scorers["din"])) as client:
         assert_error(post(client, "/score", many), 422, "candidates", "max_candidates=10,000")
         # with the default body limit, 10^6 events are refused before the body is parsed
         assert_error(post(client, "/score", content), 413, "max_body_bytes=",
@@ -295,7 +328,7 @@ def test_ten_to_the_six_events_or_five_candidates_are_refused_by_the_limits(
 
 def test_bodies_over_the_byte_limit_are_a_413_before_parsing(scorers: dict[str, Scorer]) -> None:
     content = json.dumps(valid_ctr()).encode()
-    with TestClient(create_app(scorers["din"], max_body_bytes=100)) as client:
+    with TestClient(inline(scorers["din"], max_body_bytes=100)) as client:
         assert_error(post(client, "/score", content), 413, "max_body_bytes=100")
         chunked = client.post("/score", content=iter([content[:60], content[60:]]))  # no length
         assert "content-length" not in chunked.request.headers
@@ -304,14 +337,16 @@ def test_bodies_over_the_byte_limit_are_a_413_before_parsing(scorers: dict[str, 
 
 
 def test_an_unexpected_exception_is_a_logged_500(
-    ctr: TestClient, scorers: dict[str, Scorer], monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+    scorers: dict[str, Scorer], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken(request: Any) -> Any:
         raise RuntimeError("a bug in the scorer")
 
     monkeypatch.setattr(scorers["din"], "score", broken)
-    with caplog.at_level(logging.ERROR, logger="serving.server"):
+    with (
+        TestClient(inline(scorers["din"])) as ctr,
+        caplog.at_level(logging.ERROR, "serving.handler"),
+    ):
         message = assert_error(post(ctr, "/score", valid_ctr()), 500, "internal error")
     assert "a bug in the scorer" not in message
     assert "a bug in the scorer" in caplog.text and "POST /score failed" in caplog.text
@@ -411,4 +446,4 @@ def test_the_load_test_finds_no_errors_and_the_same_scores(exports: dict[str, Pa
         assert cell["same_scores"] and cell["max_abs_diff"] <= SAME
         assert cell["throughput_rps"] > 0 and cell["p99_ms"] >= cell["p50_ms"] > 0
     table = bench_http.markdown(payload)
-    assert table.count("| LifelongCtr | 40 (40) | 6 |") == 2 and "| NO" not in table
+    assert table.count("| this | 40 (40) | 6 |") == 2 and "| NO" not in table
