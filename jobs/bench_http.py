@@ -21,12 +21,15 @@ the run is recorded.
 * Overload (`--overload`, this checkout's server): `workers + max_queue + 16` connections, each
   request answered 200 (the same scores) or 503 with `Retry-After`, nothing else.
 * `--background-load N` runs N busy processes for the whole run (a busy box);
-  `--server-cpus 0` pins the servers to those CPUs (`os.sched_setaffinity`: a smaller machine).
+  `--server-cpus 0` pins the servers to those CPUs (`os.sched_setaffinity`: a smaller machine);
+  `--server-cgroup DIR` runs this checkout's server in a cgroup made beforehand, e.g. with a
+  CPU quota of one core (a container's `--cpus 1`, which the affinity mask does not show), and
+  `--baseline-cgroup DIR2` the baseline in another of the same quota.
 
     lifeseq bench http --export EXPORT [--requests 200] [--concurrency 1 4 16] [--histories 1000]
         [--candidates 100] [--workers N] [--threads-per-worker T] [--max-queue Q]
         [--baseline-repo OLD_CHECKOUT] [--rounds 3] [--overload] [--background-load 1]
-        [--server-cpus 0] [--out bench_out/http.json] [--png http.png]
+        [--server-cpus 0] [--server-cgroup DIR] [--out bench_out/http.json] [--png http.png]
 
 Exits 1 when any request failed (a status other than 200, or 503 in the overload run) or any
 score differed.
@@ -97,9 +100,11 @@ def start_server(
     timeout_s: float = 300.0,
     repo: Path = REPO_ROOT,
     cpus: Sequence[int] | None = None,
+    cgroup: Path | None = None,
 ) -> ServerProcess:
     """Start checkout `repo`'s `lifeseq serve EXPORT --port 0` (output to `log`; pinned to
-    `cpus` when given) and wait until `/health` answers.
+    `cpus`, and moved into the cgroup directory `cgroup`, when given) and wait until `/health`
+    answers.
 
     Raises:
         RuntimeError: the server exited or was not healthy within `timeout_s` (it is stopped;
@@ -108,7 +113,14 @@ def start_server(
     command = [sys.executable, "-m", "jobs.cli", "serve", str(export), "--host", HOST,
                "--port", "0", *args]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
+
+    def confine() -> None:  # in the child, before exec: its workers inherit both
+        if cpus:
+            os.sched_setaffinity(0, set(cpus))
+        if cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    pin = confine if cpus or cgroup is not None else None
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=repo,
                                    env=env, preexec_fn=pin)  # fmt: skip
@@ -382,6 +394,8 @@ def run(
     overload: bool = False,
     background: int = 0,
     server_cpus: Sequence[int] | None = None,
+    server_cgroup: Path | None = None,
+    baseline_cgroup: Path | None = None,
 ) -> dict[str, Any]:
     """Load-test `lifeseq serve` of `export` (see the module docstring); the JSON payload.
 
@@ -392,6 +406,8 @@ def run(
         overload: add the run past the queue's limit.
         background: busy processes running during the measurements.
         server_cpus: CPUs the servers are pinned to.
+        server_cgroup: a cgroup directory (e.g. with a CPU quota) this checkout's server runs in.
+        baseline_cgroup: the baseline's (default `server_cgroup`: then both share its quota).
 
     Raises:
         RuntimeError: a server did not start (its log's tail in the message).
@@ -408,12 +424,14 @@ def run(
     cells, overload_cell, pools = [], None, {}
     with tempfile.TemporaryDirectory(prefix="lifeseq-bench-http-") as tmp, ExitStack() as stack:
         servers = {THIS: start_server(export, Path(tmp) / "this.log", [*limits, *server_args],
-                                      startup_timeout_s, cpus=server_cpus)}  # fmt: skip
+                                      startup_timeout_s, cpus=server_cpus,
+                                      cgroup=server_cgroup)}  # fmt: skip
         stack.callback(servers[THIS].stop)
         if baseline_repo is not None:
             servers[BASELINE] = start_server(export, Path(tmp) / "baseline.log", limits,
                                              startup_timeout_s, repo=baseline_repo,
-                                             cpus=server_cpus)  # fmt: skip
+                                             cpus=server_cpus,
+                                             cgroup=baseline_cgroup or server_cgroup)  # fmt: skip
             stack.callback(servers[BASELINE].stop)
         for name, server in servers.items():
             pools[name] = httpx.get(f"{server.url}/metadata", timeout=10).json().get("serving")
@@ -446,7 +464,9 @@ def run(
         "settings": {"requests": requests, "concurrency": list(concurrency), "distinct": distinct,
                      "warmup": warmup, "timeout_s": timeout_s, "host": HOST, "rounds": rounds,
                      "server_args": list(server_args), "compiled": compiled,
-                     "background_load": background, "server_cpus": list(server_cpus or [])},
+                     "background_load": background, "server_cpus": list(server_cpus or []),
+                     "server_cgroup": str(server_cgroup) if server_cgroup else None,
+                     "baseline_cgroup": str(baseline_cgroup) if baseline_cgroup else None},
         "machine": {**machine_info(), "load_avg_1m_before": load_avg},
         "commit": git_commit(),
     }  # fmt: skip
@@ -498,20 +518,25 @@ def plot(payload: dict[str, Any], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
-    key = lambda c: (c["server"], c["history"], str(c["candidates"]))  # noqa: E731
-    for (server, history, candidates), group in itertools.groupby(payload["cells"], key=key):
+    key = lambda c: (c["history"], str(c["candidates"]), c["server"])  # noqa: E731
+    histories = sorted({c["history"] for c in payload["cells"]})
+    colors = {h: f"C{i}" for i, h in enumerate(histories)}
+    for (history, candidates, server), group in itertools.groupby(
+        sorted(payload["cells"], key=key), key=key
+    ):
         group = sorted(group, key=lambda c: c["concurrency"])
         label = f"{server}: {history:,} events" + (
             f" × {candidates}" if candidates != "all" else ""
         )
-        style = "--" if server == BASELINE else "-"
+        style = dict(
+            color=colors[history], marker="o", linestyle="--" if server == BASELINE else "-"
+        )
         x = [c["concurrency"] for c in group]
-        left.plot(x, [c["throughput_rps"] for c in group], style, marker="o", label=label)
-        line = right.plot(x, [c.get("p99_ms", float("nan")) for c in group], style, marker="o",
-                          label=label)  # fmt: skip
+        left.plot(x, [c["throughput_rps"] for c in group], label=label, **style)
+        right.plot(x, [c.get("p99_ms", float("nan")) for c in group], label=label, **style)
         if server == THIS:
             right.plot(x, [c.get("floor_ms", float("nan")) for c in group], ":",
-                       color=line[0].get_color(), alpha=0.7)  # fmt: skip
+                       color=colors[history], alpha=0.7)  # fmt: skip
     for ax, ylabel in ((left, "requests / s"), (right, "p99 latency, ms (dotted: floor)")):
         ax.set(xscale="log", xlabel="concurrent connections", ylabel=ylabel)
         ax.set_xticks(payload["settings"]["concurrency"],
@@ -566,9 +591,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="busy processes running during the run (a busy box)")  # fmt: skip
     parser.add_argument("--server-cpus", type=_cpu_list, default=None,
                         help="pin the servers to these CPUs, e.g. 0 (a smaller machine)")  # fmt: skip
+    parser.add_argument("--server-cgroup", type=Path, default=None,
+                        help="run the servers in this cgroup directory (made beforehand, e.g. "
+                        "with a CPU quota: cpu.max or cpu.cfs_quota_us)")  # fmt: skip
+    parser.add_argument("--baseline-cgroup", type=Path, default=None,
+                        help="the baseline server's cgroup directory (default --server-cgroup, "
+                        "whose quota both servers then share)")  # fmt: skip
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--png", default=None, help="write throughput and p99 plots here")
     args = parser.parse_args(argv)
+    for flag, cgroup in (("--server-cgroup", args.server_cgroup),
+                         ("--baseline-cgroup", args.baseline_cgroup)):  # fmt: skip
+        if cgroup is not None and not (cgroup / "cgroup.procs").is_file():
+            parser.error(f"{flag}: {cgroup} is not a cgroup directory")
     for name in ("requests", "distinct", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
@@ -588,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         payload = run(args.export, args.histories, args.candidates, args.requests,
                       args.concurrency, args.distinct, args.warmup, args.timeout,
                       args.startup_timeout, server_args, args.compiled, args.baseline_repo,
-                      args.rounds, args.overload, args.background_load, args.server_cpus)  # fmt: skip
+                      args.rounds, args.overload, args.background_load, args.server_cpus,
+                      args.server_cgroup, args.baseline_cgroup)  # fmt: skip
     except (RuntimeError, FileNotFoundError, ValueError) as err:  # ExportError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 1

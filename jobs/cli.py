@@ -77,8 +77,6 @@ TRAIN_EXAMPLES = {
     "configs/ctr/twin.yaml --data.root out/build --ckpt_path runs/twin/checkpoints/last.ckpt",
     "test": "lifeseq train test --config configs/ctr/base.yaml --config configs/ctr/twin.yaml "
     "--data.root out/build --ckpt_path runs/twin/checkpoints/last.ckpt",
-    "predict": "lifeseq train predict --config configs/ctr/base.yaml --config "
-    "configs/ctr/twin.yaml --data.root out/build --ckpt_path runs/twin/checkpoints/last.ckpt",
 }
 
 #: How `lifeseq train --help` points at a task's and a zoo model's own flags.

@@ -364,8 +364,8 @@ class LifeseqCLI(LightningCLI):
             "--untrained",
             type=bool,
             default=False,
-            help="validate / test / predict a freshly initialized model on purpose (without "
-            "it, these subcommands require --ckpt_path)",
+            help="validate / test a freshly initialized model on purpose (without it, these "
+            "subcommands require --ckpt_path)",
         )
 
     def instantiate_classes(self) -> None:
@@ -411,10 +411,17 @@ class LifeseqCLI(LightningCLI):
         _progress_bar_on_a_terminal(trainer)
 
     def _check_untrained(self, config: Namespace) -> None:
+        if self.subcommand == "predict":
+            raise StartupRefused(
+                "error: predict: lifeseq's tasks define no prediction step; `lifeseq train test` "
+                "gives a checkpoint's metrics, `lifeseq export` + `lifeseq serve` (or "
+                "serving.Scorer) its scores",
+                exit_code=2,
+            )
         untrained = bool(config.get("untrained"))
         if self.subcommand == "fit" and untrained:
             raise StartupRefused(
-                "error: --untrained applies to validate / test / predict; fit trains the model "
+                "error: --untrained applies to validate / test; fit trains the model "
                 "(from scratch, or from --ckpt_path)",
                 exit_code=2,
             )

@@ -200,6 +200,9 @@ def test_test_without_a_checkpoint_is_refused_unless_asked(tmp_path: Path, build
     ran = lifeseq(tmp_path / "cwd", "train", "validate", "--config", str(SMOKE),
                   "--data.root", str(build))  # fmt: skip
     assert_refused(ran, 2, "error: validate needs --ckpt_path")
+    ran = lifeseq(tmp_path / "cwd", "train", "predict", "--config", str(SMOKE),
+                  "--data.root", str(build), "--ckpt_path", "x.ckpt")  # fmt: skip
+    assert_refused(ran, 2, "error: predict: lifeseq's tasks define no prediction step")
     untrained = lifeseq(tmp_path / "asked", "train", "test", "--config", str(SMOKE),
                         "--data.root", str(build), "--untrained", "true")  # fmt: skip
     assert untrained.code == 0, untrained.stderr[-2000:]
@@ -219,6 +222,8 @@ def test_fit_without_an_output_folder_writes_runs_config_name(trained: tuple[Pat
     assert sorted(p.name for p in cwd.iterdir()) == ["runs"]  # no checkpoints/ or logs/ in cwd
     assert (cwd / "runs" / "smoke" / "checkpoints" / "last.ckpt" / "checkpoint.json").is_file()
     assert (cwd / "runs" / "smoke" / "logs" / "csv").is_dir()
+    index = (cwd / "runs" / "smoke" / "checkpoints" / "last.ckpt" / ".metadata.json").read_text()
+    assert '"/lifeseq/trained_rows/item"' in index  # trainers.cold_items: saved with the model
     assert "run folder: runs/smoke (--trainer.default_root_dir sets another)" in ran.stderr
     last = ran.last
     assert last.startswith("fit: 2 steps; val/auc "), last  # one step an epoch: validated
