@@ -253,12 +253,18 @@ def final_test_metrics(series: dict[str, list[tuple[int, float]]]) -> dict[str, 
 
 
 def train_commands(
-    model: str, build: Path, run_dir: Path, steps: int | None, seed: int = 0
+    model: str,
+    build: Path,
+    run_dir: Path,
+    steps: int | None,
+    seed: int = 0,
+    overrides: tuple[str, ...] = (),
 ) -> tuple[list[str], list[str]]:
     """The `fit` and `test` command lines of one model and seed (model init, data order): one
-    epoch (validated at its end), or `steps` steps (validated at the last one)."""
+    epoch (validated at its end), or `steps` steps (validated at the last one); `overrides`
+    are further flags of both."""
     common = [
-        *config_args(model), "--data.root", str(build),
+        *config_args(model), *overrides, "--data.root", str(build),
         "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
         "--seed_everything", str(seed), "--model.init_args.seed", str(seed),
         "--data.seed", str(seed),
@@ -289,6 +295,47 @@ def scorer_metrics(
     }
 
 
+#: Per-run numbers of `cold_item_metrics`, averaged over seeds.
+COLD_KEYS = ("cold_targets", "cold_positive_rate", "cold_mean_prob", "known_auc",
+             "known_mean_prob", "known_positive_rate", "cold_share_of_top_decile",
+             "unknown_mean_prob", "unknown_share_of_top_decile")  # fmt: skip
+#: `jobs/train.py` flags of today's behaviour before `trainers.cold_items` (`--no-cold-items`).
+NO_COLD_ITEMS = ("--model.init_args.cold_items.share", "0",
+                 "--model.init_args.cold_items.untrained_as_oov", "false")  # fmt: skip
+
+
+def cold_item_metrics(
+    probs: np.ndarray,
+    targets: ctr_eval.CtrTargets,
+    untrained: np.ndarray | None,
+    unknown_probs: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """How test targets on items the model never trained on score (`untrained`: (T,) bool from
+    its checkpoint): their count, observed positive rate and mean predicted probability, the
+    highest-ranked share of them, and the AUC on the other (known) items. `unknown_probs`:
+    (T,) the probabilities of the same requests with every candidate an unknown id (a request
+    of new items): their mean, and the share of them that would reach the known top decile."""
+    cold: dict[str, Any] = {}
+    if unknown_probs is not None:
+        cold["unknown_mean_prob"] = float(unknown_probs.mean())
+        cold["unknown_share_of_top_decile"] = float(
+            (unknown_probs >= np.quantile(probs, 0.9)).mean()
+        )
+    if untrained is None:
+        return cold
+    known = ~untrained
+    cold |= {"cold_targets": int(untrained.sum()),
+             "known_auc": ctr_eval.auc(probs[known], targets.label[known])}  # fmt: skip
+    if untrained.any():
+        cold["cold_positive_rate"] = float(targets.label[untrained].mean())
+        cold["cold_mean_prob"] = float(probs[untrained].mean())
+        cold["known_mean_prob"] = float(probs[known].mean())
+        cold["known_positive_rate"] = float(targets.label[known].mean())
+        top = probs >= np.quantile(probs, 0.9)
+        cold["cold_share_of_top_decile"] = float(untrained[top].mean())
+    return cold
+
+
 def train_model(
     model: str,
     build: Path,
@@ -296,12 +343,13 @@ def train_model(
     steps: int | None,
     seed: int = 0,
     targets: ctr_eval.CtrTargets | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Fit and test one model at one seed in subprocesses, then score `targets` (the test
     split) from its checkpoint; its metrics, or {"error": ...} on a failure."""
-    run_dir = workdir / "runs" / f"{model}-s{seed}"
+    run_dir = workdir / "runs" / f"{model}-s{seed}{'-no-cold' if overrides else ''}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    fit, test = train_commands(model, build, run_dir, steps, seed)
+    fit, test = train_commands(model, build, run_dir, steps, seed, overrides)
     result: dict[str, Any] = {}
     for stage, command in (("fit", fit), ("test", test)):
         log_stem = workdir / "logs" / f"{model}-s{seed}-{stage}"
@@ -329,24 +377,36 @@ def train_model(
                 return {**result, "error": "test: no test/auc in the CSV log"}
             result.update(metrics)
     if targets is not None:
-        logits = ctr_eval.model_logits(run_dir / "checkpoints" / "last.ckpt", build)
-        result.update(scorer_metrics(ctr_eval.sigmoid(logits), targets))
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        probs = ctr_eval.sigmoid(ctr_eval.model_logits(ckpt, build))
+        result.update(scorer_metrics(probs, targets))
+        unknown = ctr_eval.sigmoid(ctr_eval.model_logits(ckpt, build, unknown_targets=True))
+        untrained = ctr_eval.untrained_items(ckpt, targets)
+        result.update(cold_item_metrics(probs, targets, untrained, unknown))
     return result
 
 
-def run_spec(model: str, dataset: dict[str, Any], steps: int | None, seed: int) -> dict[str, Any]:
+def run_spec(
+    model: str,
+    dataset: dict[str, Any],
+    steps: int | None,
+    seed: int,
+    overrides: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """What identifies a run: the dataset's parameters, the model's configs (parsed YAML,
-    hashed), the training length and the seed. A stored result is reused only for the same
-    spec (model code changes are not in it: `--fresh` retrains)."""
+    hashed), further flags, the training length and the seed. A stored result is reused only
+    for the same spec (model code changes are not in it: `--fresh` retrains)."""
     sha = config_sha256(BASE_CONFIG, MODEL_CONFIGS / f"{model}.yaml")
-    return {"dataset": dataset, "model": model, "config_sha256": sha, "steps": steps, "seed": seed}
+    spec = {"dataset": dataset, "model": model, "config_sha256": sha, "steps": steps, "seed": seed}
+    return {**spec, "overrides": list(overrides)} if overrides else spec
 
 
 def result_path(workdir: Path, spec: dict[str, Any]) -> Path:
     """`workdir/results/MODEL-sSEED-LENGTH-CONFIG.json` (LENGTH: `epoch` or the steps; CONFIG:
     the configs' hash prefix), so runs of another length or config never replace each other."""
     length = "epoch" if spec["steps"] is None else f"{spec['steps']}steps"
-    name = f"{spec['model']}-s{spec['seed']}-{length}-{spec['config_sha256'][:10]}.json"
+    variant = "-no-cold" if spec.get("overrides") else ""
+    name = f"{spec['model']}-s{spec['seed']}-{length}{variant}-{spec['config_sha256'][:10]}.json"
     return workdir / "results" / name
 
 
@@ -496,7 +556,8 @@ def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean ± sd over a model's seeds (`runs`: seed → result) of every quality number."""
     ok = [r for r in runs.values() if "error" not in r]
     out: dict[str, Any] = {"seeds": len(ok), "errors": len(runs) - len(ok)}
-    for key in ("auc", "gauc", "logloss", "far_auc", "train_samples_per_s", "fit_seconds"):
+    for key in ("auc", "gauc", "logloss", "far_auc", "train_samples_per_s", "fit_seconds",
+                *COLD_KEYS):  # fmt: skip
         out[key] = mean_sd([r.get(key) for r in ok])
     buckets = {b for r in ok for b in r.get("auc_by_gap", {})}
     out["auc_by_gap"] = {
@@ -610,6 +671,22 @@ def markdown(payload: dict[str, Any]) -> str:
               if k.startswith("auc_minus_din_")]  # fmt: skip
     if deltas:
         lines.append("AUC - DIN-100 (means): " + ", ".join(deltas))
+    for name, r in models.items():
+        q = r.get("quality") or {}
+        if (q.get("cold_targets") or {}).get("mean"):
+            lines.append(
+                f"{name}: {q['cold_targets']['mean']:.0f} test targets on untrained items, "
+                f"positive rate {_ms(q.get('cold_positive_rate'))}, mean probability "
+                f"{_ms(q.get('cold_mean_prob'))} (known items: {_ms(q.get('known_positive_rate'))}"
+                f" / {_ms(q.get('known_mean_prob'))}), share of the top decile "
+                f"{_ms(q.get('cold_share_of_top_decile'))}; AUC on known items {_ms(q.get('known_auc'))}"
+            )
+        if q.get("unknown_mean_prob"):
+            lines.append(
+                f"{name}: every candidate an unknown id: mean probability "
+                f"{_ms(q.get('unknown_mean_prob'))}, share above the top-decile threshold "
+                f"{_ms(q.get('unknown_share_of_top_decile'))}"
+            )
     ratio = summary.get("full_over_twin_ms_per_target_10000")
     if ratio is not None:
         lines.append(f"full / twin latency per target @10K: {ratio:.2f}x")
@@ -696,6 +773,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fresh", action="store_true", help="retrain runs whose results are stored in WORKDIR"
     )
+    parser.add_argument(
+        "--no-cold-items", action="store_true",
+        help="train as before trainers.cold_items: no held-out OOV targets, untrained ids kept",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     steps = args.steps
     broken = configs_error(
@@ -738,12 +819,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_train:
         for name in args.models:
             for seed in args.seeds:
-                spec = run_spec(name, params, steps, seed)
+                overrides = NO_COLD_ITEMS if args.no_cold_items else ()
+                spec = run_spec(name, params, steps, seed, overrides)
                 result = None if args.fresh else stored_result(workdir, spec)
                 if result is None:
                     print(f"training {name} seed {seed}: {steps or 'one epoch of'} steps ...",
                           flush=True)  # fmt: skip
-                    result = train_model(name, build, workdir, steps, seed, targets)
+                    result = train_model(name, build, workdir, steps, seed, targets, overrides)
                     store_result(workdir, spec, result)
                 else:
                     print(f"reusing the stored run of {name} seed {seed}", flush=True)
@@ -783,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": args.device,
             },
             "skip_train": args.skip_train,
+            "cold_items": not args.no_cold_items,
             "skip_latency": args.skip_latency,
         },
         "commit": git_commit(),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,16 +90,40 @@ def collect_targets(build: Path, split: str = "test", max_history: int = 100_000
     )
 
 
-def model_logits(ckpt: Path, build: Path, split: str = "test") -> np.ndarray:
-    """(T,) float32 logits of a trained checkpoint on the split, in `collect_targets` order."""
+def model_logits(
+    ckpt: Path, build: Path, split: str = "test", unknown_targets: bool = False
+) -> np.ndarray:
+    """(T,) float32 logits of a trained checkpoint on the split, in `collect_targets` order;
+    ids the checkpoint never trained are scored as out-of-vocabulary, as in its test run and
+    its export (`trainers.cold_items`). With `unknown_targets`, every target is scored as an
+    item the model does not know (item and category `OOV_ID`: serving's unknown candidate)."""
     from serving.export import load_trained_model
+    from trainers.cold_items import OOV_ID, TrainedRows
 
     model, data = load_trained_model(ckpt, str(build))
+    rows = TrainedRows.from_checkpoint(ckpt, remapping_only=True)
     out = []
     with torch.no_grad():
         for batch in _dataset(build, split, data.feature_config.max_history).iter_worker(0):
+            if rows is not None and rows.any():
+                batch = rows.remap(batch)
+            if unknown_targets:
+                unknown = torch.full_like(batch.target_item, OOV_ID)
+                batch = replace(batch, target_item=unknown, target_category=unknown.clone())
             out.append(model(batch).logits.numpy())
     return np.concatenate(out).astype(np.float32)
+
+
+def untrained_items(ckpt: Path, targets: CtrTargets) -> np.ndarray | None:
+    """(T,) bool: targets whose item the checkpoint never trained (scored as OOV), or None when
+    the checkpoint recorded no trained rows."""
+    from trainers.cold_items import TrainedRows
+
+    rows = TrainedRows.from_checkpoint(ckpt)
+    if rows is None or not rows.any():
+        return None
+    trained = rows.masks["item"].numpy()
+    return ~trained[targets.item]
 
 
 # --- the oracle --------------------------------------------------------------------------------

@@ -196,6 +196,15 @@ def plot_auc_by_gap(rows: list[dict[str, Any]], models: list[str], path: Path) -
 # --- serving ----------------------------------------------------------------------------------
 
 
+def _build_raw_ids(build: Path, name: str) -> dict[int, str]:
+    """vocab id → raw id of every entry of the build's `vocab/{name}` (the export's vocabulary
+    leaves out the ids its model never trained)."""
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(str(build / "vocab" / name), format="parquet").to_table()
+    return dict(zip(table["id"].to_pylist(), table["raw_id"].to_pylist(), strict=True))
+
+
 def example_requests(exports: dict[str, Path], build: Path) -> list[str]:
     """Score the first test user's first targets with each CTR export and ask HSTU for its top
     5; the printed lines."""
@@ -207,8 +216,7 @@ def example_requests(exports: dict[str, Path], build: Path) -> list[str]:
     batch = next(iter(dataset.iter_worker(0)))
     lines = []
     scorers = {name: Scorer.load(path) for name, path in exports.items()}
-    any_scorer = next(iter(scorers.values()))
-    item_raw, behavior_raw = any_scorer.vocab["item"].raw, any_scorer.vocab["behavior"].raw
+    item_raw, behavior_raw = _build_raw_ids(build, "item"), _build_raw_ids(build, "behavior")
     end = int(batch.target_hist_len[0])
     same_prefix = torch.nonzero(batch.target_hist_len == end).flatten()[:5]
     history = {k: batch.history[k].values.numpy()[:end] for k in ("item", "behavior", "ts")}

@@ -60,6 +60,7 @@ from serving.artifacts import EXPORT_FORMAT_VERSION, MANIFEST_FILE, ExportError,
 from serving.compiled import COMPILED_DIR, compile_program, compiler_missing
 from serving.scorer import Vocab
 from trainers.checkpoint import JsonFileSystemReader, load_tensors, read_checkpoint_tree
+from trainers.cold_items import OOV_ID, TrainedRows
 from trainers.data import LifeseqDataModule
 from trainers.legacy import checkpoint_names, migrate_hparams
 from trainers.platform_module import PlatformModule, module_from_hparams
@@ -284,8 +285,14 @@ def export_item_caches(
     return caches
 
 
-def export_vocabs(data_root: Path, root: Path) -> dict[str, Any]:
+def export_vocabs(
+    data_root: Path, root: Path, trained: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
     """`OUT/vocab/{name}/` (Spark Parquet) → `vocab/{name}.parquet`, sorted by id.
+
+    With `trained` (table → (rows,) bool, `trainers.cold_items.TrainedRows`), ids the model
+    never trained are left out, so serving looks them up as unknown (the OOV row), as the
+    model's own evaluation does; an item's untrained category becomes the OOV category.
 
     Raises:
         ExportError: a vocabulary is missing (the data root is not a `lifeseq build` output).
@@ -302,10 +309,22 @@ def export_vocabs(data_root: Path, root: Path) -> dict[str, Any]:
         table = table.select(columns).cast(
             pa.schema([pa.field(c, pa.string() if c == "raw_id" else pa.int64()) for c in columns])
         )
+        entry: dict[str, Any] = {"file": f"vocab/{name}.parquet"}
+        if trained is not None and name in trained:
+            keep = trained[name][table.column("id").to_numpy()]
+            entry["untrained_left_out"] = int((~keep).sum())
+            table = table.filter(pa.array(keep))
+        if trained is not None and name == "item" and "category" in trained:
+            categories = table.column("category_id").to_numpy()
+            known = trained["category"][categories] | (categories == 0)
+            table = table.set_column(
+                table.schema.get_field_index("category_id"), "category_id",
+                pa.array(np.where(known, categories, OOV_ID), type=pa.int64()),
+            )  # fmt: skip
         target = root / "vocab" / f"{name}.parquet"
         target.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, target)
-        section[name] = {"file": f"vocab/{name}.parquet", "entries": table.num_rows}
+        section[name] = {**entry, "entries": table.num_rows}
     return section
 
 
@@ -521,8 +540,10 @@ def export_checkpoint(
     tmp = out.parent / f"{out.name}.tmp-export"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    rows = TrainedRows.from_checkpoint(ckpt, remapping_only=True) if data.view == "ctr" else None
+    trained = {t: m.numpy() for t, m in rows.masks.items()} if rows and rows.any() else None
     with step_progress(f"export {out.name}: vocabularies", total=6) as steps:
-        vocab = export_vocabs(Path(data.root), tmp)
+        vocab = export_vocabs(Path(data.root), tmp, trained)
         steps.advance(f"export {out.name}: embedding tables")
         tables = export_tables(ckpt, tmp, model)
         steps.advance(f"export {out.name}: item caches")

@@ -39,17 +39,22 @@ class GoldenRun:
             window, with noise, so no model saturates) or `next_item` (planted-rule chains,
             `tests.distributed.test_sequential_train`).
         args: `jobs/train.py` arguments after the subcommand (configs and overrides).
+        tolerance: largest |difference| of a loss or metric from the recorded one.
     """
 
     name: str
     data: str
     args: tuple[str, ...]
+    tolerance: float = 1e-6
 
 
 _CTR_COMMON = (
     "--trainer.max_steps", "30", "--trainer.val_check_interval", "30",
     "--trainer.max_epochs", "null", "--trainer.check_val_every_n_epoch", "null",
     "--data.batch_size", "8", "--data.num_workers", "0", "--data.max_history", "64",
+    # recorded before trainers.cold_items existed: held-out targets and the OOV remap off
+    "--model.init_args.cold_items.share", "0",
+    "--model.init_args.cold_items.untrained_as_oov", "false",
 )  # fmt: skip
 _FRAME = "--model.init_args.model.init_args"
 _UNIT = f"{_FRAME}.long_term.init_args.config"
@@ -65,6 +70,13 @@ _ENCODER = "--model.init_args.encoder.init_args.config"
 CONFIGS = REPO_ROOT / "configs"
 
 
+#: Runs whose numbers depend on the CPU's BLAS kernels beyond 1e-6: on an AMD EPYC (AVX2) SIM
+#: soft drifts from the recorded numbers from step 8 on, by up to 5.5e-4 (losses) and 1.6e-3
+#: (val AUC), with the code of 5da23a3 too (before issue 29's changes); MKL_CBWR=AVX2 brings the
+#: losses to 1.4e-5 (MKL's kernel choice). Every other run matches to 1e-6 there.
+CPU_DEPENDENT = {"sim_soft": 5e-3}
+
+
 def _ctr(name: str) -> GoldenRun:
     unit = {
         "din": (),
@@ -76,6 +88,7 @@ def _ctr(name: str) -> GoldenRun:
         ("--config", str(CONFIGS / "ctr" / "base.yaml"),
          "--config", str(CONFIGS / "ctr" / f"{name}.yaml"), *_CTR_COMMON,
          f"{_FRAME}.config.short_term_len", "16", *unit),
+        CPU_DEPENDENT.get(name, 1e-6),
     )  # fmt: skip
 
 

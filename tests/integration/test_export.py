@@ -47,6 +47,7 @@ from serving.scorer import CtrRequest, NextItemRequest, RequestError, RequestLim
 from tests.distributed.test_train_job import REPO_ROOT, torchrun
 from tests.unit.test_dataset import VOCAB, write_out_dir
 from trainers.checkpoint import read_checkpoint_tree, save_checkpoint
+from trainers.cold_items import CHECKPOINT_KEY, OOV_ID, TrainedRows
 from trainers.tasks.masked_item import masked_query_rows
 from trainers.tasks.next_item import target_queries
 from trainers.tasks.sequential import ranked_targets
@@ -161,18 +162,21 @@ def config_hparams(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"_class_path": config["model"]["class_path"], **init}, dict(config["data"])
 
 
-def save_model(ckpt: Path, model: torch.nn.Module, tree: dict[str, Any]) -> None:
-    """A one-process checkpoint of `model` with the hyper-parameters of `tree`."""
-    save_checkpoint(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": tree["hyper_parameters"],
-            "datamodule_hyper_parameters": tree["datamodule_hyper_parameters"],
-            "global_step": tree.get("global_step", 0),
-            "epoch": tree.get("epoch", 0),
-        },
-        ckpt,
-    )
+def save_model(
+    ckpt: Path, model: torch.nn.Module, tree: dict[str, Any], rows: TrainedRows | None = None
+) -> None:
+    """A one-process checkpoint of `model` with the hyper-parameters of `tree` (and the trained
+    rows `rows`, as training saves them)."""
+    checkpoint = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": tree["hyper_parameters"],
+        "datamodule_hyper_parameters": tree["datamodule_hyper_parameters"],
+        "global_step": tree.get("global_step", 0),
+        "epoch": tree.get("epoch", 0),
+    }
+    if rows is not None:
+        checkpoint["lifeseq"] = {CHECKPOINT_KEY: rows.state()}
+    save_checkpoint(checkpoint, ckpt)
 
 
 def random_checkpoint(ckpt: Path, out: Path, name: str) -> Path:
@@ -215,7 +219,7 @@ def twin_one_rank(out: Path, twin_two_rank: Path) -> Path:
     model, _ = load_trained_model(twin_two_rank)
     tree, _ = read_checkpoint_tree(twin_two_rank)
     ckpt = out.parent / "twin1.ckpt"
-    save_model(ckpt, model, tree)
+    save_model(ckpt, model, tree, TrainedRows.from_checkpoint(twin_two_rank))
     return ckpt
 
 
@@ -267,9 +271,17 @@ def ctr_case(seed: int, history: int, candidates: int) -> tuple[CtrRequest, User
     return request, sample
 
 
-def ctr_expected(model: torch.nn.Module, sample: UserSample) -> np.ndarray:
+def ctr_expected(
+    model: torch.nn.Module, sample: UserSample, ckpt: Path | None = None
+) -> np.ndarray:
+    """The model's logits of `sample`, as its evaluation computes them: ids the checkpoint
+    `ckpt` never trained scored as OOV (`trainers.cold_items`), as its export serves them."""
+    batch = collate_ctr([sample], max_history=MAX_HISTORY)
+    rows = TrainedRows.from_checkpoint(ckpt, remapping_only=True) if ckpt is not None else None
+    if rows is not None and rows.any():
+        batch = rows.remap(batch)
     with torch.no_grad():
-        return model(collate_ctr([sample], max_history=MAX_HISTORY)).logits.numpy()
+        return model(batch).logits.numpy()
 
 
 def next_item_case(seed: int, history: int) -> tuple[NextItemRequest, UserSample]:
@@ -320,17 +332,22 @@ def test_ctr_export_scores_like_the_trained_model(exports, family: str) -> None:
     model, _ = load_trained_model(ckpt)
     scorer = Scorer.load(root)
     assert scorer.family == "ctr" and scorer.name == NAMES[family]
+    rows = TrainedRows.from_checkpoint(ckpt, remapping_only=True)  # the trained TWIN's only
+    known = rows.masks["item"].numpy() if rows is not None else np.ones(VOCAB["item"], bool)
     for seed, history, candidates in CASES:
         request, sample = ctr_case(seed, history, candidates)
         scores = scorer.score(request)
-        expected = ctr_expected(model, sample)
+        expected = ctr_expected(model, sample, ckpt)
         assert scores.logits.shape == (candidates,)
         np.testing.assert_allclose(scores.logits, expected, rtol=0, atol=TOL)
         np.testing.assert_allclose(scores.probabilities, 1 / (1 + np.exp(-expected)), atol=TOL)
-        if candidates > 2:
-            assert scores.oov["candidates"] == 1
-            assert np.std(scores.logits) > 1e-3  # candidates really score differently
-        assert scores.oov["history_items"] == (1 if history > 3 else 0)
+        # unknown raw ids, and ids the model never trained (left out of its export's vocab)
+        unknown = ~known[sample.targets["target_item"]] | (sample.targets["target_item"] == 1)
+        assert scores.oov["candidates"] == int(unknown.sum()) >= (1 if candidates > 2 else 0)
+        if (~unknown).sum() > 2:
+            assert np.std(scores.logits) > 1e-3  # known candidates really score differently
+        unknown_events = ~known[sample.history["item"]] | (sample.history["item"] == 1)
+        assert scores.oov["history_items"] == int(unknown_events.sum())
 
 
 @pytest.mark.parametrize("family", SEQUENTIAL_FAMILIES)
@@ -380,7 +397,15 @@ def test_manifest_lists_versions_shapes_and_every_files_checksum(exports) -> Non
     assert sources["event_item"] == "ids:event_item"
     assert sources["target_category_rows"] == "table:target_category@target_category"
     assert sources["twin_item_keys"] == "cache:twin_item_keys@event_item"
-    assert manifest["vocab"]["item"]["entries"] == VOCAB["item"] - 2
+    trained = TrainedRows.from_checkpoint(exports["twin"][0]).masks["item"]  # 8 steps' items
+    assert manifest["vocab"]["item"]["entries"] == int(trained[2:].sum()) < VOCAB["item"] - 2
+    assert manifest["vocab"]["item"]["untrained_left_out"] == VOCAB["item"] - 2 - int(
+        trained[2:].sum()
+    )
+    assert (
+        read_manifest(exports["twin_one_rank"][1])["vocab"]["item"]["entries"]
+        == (manifest["vocab"]["item"]["entries"])
+    )
 
 
 def test_sequential_manifest_lists_its_program_inputs(exports) -> None:
@@ -423,6 +448,11 @@ def test_trained_twin_item_cache_equals_the_models_keys(exports) -> None:
     model, _ = load_trained_model(ckpt)
     items = torch.arange(2, VOCAB["item"])
     categories = torch.from_numpy(item_category(items.numpy()))
+    # As exported: an untrained item is unknown (its category the OOV one), and a trained item
+    # of an untrained category gets the OOV category (trainers.cold_items).
+    rows = TrainedRows.from_checkpoint(ckpt).masks
+    known = rows["item"][items] & rows["category"][categories]
+    categories = torch.where(known, categories, OOV_ID)
     ones = torch.ones_like(items)
     with torch.no_grad():
         rows = model.embeddings(
@@ -592,7 +622,7 @@ def test_compiled_packages_score_like_the_eager_program(exports, family, tmp_pat
             request, sample = ctr_case(seed, history, candidates)
             got = compiled.score(request).logits
             np.testing.assert_allclose(got, eager.score(request).logits, rtol=0, atol=TOL)
-            np.testing.assert_allclose(got, ctr_expected(model, sample), rtol=0, atol=TOL)
+            np.testing.assert_allclose(got, ctr_expected(model, sample, ckpt), rtol=0, atol=TOL)
     else:
         for seed, history in ((0, 30), (1, 1), (2, MAX_LEN + 20)):
             request, _ = next_item_case(seed, history)

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -340,3 +341,29 @@ def test_runs_of_other_lengths_are_stored_apart(tmp_path: Path) -> None:
     assert bench_ctr.stored_result(tmp_path, epoch) == {"auc": 0.9}
     assert bench_ctr.stored_result(tmp_path, steps) == {"auc": 0.8}
     assert bench_ctr.result_path(tmp_path, steps).name.startswith("twin-s0-480steps-")
+
+
+def test_cold_item_metrics_split_untrained_from_known_targets() -> None:
+    label = np.array([1, 0, 1, 0, 1, 1, 0, 0, 1, 0], dtype=np.float32)
+    targets = ctr_eval.CtrTargets(
+        user=np.array(["u"] * 10, dtype=object), item=np.arange(2, 12), ts=np.arange(10),
+        label=label, gap=np.full(10, -1),
+    )  # fmt: skip
+    probs = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.6, 0.4, 0.3, 0.95, 0.05])
+    untrained = np.zeros(10, dtype=bool)
+    untrained[[5, 6, 8]] = True
+    unknown = np.full(10, 0.5)
+    got = bench_ctr.cold_item_metrics(probs, targets, untrained, unknown)
+    assert got["cold_targets"] == 3
+    assert got["cold_positive_rate"] == pytest.approx(2 / 3)
+    assert got["cold_mean_prob"] == pytest.approx((0.6 + 0.4 + 0.95) / 3)
+    assert got["known_positive_rate"] == pytest.approx(3 / 7)
+    assert got["known_mean_prob"] == pytest.approx((0.9 + 0.1 + 0.8 + 0.2 + 0.7 + 0.3 + 0.05) / 7)
+    assert got["known_auc"] == pytest.approx(1.0)  # known: every positive above every negative
+    assert got["cold_share_of_top_decile"] == 1.0  # the top 10% is the single 0.95, untrained
+    assert got["unknown_mean_prob"] == pytest.approx(0.5)
+    assert got["unknown_share_of_top_decile"] == 0.0
+    assert bench_ctr.cold_item_metrics(probs, targets, None) == {}
+    assert set(bench_ctr.cold_item_metrics(probs, targets, None, unknown)) == {
+        "unknown_mean_prob", "unknown_share_of_top_decile",
+    }  # fmt: skip

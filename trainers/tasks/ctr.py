@@ -19,6 +19,7 @@ Model building, sharding, optimizers and checkpoint extras come from
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torchmetrics
@@ -28,8 +29,16 @@ from features.batch import CtrBatch
 from features.schema import FeatureSchema
 from models.ctr import CtrOutput, CtrRecommender
 from models.interfaces import CtrModel, ModelDims
+from trainers.cold_items import (
+    CHECKPOINT_KEY,
+    TRACKED,
+    ColdItemConfig,
+    TrainedRows,
+    hold_out_items,
+)
 from trainers.metrics import GroupedAUC, LogLoss
 from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig, PlatformModule
+from trainers.run_state import SECTION
 from trainers.sharding import ShardingConfig
 
 
@@ -111,6 +120,9 @@ class CtrModule(PlatformModule):
         optimizer: dense optimizer.
         seed: initialisation seed of the model (same weights on every rank and world size).
         schema: feature schema; None reads `trainer.datamodule.schema` in `configure_model`.
+        cold_items: how items the model never trained on are learned and scored
+            (`trainers.cold_items.ColdItemConfig`: a held-out share of targets trains the OOV
+            row; untrained ids evaluate as OOV).
     """
 
     progress_metrics = ("auc", "gauc")
@@ -124,11 +136,14 @@ class CtrModule(PlatformModule):
         optimizer: DenseOptimizerConfig | None = None,
         seed: int = 0,
         schema: FeatureSchema | None = None,
+        cold_items: ColdItemConfig | None = None,
     ) -> None:
         super().__init__(
             embedding=embedding, sharding=sharding, optimizer=optimizer, seed=seed, schema=schema
         )
         self.zoo_model = model
+        self.cold_items = cold_items or ColdItemConfig()
+        self.trained_rows: TrainedRows | None = None
         self.val_metrics = EvalMetrics()
         self.test_metrics = EvalMetrics()
 
@@ -136,11 +151,50 @@ class CtrModule(PlatformModule):
         """The zoo model and its tables for `schema`."""
         return CtrRecommender(self.model_dims(schema), self.zoo_model)
 
+    def _rows(self) -> TrainedRows:
+        if self.trained_rows is None:
+            tables = self._resolve_schema().tables
+            self.trained_rows = TrainedRows({name: tables[name].num_embeddings for name in TRACKED})
+        return self.trained_rows
+
+    def prepare(self, batch: CtrBatch, stage: str) -> CtrBatch:
+        """The batch the model sees (`trainers.cold_items`): in training, the held-out share of
+        targets looked up as OOV and every row looked up recorded; in evaluation, untrained ids
+        as OOV (once training recorded any row)."""
+        if stage == "train":
+            batch = hold_out_items(batch, self.cold_items.share, self.seed)
+            self._rows().mark(batch)
+            return batch
+        if self.cold_items.untrained_as_oov and self._rows().any():
+            return self._rows().remap(batch)
+        return batch
+
     def training_loss(self, batch: CtrBatch) -> torch.Tensor:
         """The loss a training step minimizes on `batch` (no logging)."""
+        batch = self.prepare(batch, "train")
         return ctr_loss(self(batch), batch)
 
+    def _start_eval(self, stage: str) -> None:
+        """Every rank evaluates with the rows trained on any rank."""
+        self._rows().sync()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The platform's extras plus the trained rows, merged over ranks (collective)."""
+        super().on_save_checkpoint(checkpoint)
+        rows = self._rows()
+        rows.sync()
+        checkpoint[SECTION][CHECKPOINT_KEY] = rows.state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The platform's checks plus the trained rows (a checkpoint from before they were
+        recorded leaves every row untrained: nothing is remapped)."""
+        super().on_load_checkpoint(checkpoint)
+        state = (checkpoint.get(SECTION) or {}).get(CHECKPOINT_KEY)
+        if state:
+            self._rows().load_state(state)
+
     def _shared_step(self, batch: CtrBatch, stage: str) -> torch.Tensor:
+        batch = self.prepare(batch, stage)
         output = self(batch)
         loss = ctr_loss(output, batch)
         if stage == "train":
