@@ -15,6 +15,15 @@ from pipeline.log_levels import LOG_LEVEL_ENV
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--compile-all`: compile every zoo config's AOTInductor packages in the conformance
+    suite, not only the representatives (one C++ compile per program: ~10 min more on 2 cores)."""
+    parser.addoption(
+        "--compile-all", action="store_true",
+        help="conformance: compile every zoo config's export, not only the representatives",
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator[pyspark.sql.SparkSession]:  # noqa: F821
     """A `local[2]` Spark session shared by all Spark tests (starting one costs ~8 s)."""

@@ -64,6 +64,9 @@ CASE_STEPS = {
     # as they move. AUC over model seeds 0..3: 0.95, 0.83, 0.71, 0.84 after 200 steps (seed 0
     # passes by luck), 0.996, 0.915, 0.923, 0.994 after 600.
     "config:ctr/sdim": 600,
+    # MIMN writes its memory event by event (256 GRU steps a batch, ~2 s a step on 2 cores) and
+    # is a known non-learner (AUC 0.46-0.49 over 100-400 steps): 100 steps still tell.
+    "config:ctr/mimn": 100,
 }
 #: Models that do not learn the planted rule, with the measured reason (strict: the test
 #: fails once they do, so the entry must then go).
@@ -318,11 +321,23 @@ PROGRAMS = [
 ]  # fmt: skip
 
 
+#: Configs whose AOTInductor packages are compiled in every run: an item cache (TWIN), an
+#: incremental user state (MIMN), a recurrent and an attention sequential encoder (GRU4Rec,
+#: HSTU). Every config's `torch.export` programs are checked in every run; the compile step
+#: of the others (the same programs through the same compiler) with `pytest --compile-all`.
+COMPILED_EVERY_RUN = ("config:ctr/twin", "config:ctr/mimn", "config:sequential/gru4rec",
+                      "config:sequential/hstu")  # fmt: skip
+
+
 @pytest.mark.parametrize("compiled", PROGRAMS)
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_export_scores_like_the_eager_model(
-    case: ZooCase, compiled: bool, builds: dict[str, Path], tmp_path: Path
-) -> None:
+    case: ZooCase, compiled: bool, builds: dict[str, Path], tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
+    if compiled and case.name not in COMPILED_EVERY_RUN:
+        if not request.config.getoption("--compile-all"):
+            pytest.skip("compiled only with --compile-all (representatives: COMPILED_EVERY_RUN)")
     root = builds[case.family]
     ckpt = tmp_path / "model.ckpt"
     random_checkpoint(case, root, ckpt)
