@@ -17,7 +17,14 @@ import pytest
 import yaml
 
 from models.blocks.embeddings import torchrec_available
-from tests.distributed.test_train_job import REPO_ROOT, logged, metrics, torchrun, train_losses
+from tests.distributed.test_train_job import (
+    COLD_ITEMS_OFF,
+    REPO_ROOT,
+    logged,
+    metrics,
+    torchrun,
+    train_losses,
+)
 from tests.unit.test_dataset import write_out_dir
 
 pytestmark = [
@@ -87,13 +94,15 @@ def test_overrides_follow_each_configs_long_term_unit() -> None:
 
 
 def _args(subcommand: str, config: str, out: Path, run: Path, *extra: str) -> list[str]:
+    """Without `trainers.cold_items` (`COLD_ITEMS_OFF`: every validation item of this toy data
+    is new to training, and the label lies in its category)."""
     return [
         str(REPO_ROOT / "jobs" / "train.py"), subcommand,
         "--config", str(CONFIG_DIR / "base.yaml"), "--config", str(CONFIG_DIR / f"{config}.yaml"),
         "--data.root", str(out), "--trainer.default_root_dir", str(run),
         "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
         "--data.num_workers", "0", "--data.max_history", "64",
-        *model_overrides(config), *extra,
+        *model_overrides(config), *COLD_ITEMS_OFF, *extra,
     ]  # fmt: skip
 
 

@@ -346,7 +346,8 @@ def test_ctr_export_scores_like_the_trained_model(exports, family: str) -> None:
         assert scores.oov["candidates"] == int(unknown.sum()) >= (1 if candidates > 2 else 0)
         if (~unknown).sum() > 2:
             assert np.std(scores.logits) > 1e-3  # known candidates really score differently
-        unknown_events = ~known[sample.history["item"]] | (sample.history["item"] == 1)
+        window = sample.history["item"][-MAX_HISTORY:]  # the events the scorer reads
+        unknown_events = ~known[window] | (window == 1)
         assert scores.oov["history_items"] == int(unknown_events.sum())
 
 
