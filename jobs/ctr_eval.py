@@ -101,11 +101,11 @@ def model_logits(
     from trainers.cold_items import OOV_ID, TrainedRows
 
     model, data = load_trained_model(ckpt, str(build))
-    rows = TrainedRows.from_checkpoint(ckpt, remapping_only=True)
+    rows = TrainedRows.for_scoring(ckpt)
     out = []
     with torch.no_grad():
         for batch in _dataset(build, split, data.feature_config.max_history).iter_worker(0):
-            if rows is not None and rows.any():
+            if rows is not None:
                 batch = rows.remap(batch)
             if unknown_targets:
                 unknown = torch.full_like(batch.target_item, OOV_ID)

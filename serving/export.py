@@ -540,8 +540,8 @@ def export_checkpoint(
     tmp = out.parent / f"{out.name}.tmp-export"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    rows = TrainedRows.from_checkpoint(ckpt, remapping_only=True) if data.view == "ctr" else None
-    trained = {t: m.numpy() for t, m in rows.masks.items()} if rows and rows.any() else None
+    rows = TrainedRows.for_scoring(ckpt) if data.view == "ctr" else None
+    trained = {t: m.numpy() for t, m in rows.masks.items()} if rows is not None else None
     with step_progress(f"export {out.name}: vocabularies", total=6) as steps:
         vocab = export_vocabs(Path(data.root), tmp, trained)
         steps.advance(f"export {out.name}: embedding tables")

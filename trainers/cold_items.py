@@ -113,10 +113,15 @@ class TrainedRows:
 
     def __init__(self, sizes: Mapping[str, int]) -> None:
         self.masks = {name: torch.zeros(int(sizes[name]), dtype=torch.bool) for name in TRACKED}
+        self._recorded = False
 
     def any(self) -> bool:
-        """Whether training recorded anything (an untrained model evaluates unchanged)."""
-        return any(bool(mask.any()) for mask in self.masks.values())
+        """Whether training recorded anything (an untrained model evaluates unchanged). Kept
+        as a flag, not a scan: evaluation asks for every batch, and a mask has a row per id."""
+        return self._recorded
+
+    def _rescan(self) -> None:
+        self._recorded = any(bool(mask.any()) for mask in self.masks.values())
 
     def _ids(self, batch: CtrBatch, table: str) -> list[torch.Tensor]:
         history, target = TRACKED[table]
@@ -130,6 +135,7 @@ class TrainedRows:
                     if mask.device != ids.device:
                         mask = self.masks[table] = mask.to(ids.device)
                     mask[ids] = True
+                    self._recorded = True
 
     def unknown(self, items: torch.Tensor, categories: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(items, categories) as serving sees them: an untrained item is an unknown item (its
@@ -168,6 +174,7 @@ class TrainedRows:
             merged = mask.to(torch.uint8)
             dist.all_reduce(merged, op=dist.ReduceOp.MAX)
             self.masks[table] = merged.bool()
+        self._rescan()
 
     def state(self) -> dict[str, torch.Tensor]:
         """The masks as uint8 CPU tensors, for a checkpoint."""
@@ -188,6 +195,14 @@ class TrainedRows:
                     f"{self.masks[table].numel()} in the table"
                 )
             self.masks[table] = saved.to(self.masks[table].device).bool()
+        self._rescan()
+
+    @staticmethod
+    def for_scoring(ckpt: str | Path) -> TrainedRows | None:
+        """The rows to remap when scoring the checkpoint as its evaluation does: None when it
+        recorded none, or was trained with `untrained_as_oov: false` (nothing is remapped)."""
+        rows = TrainedRows.from_checkpoint(ckpt, remapping_only=True)
+        return rows if rows is not None and rows.any() else None
 
     @staticmethod
     def from_checkpoint(ckpt: str | Path, remapping_only: bool = False) -> TrainedRows | None:

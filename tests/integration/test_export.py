@@ -277,8 +277,8 @@ def ctr_expected(
     """The model's logits of `sample`, as its evaluation computes them: ids the checkpoint
     `ckpt` never trained scored as OOV (`trainers.cold_items`), as its export serves them."""
     batch = collate_ctr([sample], max_history=MAX_HISTORY)
-    rows = TrainedRows.from_checkpoint(ckpt, remapping_only=True) if ckpt is not None else None
-    if rows is not None and rows.any():
+    rows = TrainedRows.for_scoring(ckpt) if ckpt is not None else None
+    if rows is not None:
         batch = rows.remap(batch)
     with torch.no_grad():
         return model(batch).logits.numpy()
@@ -332,7 +332,7 @@ def test_ctr_export_scores_like_the_trained_model(exports, family: str) -> None:
     model, _ = load_trained_model(ckpt)
     scorer = Scorer.load(root)
     assert scorer.family == "ctr" and scorer.name == NAMES[family]
-    rows = TrainedRows.from_checkpoint(ckpt, remapping_only=True)  # the trained TWIN's only
+    rows = TrainedRows.for_scoring(ckpt)  # the trained TWIN's only
     known = rows.masks["item"].numpy() if rows is not None else np.ones(VOCAB["item"], bool)
     for seed, history, candidates in CASES:
         request, sample = ctr_case(seed, history, candidates)

@@ -148,10 +148,16 @@ def test_the_oov_row_trains_on_the_held_out_share() -> None:
 
 def test_the_record_round_trips_and_refuses_another_size() -> None:
     rows = TrainedRows(SIZES)
+    assert not rows.any()
     rows.mark(_batch(range(3)))
+    assert rows.any()
     restored = TrainedRows(SIZES)
     restored.load_state(rows.state())
     assert all(torch.equal(restored.masks[t], rows.masks[t]) for t in rows.masks)
+    assert restored.any()
+    empty = TrainedRows(SIZES)
+    empty.load_state(TrainedRows(SIZES).state())
+    assert not empty.any()
     with pytest.raises(ValueError, match=r"trained_rows.item: 3000 rows in the checkpoint, 10 in"):
         TrainedRows({"item": 10, "category": 6}).load_state(rows.state())
 
