@@ -84,16 +84,36 @@ def extend_all_vocabs(
     """The three vocabs extended by `events` (deduplicated valid events with raw id columns).
 
     Items keep the base's `category_id`; a new item gets its most frequent category in the new
-    events (as a full build gives every item).
+    events (as a full build gives every item). `first_ts` / `last_ts` are the earlier / later of
+    the base's and the new events' (a full build's); null for the base's items when the base
+    was built before they were recorded (their first event is not known).
     """
     category = extend_vocab(base["category"], events, "category_id", min_count)
     behavior = extend_vocab(base["behavior"], events, "behavior", 1)
     item = extend_vocab(base["item"], events, "item_id", min_count)
-    known = base["item"].select("raw_id", "category_id")
-    old = item.join(known, on="raw_id", how="inner")
+    recorded = "first_ts" in base["item"].columns
+    known = base["item"].select(
+        "raw_id",
+        "category_id",
+        *(
+            (F.col(c) if recorded else F.lit(None).cast("long")).alias(f"base_{c}")
+            for c in ("first_ts", "last_ts")
+        ),
+    )
+    times = events.groupBy(F.col("item_id").alias("raw_id")).agg(
+        F.min("ts").alias("new_first_ts"), F.max("ts").alias("new_last_ts")
+    )
+    old = item.join(known, on="raw_id", how="inner").join(times, on="raw_id", how="left")
+    for column, merge in (("first_ts", F.least), ("last_ts", F.greatest)):
+        base_value = F.col(f"base_{column}")
+        merged = merge(base_value, F.col(f"new_{column}"))
+        old = old.withColumn(
+            column, F.when(base_value.isNull(), F.lit(None)).otherwise(merged).cast("long")
+        )
     new = attach_item_category(item.join(known, on="raw_id", how="left_anti"), events, category)
+    columns = ("raw_id", "id", "count", "category_id", "first_ts", "last_ts")
     return {
-        "item": old.unionByName(new.select("raw_id", "id", "count", "category_id")),
+        "item": old.select(*columns).unionByName(new.select(*columns)),
         "category": category,
         "behavior": behavior,
     }

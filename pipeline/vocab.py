@@ -4,7 +4,10 @@ Ids: 0 = padding, 1 = out-of-vocabulary/rare/unknown, then 2, 3, ... by descendi
 by raw id (compared as strings), so re-runs give identical ids. Stored as Parquet under
 `OUT/vocab/{item,category,behavior}/` with columns `raw_id` (string), `id` (long), `count`
 (long); the item vocab also has `category_id`, the item's most frequent category id (ties by
-smaller id), used to give sampled negatives a category.
+smaller id), used to give sampled negatives a category, and `first_ts` / `last_ts`, the times
+of the item's first and last valid events (epoch seconds; null in an increment of a build made
+before they were recorded), from which training tells an item's first days
+(`trainers.cold_items`).
 """
 
 from __future__ import annotations
@@ -78,24 +81,34 @@ def rank_in_parallel(frame: DataFrame, order: list[Column]) -> DataFrame:
 def attach_item_category(
     item_vocab: DataFrame, events: DataFrame, category_vocab: DataFrame
 ) -> DataFrame:
-    """Add `category_id` (the item's most frequent category id) to the item vocab."""
+    """Add `category_id` (the item's most frequent category id) and `first_ts` / `last_ts` (the
+    times of its first and last events in `events`) to the item vocab."""
     with_cat = events.join(
         category_vocab.select(F.col("raw_id").alias("category_id"), F.col("id").alias("cat_id")),
         on="category_id",
         how="left",
     ).withColumn("cat_id", F.coalesce("cat_id", F.lit(OOV_ID)).cast("long"))
-    per_pair = with_cat.groupBy("item_id", "cat_id").agg(F.count(F.lit(1)).alias("n"))
+    per_pair = with_cat.groupBy("item_id", "cat_id").agg(
+        F.count(F.lit(1)).alias("n"), F.min("ts").alias("first"), F.max("ts").alias("last")
+    )
     best = per_pair.groupBy("item_id").agg(
-        F.max(F.struct(F.col("n"), (-F.col("cat_id")).alias("neg_cat"))).alias("best")
+        F.max(F.struct(F.col("n"), (-F.col("cat_id")).alias("neg_cat"))).alias("best"),
+        F.min("first").alias("first_ts"),
+        F.max("last").alias("last_ts"),
     )
     best = best.select(
-        F.col("item_id").alias("raw_id"), (-F.col("best.neg_cat")).cast("long").alias("category_id")
+        F.col("item_id").alias("raw_id"),
+        (-F.col("best.neg_cat")).cast("long").alias("category_id"),
+        F.col("first_ts").cast("long").alias("first_ts"),
+        F.col("last_ts").cast("long").alias("last_ts"),
     )
     return item_vocab.join(best, on="raw_id", how="left").select(
         "raw_id",
         "id",
         "count",
         F.coalesce("category_id", F.lit(OOV_ID)).cast("long").alias("category_id"),
+        "first_ts",
+        "last_ts",
     )
 
 

@@ -120,6 +120,13 @@ def test_vocab_ids_by_count_then_raw_id(spark, built):
         for r in spark.read.parquet(str(root / "out1/vocab/item")).collect()
     }
     assert item_cat["i9"] == 5 and item_cat["i3"] == 3
+    times = {
+        r["raw_id"]: (r["first_ts"], r["last_ts"])
+        for r in spark.read.parquet(str(root / "out1/vocab/item")).collect()
+    }
+    assert times == {"i1": (50, 100), "i2": (60, 500), "i3": (500, 1500), "i4": (1999, 1999),
+                     "i5": (2000, 2000), "i6": (2999, 2999), "i7": (3000, 3000),
+                     "i8": (3500, 3500), "i9": (500, 500)}  # valid events only  # fmt: skip
     assert manifest["vocab"] == {"item": 11, "category": 6, "behavior": 5}
 
 

@@ -5,6 +5,7 @@ that cannot be extended is refused in one line before anything is written."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -135,11 +136,16 @@ def test_existing_ids_never_change_and_counts_add_up(builds):
         assert appended == list(range(max(before[name]) + 1, max(after[name]) + 1))
         assert sorted(after[name].values()) == sorted(whole[name].values())
     assert after["item"][max(after["item"])] == "brand_new"
-    counts = {}
+    counts, first_ts = {}, {}
     for out in ("inc", "full"):
         t = pq.read_table(root / out / "vocab" / "item").to_pydict()
         counts[out] = dict(zip(t["raw_id"], t["count"], strict=True))
+        first_ts[out] = dict(
+            zip(t["raw_id"], zip(t["first_ts"], t["last_ts"], strict=True), strict=True)
+        )
     assert counts["inc"] == counts["full"]
+    assert first_ts["inc"] == first_ts["full"]
+    assert None not in {ts for pair in first_ts["inc"].values() for ts in pair}
     assert inc["vocab"]["item"] == base["vocab"]["item"] + 1 == full["vocab"]["item"]
     assert inc["base"]["path"] == str(root / "base") and inc["base"]["chain"] == [
         str(root / "base")
@@ -161,6 +167,25 @@ def test_an_increment_of_an_increment_chains_to_both(spark, builds, tmp_path):
         ann["item"][-1] == "i1"
         and ann["n_events"] == _raw_lifelong(root / "inc")["ann"]["n_events"] + 1
     )
+
+
+def test_a_base_built_before_first_ts_leaves_its_items_first_time_unknown(spark, builds, tmp_path):
+    root, _, _, _ = builds
+    legacy = tmp_path / "legacy"
+    shutil.copytree(root / "base", legacy)
+    vocab = pq.read_table(legacy / "vocab" / "item")
+    shutil.rmtree(legacy / "vocab" / "item")
+    (legacy / "vocab" / "item").mkdir()
+    pq.write_table(
+        vocab.drop(["first_ts", "last_ts"]), legacy / "vocab" / "item" / "part-0.parquet"
+    )
+    cfg = make_config(targets=TARGETS, lifelong={"max_history": 20})
+    build(spark, [root / "new"], tmp_path / "out", cfg, base=str(legacy))
+
+    t = pq.read_table(tmp_path / "out" / "vocab" / "item").to_pydict()
+    times = dict(zip(t["raw_id"], zip(t["first_ts"], t["last_ts"], strict=True), strict=True))
+    assert times.pop("brand_new") == (NEW_FROM + 60, NEW_FROM + 60)
+    assert set(times.values()) == {(None, None)}  # the base's items: first event not known
 
 
 # --- a --base that cannot be extended ------------------------------------------------------------
