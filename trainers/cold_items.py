@@ -8,15 +8,23 @@ reaches row 1, so it keeps its random initialization; and ids the build knows bu
 never saw (items first seen after the training period, ids an incremental build appends) keep
 theirs too. Both are arbitrary, not "unknown". The CTR task therefore (`ColdItemConfig`):
 
-* **trains the OOV rows on a held-out share of real events**: `share` of the training events
-  (chosen by a hash of the item and the event's time, so the same ones in every epoch, run and
-  rank) are looked up with item and category id 1, as serving looks up an item it does not
-  know (it knows an item's category from the item), keeping their labels: as targets (by their
-  request time) and as history events (by their event time), so a held-out click stays unknown
-  in the user's later history. The OOV rows learn what the model should say of such an item
-  for this user, not an initialization artifact; and since unknown history events and unknown
-  candidates share one row, training shows that an unknown candidate "matching" an unknown
-  event of the history (the README's `i-unknown` after `i-new`) is no evidence of a repeat;
+* **trains the OOV rows on the first days of a share of the items**: an id serving does not
+  know is a *new* item, one first seen after the data its export was trained on; so for a
+  `share` of the items (chosen by a hash of the item id and the seed, the same in every
+  epoch, run and rank), the events of their first `new_item_days` days (`ItemTimes`: the item
+  vocab's `first_ts` / `last_ts`) are looked up with item and category id 1, as serving looks
+  up an item it does not know (it knows an item's category from the item), keeping their
+  labels: as targets (by their request time) and as history events (by their event time), so
+  a held-out click stays unknown in the user's later history. The OOV rows learn what the
+  model should say of a new item for this user from the labels new items really get, not an
+  initialization artifact; and since unknown history events and unknown candidates share one
+  row, training shows that an unknown candidate "matching" an unknown event of the history
+  (the README's `i-unknown` after `i-new`) is no evidence of a repeat. Only items that live on
+  past their new days within training's data are chosen (no item gives its whole training
+  life to the OOV row); events before an item's first event (sampled negatives drawn from the
+  whole catalog, whatever its time) are not held out. A build whose item vocab has no times
+  (made before they were recorded) holds out `share` of the events, at most
+  `HASHED_EVENT_SHARE`, by a hash of item and time (the rule before the times);
 * **evaluates untrained ids as OOV** (`untrained_as_oov`): `TrainedRows` records every item and
   category row a training batch looked up (synced over ranks, saved in the checkpoint under
   `lifeseq.trained_rows`); validation, test and offline scoring look the others up as unknown
@@ -44,8 +52,15 @@ OOV_ID = 1
 TRACKED = {"item": ("item", "target_item"), "category": ("category", "target_category")}
 #: Key of the masks in a checkpoint's `lifeseq` section.
 CHECKPOINT_KEY = "trained_rows"
-#: Hash of the held-out choice: `(item * A + ts * B + seed * C) mod P`, exact in int64.
+#: Hash of the held-out choice: `(item * A + ts * B + seed * C) mod P`, exact in int64; of
+#: the held-out items `(item * A + seed * D) mod P` (D large: each seed picks other items).
 _P, _A, _B, _C = 2_147_483_647, 1_103_515_245, 2_654_435_761 % 2_147_483_647, 40_503
+_D = 1_500_450_271
+#: Largest share of the events held out by hash when the build has no item times.
+HASHED_EVENT_SHARE = 0.05
+#: `first_ts` of an item whose first event is not known: after every event, never "new".
+UNKNOWN_FIRST_TS = torch.iinfo(torch.int64).max
+_DAY = 86_400
 
 
 @dataclass
@@ -53,40 +68,154 @@ class ColdItemConfig:
     """YAML `model.init_args.cold_items` of the CTR task (see the module docstring).
 
     Attributes:
-        share: share of training targets whose item is looked up as OOV (0 turns it off).
+        share: share of the items whose first `new_item_days` are looked up as OOV (0 turns it
+            off); for a build without item times, of the events (at most `HASHED_EVENT_SHARE`).
+        new_item_days: how long an item counts as new: about the time from an item's first
+            event until an export that knows it serves (daily exports: 1-2 days), or the
+            span an offline evaluation scores after training's data ends.
         untrained_as_oov: evaluate, score offline and export ids that no training batch
             looked up as OOV.
     """
 
-    share: float = 0.05
+    share: float = 0.5
+    new_item_days: float = 7.0
     untrained_as_oov: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.share, bool) or not 0.0 <= float(self.share) < 1.0:
             raise ValueError(f"cold_items.share: expected a number in [0, 1), got {self.share!r}")
+        if isinstance(self.new_item_days, bool) or not float(self.new_item_days) > 0.0:
+            raise ValueError(
+                "cold_items.new_item_days: expected a number of days > 0, got "
+                f"{self.new_item_days!r}"
+            )
+
+    @property
+    def new_item_seconds(self) -> int:
+        """`new_item_days` in seconds (the unit of event times)."""
+        return int(round(float(self.new_item_days) * _DAY))
 
 
-def held_out(item: torch.Tensor, ts: torch.Tensor, share: float, seed: int) -> torch.Tensor:
-    """(T,) bool: which targets of `item` at request times `ts` (both (T,) int64) are held out
-    for the OOV row — a fixed function of (item, ts, seed), so the same in every epoch."""
+@dataclass(frozen=True)
+class ItemTimes:
+    """Each item id's first and last event times (the build's item vocab).
+
+    Attributes:
+        first: (V,) int64 epoch seconds, `UNKNOWN_FIRST_TS` where not known (padding, OOV,
+            items of a `--base` built before the times were recorded).
+        last: (V,) int64 epoch seconds (any value where `first` is unknown).
+        train_end: the first time after training's data (the build's `targets.valid_start`
+            for a split by time; None otherwise): later events do not count as the item's
+            life after its new days (training must not lean on the valid and test periods).
+    """
+
+    first: torch.Tensor
+    last: torch.Tensor
+    train_end: int | None = None
+
+    @staticmethod
+    def read(root: str, num_items: int) -> ItemTimes | None:
+        """The times of `root/vocab/item` (columns `first_ts`, `last_ts`) for a table of
+        `num_items` rows; None when there is no item vocab or it has no times (a build made
+        before they were recorded).
+
+        Raises:
+            ValueError: a vocab id is outside the table's rows (naming the vocab).
+        """
+        import pyarrow.dataset as ds
+
+        from pipeline import storage
+
+        where = storage.join(root, "vocab", "item")
+        if not storage.exists(where):
+            return None
+        fs, path = storage.resolve(where)
+        dataset = ds.dataset(path, filesystem=fs, format="parquet")
+        if not {"first_ts", "last_ts"} <= set(dataset.schema.names):
+            return None
+        table = dataset.to_table(columns=["id", "first_ts", "last_ts"])
+        ids = torch.from_numpy(table.column("id").to_numpy(zero_copy_only=False).astype("int64"))
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_items):
+            raise ValueError(
+                f"{where}: item id {int(ids.max())} outside the item table's {num_items} rows "
+                "(manifest.vocab.item); rebuild the vocab"
+            )
+        columns = {}
+        for name in ("first_ts", "last_ts"):
+            values = table.column(name).fill_null(UNKNOWN_FIRST_TS)
+            column = torch.full((num_items,), UNKNOWN_FIRST_TS, dtype=torch.int64)
+            column[ids] = torch.from_numpy(values.to_numpy(zero_copy_only=False).astype("int64"))
+            columns[name] = column
+        return ItemTimes(columns["first_ts"], columns["last_ts"], _train_end(root))
+
+    def new_then(self, item: torch.Tensor, ts: torch.Tensor, seconds: int) -> torch.Tensor:
+        """(T,) bool: whether `item` was new at `ts` (both (T,) int64): `ts` within `seconds`
+        of its first event, and the item lived on past them in training's data (events
+        `seconds` or more after its first, before `train_end`), so holding these events out
+        leaves it events to train its own row."""
+        first = self.first.to(item.device)[item]
+        last = self.last.to(item.device)[item]
+        if self.train_end is not None:
+            last = last.clamp(max=self.train_end - 1)
+        known = first != UNKNOWN_FIRST_TS
+        return known & (first <= ts) & (ts - first < seconds) & (last - first >= seconds)
+
+
+def _train_end(root: str) -> int | None:
+    """`targets.valid_start` of the build's manifest when it splits by time, else None."""
+    from pipeline import storage
+
+    manifest = storage.join(root, "manifest.json")
+    if not storage.exists(manifest):
+        return None
+    targets = (storage.read_json(manifest).get("config") or {}).get("targets") or {}
+    if targets.get("split") != "time" or targets.get("valid_start") is None:
+        return None
+    return int(targets["valid_start"])
+
+
+def held_out(
+    item: torch.Tensor,
+    ts: torch.Tensor,
+    share: float,
+    seed: int,
+    times: ItemTimes | None = None,
+    new_item_seconds: int = 7 * _DAY,
+) -> torch.Tensor:
+    """(T,) bool: which events of `item` at times `ts` (both (T,) int64) are held out for the
+    OOV row, a fixed function of its arguments (the same in every epoch, run and rank).
+
+    With `times`: the events of a `share` of the items (by a hash of the id and `seed`) while
+    they were new (`ItemTimes.new_then`). Without: a `share` of the events, by a hash of
+    (item, ts, seed)."""
     if share <= 0.0 or item.numel() == 0:
         return torch.zeros_like(item, dtype=torch.bool)
-    mixed = ((item % _P) * _A + (ts % _P) * _B + (seed % _P) * _C) % _P
-    return mixed.to(torch.float64) < share * _P
+    if times is None:
+        mixed = ((item % _P) * _A + (ts % _P) * _B + (seed % _P) * _C) % _P
+        return mixed.to(torch.float64) < share * _P
+    chosen_item = (((item % _P) * _A + (seed % _P) * _D) % _P).to(torch.float64) < share * _P
+    return chosen_item & (item > OOV_ID) & times.new_then(item, ts, new_item_seconds)
 
 
-def hold_out_items(batch: CtrBatch, share: float, seed: int) -> CtrBatch:
-    """`batch` with the held-out events' item and category replaced by `OOV_ID`, as serving
-    looks up an item it does not know: targets chosen by (item, request time), history events
-    by (item, event time), so a held-out click is unknown both as a target and later in the
-    user's history (labels unchanged). Training thus shows the model what serving shows it:
-    unknown candidates next to unknown events in the history, whose shared OOV row (one item,
-    one category for every unknown id) says nothing about whether they are the same item."""
+def hold_out_items(
+    batch: CtrBatch,
+    share: float,
+    seed: int,
+    times: ItemTimes | None = None,
+    new_item_seconds: int = 7 * _DAY,
+) -> CtrBatch:
+    """`batch` with the held-out events' (`held_out`) item and category replaced by `OOV_ID`,
+    as serving looks up an item it does not know: targets chosen by their request time, history
+    events by their event time, so a held-out click is unknown both as a target and later in
+    the user's history (labels unchanged). Training thus shows the model what serving shows
+    it: unknown candidates next to unknown events in the history, whose shared OOV row (one
+    item, one category for every unknown id) says nothing about whether they are the same."""
     if share <= 0.0:
         return batch
-    chosen = held_out(batch.target_item, batch.target_ts, share, seed)
+    rule = {"share": share, "seed": seed, "times": times, "new_item_seconds": new_item_seconds}
+    chosen = held_out(batch.target_item, batch.target_ts, **rule)
     history = batch.history
-    events = held_out(history["item"].values, history["ts"].values, share, seed)
+    events = held_out(history["item"].values, history["ts"].values, **rule)
     if not bool(chosen.any()) and not bool(events.any()):
         return batch
     history = {

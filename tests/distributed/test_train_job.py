@@ -437,7 +437,7 @@ def test_two_ranks_record_every_row_either_trained_and_validate_with_them(out, w
     import torch
 
     from features.dataset import LifeseqDataset
-    from trainers.cold_items import TrainedRows, hold_out_items
+    from trainers.cold_items import ColdItemConfig, ItemTimes, TrainedRows, hold_out_items
 
     ckpt = newest_last(with_cold_items)
     rows = TrainedRows.from_checkpoint(ckpt)
@@ -446,8 +446,10 @@ def test_two_ranks_record_every_row_either_trained_and_validate_with_them(out, w
     train = LifeseqDataset.from_manifest(
         str(out), "train", batch_size=4, max_history=256, shuffle=False
     )  # smoke.yaml's window
+    times = ItemTimes.read(str(out), rows.masks["item"].numel())  # None: no vocab here
+    new_item_seconds = ColdItemConfig().new_item_seconds  # smoke.yaml's
     for batch in train.iter_worker(0):
-        expected.mark(hold_out_items(batch, 0.05, seed=0))
+        expected.mark(hold_out_items(batch, 0.05, 0, times, new_item_seconds))
     for name in rows.masks:
         assert torch.equal(rows.masks[name], expected.masks[name]), name
     one = _validate(out, out.parent / "val_cold_1", 1, ckpt, *COLD_ITEMS_ON)

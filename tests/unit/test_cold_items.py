@@ -1,5 +1,6 @@
-"""Items the model never trained on (`trainers.cold_items`): a fixed share of training targets
-trains the OOV row with their real labels; every row a training batch looked up is recorded,
+"""Items the model never trained on (`trainers.cold_items`): the first days of a fixed share
+of the items (a fixed share of the events, for a build without `first_ts`) train the OOV row
+with their real labels; every row a training batch looked up is recorded,
 and evaluation scores the others exactly as the OOV id; the record survives a checkpoint and
 `lifeseq export` leaves untrained ids out of the vocabularies it writes."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,9 @@ from serving.export import export_vocabs
 from tests.unit.test_dataset import make_sample
 from trainers.cold_items import (
     OOV_ID,
+    UNKNOWN_FIRST_TS,
     ColdItemConfig,
+    ItemTimes,
     TrainedRows,
     held_out,
     hold_out_items,
@@ -44,7 +48,7 @@ def _module(share: float = 0.05, untrained_as_oov: bool = True) -> CtrModule:
     module = CtrModule(
         functools.partial(SmokeCtr, config=SmokeConfig(hidden=(8,))),
         embedding=EmbeddingConfig("torch"), optimizer=DenseOptimizerConfig(), schema=schema,
-        cold_items=ColdItemConfig(share, untrained_as_oov),
+        cold_items=ColdItemConfig(share=share, untrained_as_oov=untrained_as_oov),
     )  # fmt: skip
     module.configure_model()
     return module
@@ -60,6 +64,86 @@ def test_the_held_out_share_is_fixed_and_about_the_share_asked() -> None:
     assert not held_out(items, ts, 0.0, seed=3).any()
     with pytest.raises(ValueError, match=r"cold_items.share: expected a number in \[0, 1\)"):
         ColdItemConfig(share=1.0)
+
+
+DAY = 86_400
+
+
+def test_new_items_first_days_are_held_out_for_a_fixed_share_of_the_items() -> None:
+    """With each item's first and last event times: the events of a `share` of the items (the
+    same items at every time) within `new_item_seconds` of that item's first event, never
+    before it, never an item whose first event is unknown or that has no event after its new
+    days (it would lose its own row), never padding or OOV."""
+    first = torch.full((10_000,), UNKNOWN_FIRST_TS, dtype=torch.int64)
+    first[2:9_000] = 1_700_000_000 + torch.arange(2, 9_000) * 100
+    last = first + 30 * DAY
+    last[8_000:9_000] = first[8_000:9_000] + 7 * DAY - 1  # gone within their new days
+    times = ItemTimes(first, last)
+    items = torch.arange(10_000).repeat_interleave(4)
+    age = torch.tensor([-DAY, 0, 7 * DAY - 1, 7 * DAY]).repeat(10_000)
+    ts = torch.where(first[items] == UNKNOWN_FIRST_TS, 1_800_000_000, first[items] + age)
+    chosen = held_out(items, ts, 0.25, seed=3, times=times, new_item_seconds=7 * DAY)
+    by_item = chosen.view(10_000, 4)
+    picked = by_item.any(dim=1)
+    assert abs(float(picked[2:8_000].float().mean()) - 0.25) < 0.02
+    assert not picked[:2].any() and not picked[8_000:].any()  # padding, OOV, short-lived, unknown
+    assert torch.equal(by_item[picked], torch.tensor([[False, True, True, False]]).expand(
+        int(picked.sum()), 4))  # fmt: skip
+    again = held_out(items, ts, 0.25, seed=3, times=times, new_item_seconds=7 * DAY)
+    assert torch.equal(chosen, again)
+    assert not torch.equal(chosen, held_out(items, ts, 0.25, seed=4, times=times))
+    longer = held_out(items, ts, 0.25, seed=3, times=times, new_item_seconds=8 * DAY)
+    assert torch.equal(longer.view(10_000, 4)[:8_000, 3], picked[:8_000])
+    cut = int(first[4_000]) + 7 * DAY + 1  # training's data ends 7 days after item 4,000's start
+    ended = held_out(items, ts, 0.25, seed=3, times=ItemTimes(first, last, train_end=cut),
+                     new_item_seconds=7 * DAY).view(10_000, 4).any(dim=1)  # fmt: skip
+    assert torch.equal(ended[:4_001], picked[:4_001]) and not ended[4_001:].any()
+    batch = _batch(range(40))
+    young = ItemTimes(torch.zeros(SIZES["item"], dtype=torch.int64),
+                      torch.full((SIZES["item"],), 10**13))  # every item new since time 0  # fmt: skip
+    held = hold_out_items(batch, 0.5, 0, young, new_item_seconds=10**12)
+    rule = {"share": 0.5, "seed": 0, "times": young, "new_item_seconds": 10**12}
+    events = held_out(batch.history["item"].values, batch.history["ts"].values, **rule)
+    assert 0 < int(events.sum()) < events.numel()
+    assert torch.equal(held.history["item"].values,
+                       torch.where(events, OOV_ID, batch.history["item"].values))  # fmt: skip
+    assert torch.equal(held.target_item == OOV_ID,
+                       held_out(batch.target_item, batch.target_ts, **rule))  # fmt: skip
+    with pytest.raises(ValueError, match=r"cold_items.new_item_days: expected a number of days"):
+        ColdItemConfig(new_item_days=0)
+    assert ColdItemConfig(new_item_days=1.5).new_item_seconds == 129_600
+
+
+def test_without_item_times_at_most_five_percent_of_the_events_are_held_out() -> None:
+    module = _module(share=0.5)
+    times = ItemTimes(torch.zeros(SIZES["item"], dtype=torch.int64),
+                      torch.zeros(SIZES["item"], dtype=torch.int64))  # fmt: skip
+    assert module._held_out_share(times) == 0.5  # of the items
+    assert module._held_out_share(None) == 0.05  # of the events (the rule before the times)
+    assert _module(share=0.01)._held_out_share(None) == 0.01
+
+
+def test_first_and_last_event_times_are_read_from_the_item_vocab(tmp_path: Path) -> None:
+    vocab = tmp_path / "out" / "vocab" / "item"
+    vocab.mkdir(parents=True)
+    rows = {"raw_id": ["a", "b", "c"], "id": [2, 3, 4], "count": [3, 2, 1],
+            "category_id": [2, 2, 3], "first_ts": [500, None, 70],
+            "last_ts": [900, None, 70]}  # fmt: skip
+    pq.write_table(pa.table(rows), vocab / "part-0.parquet")
+    times = ItemTimes.read(str(tmp_path / "out"), 6)
+    assert times.train_end is None  # no manifest
+    (tmp_path / "out" / "manifest.json").write_text(
+        json.dumps({"config": {"targets": {"split": "time", "valid_start": 800}}})
+    )
+    assert ItemTimes.read(str(tmp_path / "out"), 6).train_end == 800
+    unknown = UNKNOWN_FIRST_TS
+    assert times.first.tolist() == [unknown, unknown, 500, unknown, 70, unknown]
+    assert times.last.tolist() == [unknown, unknown, 900, unknown, 70, unknown]
+    with pytest.raises(ValueError, match=r"item id 4 outside the item table's 4 rows"):
+        ItemTimes.read(str(tmp_path / "out"), 4)
+    pq.write_table(pa.table(rows).drop(["first_ts", "last_ts"]), vocab / "part-0.parquet")
+    assert ItemTimes.read(str(tmp_path / "out"), 6) is None  # built before the times: hash rule
+    assert ItemTimes.read(str(tmp_path / "none"), 6) is None  # no vocab (hand-written shards)
 
 
 def test_held_out_events_keep_labels_but_lose_item_and_category_as_target_and_in_history() -> None:

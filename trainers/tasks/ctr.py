@@ -18,6 +18,7 @@ Model building, sharding, optimizers and checkpoint extras come from
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +32,10 @@ from models.ctr import CtrOutput, CtrRecommender
 from models.interfaces import CtrModel, ModelDims
 from trainers.cold_items import (
     CHECKPOINT_KEY,
+    HASHED_EVENT_SHARE,
     TRACKED,
     ColdItemConfig,
+    ItemTimes,
     TrainedRows,
     hold_out_items,
 )
@@ -40,6 +43,8 @@ from trainers.metrics import GroupedAUC, LogLoss
 from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig, PlatformModule
 from trainers.run_state import SECTION
 from trainers.sharding import ShardingConfig
+
+log = logging.getLogger(__name__)
 
 
 def bce(logits: torch.Tensor, batch: CtrBatch) -> torch.Tensor:
@@ -144,6 +149,7 @@ class CtrModule(PlatformModule):
         self.zoo_model = model
         self.cold_items = cold_items or ColdItemConfig()
         self.trained_rows: TrainedRows | None = None
+        self._times: tuple[ItemTimes | None] | None = None
         self.val_metrics = EvalMetrics()
         self.test_metrics = EvalMetrics()
 
@@ -157,12 +163,42 @@ class CtrModule(PlatformModule):
             self.trained_rows = TrainedRows({name: tables[name].num_embeddings for name in TRACKED})
         return self.trained_rows
 
+    def _item_times(self) -> ItemTimes | None:
+        """Each item's first and last event times (`trainers.cold_items.ItemTimes`) from the
+        datamodule's build, read once; None without a datamodule or the times (logged)."""
+        if self._times is None:
+            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+            root = getattr(datamodule, "root", None)
+            times = None
+            if root is not None and self.cold_items.share > 0:
+                rows = self._resolve_schema().tables["item"].num_embeddings
+                times = ItemTimes.read(root, rows)
+                if times is None:
+                    log.warning(
+                        "cold_items: no item first/last event times under %s (no vocab/item, "
+                        "or a build made before they were recorded): the OOV rows train on "
+                        "%.0f%% of the events by hash, not on new items' first days", root,
+                        100 * self._held_out_share(None),
+                    )  # fmt: skip
+            self._times = (times,)
+        return self._times[0]
+
+    def _held_out_share(self, times: ItemTimes | None) -> float:
+        """`cold_items.share` of the items; without item times, of the events, at most
+        `HASHED_EVENT_SHARE` (the rule before the times)."""
+        share = float(self.cold_items.share)
+        return share if times is not None else min(share, HASHED_EVENT_SHARE)
+
     def prepare(self, batch: CtrBatch, stage: str) -> CtrBatch:
         """The batch the model sees (`trainers.cold_items`): in training, the held-out share of
         targets looked up as OOV and every row looked up recorded; in evaluation, untrained ids
         as OOV (once training recorded any row)."""
         if stage == "train":
-            batch = hold_out_items(batch, self.cold_items.share, self.seed)
+            times = self._item_times()
+            batch = hold_out_items(
+                batch, self._held_out_share(times), self.seed, times,
+                self.cold_items.new_item_seconds,
+            )  # fmt: skip
             self._rows().mark(batch)
             return batch
         if self.cold_items.untrained_as_oov and self._rows().any():
