@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -127,14 +128,22 @@ def dataset_params(quick: bool) -> dict[str, Any]:
 
 
 def dataset_is_current(workdir: Path, params: dict[str, Any]) -> bool:
-    """Whether `workdir/build` holds a finished build made with `params` (`workdir/dataset.json`)."""
+    """Whether `workdir/build` holds a finished build made with `params` (`workdir/dataset.json`)
+    whose item vocab has `first_ts` and `last_ts` (what `trainers.cold_items` holds new items
+    out by; a build from before them is rebuilt)."""
     record = workdir / "dataset.json"
     if not (workdir / "build" / "manifest.json").is_file() or not record.is_file():
         return False
     try:
-        return json.loads(record.read_text()) == params
+        if json.loads(record.read_text()) != params:
+            return False
     except json.JSONDecodeError:
         return False
+    import pyarrow.dataset as ds
+
+    vocab = workdir / "build" / "vocab" / "item"
+    names = ds.dataset(vocab, format="parquet").schema.names if vocab.is_dir() else []
+    return {"first_ts", "last_ts"} <= set(names)
 
 
 def build_dataset(workdir: Path, params: dict[str, Any]) -> dict[str, float]:
@@ -298,10 +307,49 @@ def scorer_metrics(
 #: Per-run numbers of `cold_item_metrics`, averaged over seeds.
 COLD_KEYS = ("cold_targets", "cold_positive_rate", "cold_mean_prob", "known_auc",
              "known_mean_prob", "known_positive_rate", "cold_share_of_top_decile",
-             "unknown_mean_prob", "unknown_share_of_top_decile")  # fmt: skip
+             "unknown_mean_prob", "unknown_share_of_top_decile", "new_targets",
+             "new_positive_rate", "new_mean_prob", "old_cold_targets", "old_cold_positive_rate",
+             "old_cold_mean_prob")  # fmt: skip
 #: `jobs/train.py` flags of today's behaviour before `trainers.cold_items` (`--no-cold-items`).
 NO_COLD_ITEMS = ("--model.init_args.cold_items.share", "0",
                  "--model.init_args.cold_items.untrained_as_oov", "false")  # fmt: skip
+
+
+def run_variant(overrides: tuple[str, ...] | list[str]) -> str:
+    """Suffix of a run's folder and result file: `-no-cold` for `--no-cold-items` runs."""
+    return "-no-cold" if tuple(overrides) == NO_COLD_ITEMS else ""
+
+
+def training_end(manifest: dict[str, Any]) -> int | None:
+    """The build's `targets.valid_start`: the first time after training's data (None: the
+    split is not by time)."""
+    return (manifest.get("config") or {}).get("targets", {}).get("valid_start")
+
+
+def new_item_flags(
+    manifest: dict[str, Any], targets: ctr_eval.CtrTargets | None
+) -> tuple[str, ...]:
+    """`cold_items.new_item_days` of the benchmark's runs: the span the test scores after
+    training's data ends (from `targets.valid_start` to the last test target, whole days), the
+    age a test item unknown to training can reach; none for a split that is not by time."""
+    valid_start = training_end(manifest)
+    if targets is None or valid_start is None or len(targets) == 0:
+        return ()
+    days = max(1, math.ceil((int(targets.ts.max()) - int(valid_start)) / 86_400))
+    return ("--model.init_args.cold_items.new_item_days", str(days))
+
+
+def new_items(build: Path, targets: ctr_eval.CtrTargets) -> np.ndarray | None:
+    """(T,) bool: targets whose item's first event (the item vocab's `first_ts`) is at or after
+    `targets.valid_start`, the end of training's data; None without either."""
+    from trainers.cold_items import ItemTimes
+
+    manifest = json.loads((build / "manifest.json").read_text())
+    valid_start = training_end(manifest)
+    times = ItemTimes.read(str(build), int(manifest["vocab"]["item"]))
+    if valid_start is None or times is None:
+        return None
+    return times.first.numpy()[targets.item] >= int(valid_start)
 
 
 def cold_item_metrics(
@@ -309,13 +357,27 @@ def cold_item_metrics(
     targets: ctr_eval.CtrTargets,
     untrained: np.ndarray | None,
     unknown_probs: np.ndarray | None = None,
+    new: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """How test targets on items the model never trained on score (`untrained`: (T,) bool from
     its checkpoint): their count, observed positive rate and mean predicted probability, the
     highest-ranked share of them, and the AUC on the other (known) items. `unknown_probs`:
     (T,) the probabilities of the same requests with every candidate an unknown id (a request
-    of new items): their mean, and the share of them that would reach the known top decile."""
+    of new items): their mean, and the share of them that would reach the known top decile.
+    `new`: (T,) bool, targets whose item was first seen after training's data (`new_*`: what
+    serving meets as unknown ids); `old_cold_*`: the untrained targets of older items (none
+    of their events reached a training batch as themselves)."""
     cold: dict[str, Any] = {}
+    groups = {"new": new}
+    if new is not None and untrained is not None:
+        groups["old_cold"] = untrained & ~new
+    for name, mask in groups.items():
+        if mask is None:
+            continue
+        cold[f"{name}_targets"] = int(mask.sum())
+        if mask.any():
+            cold[f"{name}_positive_rate"] = float(targets.label[mask].mean())
+            cold[f"{name}_mean_prob"] = float(probs[mask].mean())
     if unknown_probs is not None:
         cold["unknown_mean_prob"] = float(unknown_probs.mean())
         cold["unknown_share_of_top_decile"] = float(
@@ -347,7 +409,7 @@ def train_model(
 ) -> dict[str, Any]:
     """Fit and test one model at one seed in subprocesses, then score `targets` (the test
     split) from its checkpoint; its metrics, or {"error": ...} on a failure."""
-    run_dir = workdir / "runs" / f"{model}-s{seed}{'-no-cold' if overrides else ''}"
+    run_dir = workdir / "runs" / f"{model}-s{seed}{run_variant(overrides)}"
     shutil.rmtree(run_dir, ignore_errors=True)
     fit, test = train_commands(model, build, run_dir, steps, seed, overrides)
     result: dict[str, Any] = {}
@@ -382,7 +444,9 @@ def train_model(
         result.update(scorer_metrics(probs, targets))
         unknown = ctr_eval.sigmoid(ctr_eval.model_logits(ckpt, build, unknown_targets=True))
         untrained = ctr_eval.untrained_items(ckpt, targets)
-        result.update(cold_item_metrics(probs, targets, untrained, unknown))
+        result.update(
+            cold_item_metrics(probs, targets, untrained, unknown, new_items(build, targets))
+        )
     return result
 
 
@@ -405,7 +469,7 @@ def result_path(workdir: Path, spec: dict[str, Any]) -> Path:
     """`workdir/results/MODEL-sSEED-LENGTH-CONFIG.json` (LENGTH: `epoch` or the steps; CONFIG:
     the configs' hash prefix), so runs of another length or config never replace each other."""
     length = "epoch" if spec["steps"] is None else f"{spec['steps']}steps"
-    variant = "-no-cold" if spec.get("overrides") else ""
+    variant = run_variant(spec.get("overrides") or ())
     name = f"{spec['model']}-s{spec['seed']}-{length}{variant}-{spec['config_sha256'][:10]}.json"
     return workdir / "results" / name
 
@@ -681,6 +745,15 @@ def markdown(payload: dict[str, Any]) -> str:
                 f" / {_ms(q.get('known_mean_prob'))}), share of the top decile "
                 f"{_ms(q.get('cold_share_of_top_decile'))}; AUC on known items {_ms(q.get('known_auc'))}"
             )
+        if (q.get("new_targets") or {}).get("mean"):
+            lines.append(
+                f"{name}: {q['new_targets']['mean']:.0f} test targets on items first seen after "
+                f"training's data, positive rate {_ms(q.get('new_positive_rate'))}, mean "
+                f"probability {_ms(q.get('new_mean_prob'))}; untrained older items: "
+                f"{_ms(q.get('old_cold_targets'))} targets, positive rate "
+                f"{_ms(q.get('old_cold_positive_rate'))}, mean probability "
+                f"{_ms(q.get('old_cold_mean_prob'))}"
+            )
         if q.get("unknown_mean_prob"):
             lines.append(
                 f"{name}: every candidate an unknown id: mean probability "
@@ -816,10 +889,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  oracle: {json.dumps(oracle)}", flush=True)
 
     models: dict[str, dict[str, Any]] = {name: {"runs": {}} for name in args.models}
+    new_items = new_item_flags(json.loads((build / "manifest.json").read_text()), targets)
     if not args.skip_train:
         for name in args.models:
             for seed in args.seeds:
-                overrides = NO_COLD_ITEMS if args.no_cold_items else ()
+                overrides = NO_COLD_ITEMS if args.no_cold_items else new_items
                 spec = run_spec(name, params, steps, seed, overrides)
                 result = None if args.fresh else stored_result(workdir, spec)
                 if result is None:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -271,6 +273,14 @@ def test_dataset_reuse_check(tmp_path: Path) -> None:
     (tmp_path / "build" / "manifest.json").write_text("{}")
     assert not bench_ctr.dataset_is_current(tmp_path, params)  # no dataset.json
     (tmp_path / "dataset.json").write_text(json.dumps(params))
+    vocab = tmp_path / "build" / "vocab" / "item"
+    vocab.mkdir(parents=True)
+    columns = {"raw_id": ["a"], "id": [2], "count": [1], "category_id": [2]}
+    pq.write_table(pa.table(columns), vocab / "part-0.parquet")
+    assert not bench_ctr.dataset_is_current(tmp_path, params)  # built before the times
+    pq.write_table(
+        pa.table({**columns, "first_ts": [10], "last_ts": [20]}), vocab / "part-0.parquet"
+    )
     assert bench_ctr.dataset_is_current(tmp_path, params)
     assert not bench_ctr.dataset_is_current(tmp_path, bench_ctr.dataset_params(quick=False))
     (tmp_path / "dataset.json").write_text("{not json")
@@ -278,6 +288,20 @@ def test_dataset_reuse_check(tmp_path: Path) -> None:
     (tmp_path / "dataset.json").write_text(json.dumps(params))
     (tmp_path / "build" / "manifest.json").unlink()  # an interrupted build
     assert not bench_ctr.dataset_is_current(tmp_path, params)
+
+
+def test_new_items_are_held_out_for_the_span_the_test_scores_after_training() -> None:
+    manifest = {"config": {"targets": {"valid_start": 1_000_000}}}
+    targets = ctr_eval.CtrTargets(
+        user=np.array(["u", "v"], dtype=object), item=np.array([2, 3]),
+        ts=np.array([1_000_000 + 86_400, 1_000_000 + 30 * 86_400 + 1]),
+        label=np.array([1.0, 0.0], np.float32), gap=np.array([-1, -1]),
+    )  # fmt: skip
+    flags = bench_ctr.new_item_flags(manifest, targets)
+    assert flags == ("--model.init_args.cold_items.new_item_days", "31")
+    assert bench_ctr.new_item_flags({"config": {"targets": {}}}, targets) == ()  # not by time
+    assert bench_ctr.run_variant(flags) == "" and bench_ctr.run_variant([]) == ""
+    assert bench_ctr.run_variant(list(bench_ctr.NO_COLD_ITEMS)) == "-no-cold"
 
 
 def test_dataset_summary() -> None:
@@ -363,6 +387,13 @@ def test_cold_item_metrics_split_untrained_from_known_targets() -> None:
     assert got["cold_share_of_top_decile"] == 1.0  # the top 10% is the single 0.95, untrained
     assert got["unknown_mean_prob"] == pytest.approx(0.5)
     assert got["unknown_share_of_top_decile"] == 0.0
+    new = np.zeros(10, dtype=bool)
+    new[[6, 8, 9]] = True
+    split = bench_ctr.cold_item_metrics(probs, targets, untrained, unknown, new)
+    assert split["new_targets"] == 3 and split["old_cold_targets"] == 1  # target 5
+    assert split["new_positive_rate"] == pytest.approx(1 / 3)
+    assert split["new_mean_prob"] == pytest.approx((0.4 + 0.95 + 0.05) / 3)
+    assert split["old_cold_positive_rate"] == 1.0 and split["old_cold_mean_prob"] == 0.6
     assert bench_ctr.cold_item_metrics(probs, targets, None) == {}
     assert set(bench_ctr.cold_item_metrics(probs, targets, None, unknown)) == {
         "unknown_mean_prob", "unknown_share_of_top_decile",
