@@ -406,9 +406,11 @@ def train_model(
     seed: int = 0,
     targets: ctr_eval.CtrTargets | None = None,
     overrides: tuple[str, ...] = (),
+    new: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit and test one model at one seed in subprocesses, then score `targets` (the test
-    split) from its checkpoint; its metrics, or {"error": ...} on a failure."""
+    split) from its checkpoint; its metrics, or {"error": ...} on a failure. `new`: (T,) bool,
+    the targets on items first seen after training's data (`new_items`)."""
     run_dir = workdir / "runs" / f"{model}-s{seed}{run_variant(overrides)}"
     shutil.rmtree(run_dir, ignore_errors=True)
     fit, test = train_commands(model, build, run_dir, steps, seed, overrides)
@@ -444,9 +446,7 @@ def train_model(
         result.update(scorer_metrics(probs, targets))
         unknown = ctr_eval.sigmoid(ctr_eval.model_logits(ckpt, build, unknown_targets=True))
         untrained = ctr_eval.untrained_items(ckpt, targets)
-        result.update(
-            cold_item_metrics(probs, targets, untrained, unknown, new_items(build, targets))
-        )
+        result.update(cold_item_metrics(probs, targets, untrained, unknown, new))
     return result
 
 
@@ -889,17 +889,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  oracle: {json.dumps(oracle)}", flush=True)
 
     models: dict[str, dict[str, Any]] = {name: {"runs": {}} for name in args.models}
-    new_items = new_item_flags(json.loads((build / "manifest.json").read_text()), targets)
+    new_items_flags = new_item_flags(json.loads((build / "manifest.json").read_text()), targets)
+    new_mask = new_items(build, targets) if targets is not None else None
     if not args.skip_train:
         for name in args.models:
             for seed in args.seeds:
-                overrides = NO_COLD_ITEMS if args.no_cold_items else new_items
+                overrides = NO_COLD_ITEMS if args.no_cold_items else new_items_flags
                 spec = run_spec(name, params, steps, seed, overrides)
                 result = None if args.fresh else stored_result(workdir, spec)
                 if result is None:
                     print(f"training {name} seed {seed}: {steps or 'one epoch of'} steps ...",
                           flush=True)  # fmt: skip
-                    result = train_model(name, build, workdir, steps, seed, targets, overrides)
+                    result = train_model(
+                        name, build, workdir, steps, seed, targets, overrides, new_mask
+                    )
                     store_result(workdir, spec, result)
                 else:
                     print(f"reusing the stored run of {name} seed {seed}", flush=True)

@@ -90,6 +90,12 @@ class ColdItemConfig:
                 f"{self.new_item_days!r}"
             )
 
+    def held_out_share(self, times_known: bool) -> float:
+        """`share` of the items when the build has item times; of the events without them, at
+        most `HASHED_EVENT_SHARE` (the rule before the times)."""
+        share = float(self.share)
+        return share if times_known else min(share, HASHED_EVENT_SHARE)
+
     @property
     def new_item_seconds(self) -> int:
         """`new_item_days` in seconds (the unit of event times)."""
@@ -148,13 +154,19 @@ class ItemTimes:
             columns[name] = column
         return ItemTimes(columns["first_ts"], columns["last_ts"], _train_end(root))
 
+    def to(self, device: torch.device) -> ItemTimes:
+        """These times on `device` (the same object when they are there already)."""
+        if self.first.device == device:
+            return self
+        return replace(self, first=self.first.to(device), last=self.last.to(device))
+
     def new_then(self, item: torch.Tensor, ts: torch.Tensor, seconds: int) -> torch.Tensor:
         """(T,) bool: whether `item` was new at `ts` (both (T,) int64): `ts` within `seconds`
         of its first event, and the item lived on past them in training's data (events
         `seconds` or more after its first, before `train_end`), so holding these events out
-        leaves it events to train its own row."""
-        first = self.first.to(item.device)[item]
-        last = self.last.to(item.device)[item]
+        leaves it events to train its own row. The times must be on `item`'s device (`to`)."""
+        first = self.first[item]
+        last = self.last[item]
         if self.train_end is not None:
             last = last.clamp(max=self.train_end - 1)
         known = first != UNKNOWN_FIRST_TS

@@ -115,12 +115,12 @@ def test_new_items_first_days_are_held_out_for_a_fixed_share_of_the_items() -> N
 
 
 def test_without_item_times_at_most_five_percent_of_the_events_are_held_out() -> None:
-    module = _module(share=0.5)
-    times = ItemTimes(torch.zeros(SIZES["item"], dtype=torch.int64),
-                      torch.zeros(SIZES["item"], dtype=torch.int64))  # fmt: skip
-    assert module._held_out_share(times) == 0.5  # of the items
-    assert module._held_out_share(None) == 0.05  # of the events (the rule before the times)
-    assert _module(share=0.01)._held_out_share(None) == 0.01
+    config = ColdItemConfig(share=0.5)
+    assert config.held_out_share(times_known=True) == 0.5  # of the items
+    assert config.held_out_share(times_known=False) == 0.05  # of the events (the rule before)
+    assert ColdItemConfig(share=0.01).held_out_share(times_known=False) == 0.01
+    times = ItemTimes(torch.zeros(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64))
+    assert times.to(torch.device("cpu")) is times
 
 
 def test_first_and_last_event_times_are_read_from_the_item_vocab(tmp_path: Path) -> None:

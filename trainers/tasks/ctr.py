@@ -32,7 +32,6 @@ from models.ctr import CtrOutput, CtrRecommender
 from models.interfaces import CtrModel, ModelDims
 from trainers.cold_items import (
     CHECKPOINT_KEY,
-    HASHED_EVENT_SHARE,
     TRACKED,
     ColdItemConfig,
     ItemTimes,
@@ -126,8 +125,8 @@ class CtrModule(PlatformModule):
         seed: initialisation seed of the model (same weights on every rank and world size).
         schema: feature schema; None reads `trainer.datamodule.schema` in `configure_model`.
         cold_items: how items the model never trained on are learned and scored
-            (`trainers.cold_items.ColdItemConfig`: a held-out share of targets trains the OOV
-            row; untrained ids evaluate as OOV).
+            (`trainers.cold_items.ColdItemConfig`: new items' first days train the OOV rows;
+            untrained ids evaluate as OOV).
     """
 
     progress_metrics = ("auc", "gauc")
@@ -163,9 +162,10 @@ class CtrModule(PlatformModule):
             self.trained_rows = TrainedRows({name: tables[name].num_embeddings for name in TRACKED})
         return self.trained_rows
 
-    def _item_times(self) -> ItemTimes | None:
+    def _item_times(self, device: torch.device) -> ItemTimes | None:
         """Each item's first and last event times (`trainers.cold_items.ItemTimes`) from the
-        datamodule's build, read once; None without a datamodule or the times (logged)."""
+        datamodule's build, on `device`: read and moved once; None without a datamodule or
+        the times (logged)."""
         if self._times is None:
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
             root = getattr(datamodule, "root", None)
@@ -178,27 +178,23 @@ class CtrModule(PlatformModule):
                         "cold_items: no item first/last event times under %s (no vocab/item, "
                         "or a build made before they were recorded): the OOV rows train on "
                         "%.0f%% of the events by hash, not on new items' first days", root,
-                        100 * self._held_out_share(None),
+                        100 * self.cold_items.held_out_share(times_known=False),
                     )  # fmt: skip
             self._times = (times,)
-        return self._times[0]
-
-    def _held_out_share(self, times: ItemTimes | None) -> float:
-        """`cold_items.share` of the items; without item times, of the events, at most
-        `HASHED_EVENT_SHARE` (the rule before the times)."""
-        share = float(self.cold_items.share)
-        return share if times is not None else min(share, HASHED_EVENT_SHARE)
+        times = self._times[0]
+        if times is not None and times.first.device != device:
+            times = times.to(device)
+            self._times = (times,)
+        return times
 
     def prepare(self, batch: CtrBatch, stage: str) -> CtrBatch:
-        """The batch the model sees (`trainers.cold_items`): in training, the held-out share of
-        targets looked up as OOV and every row looked up recorded; in evaluation, untrained ids
-        as OOV (once training recorded any row)."""
+        """The batch the model sees (`trainers.cold_items`): in training, the held-out events
+        looked up as OOV and every row looked up recorded; in evaluation, untrained ids as OOV
+        (once training recorded any row)."""
         if stage == "train":
-            times = self._item_times()
-            batch = hold_out_items(
-                batch, self._held_out_share(times), self.seed, times,
-                self.cold_items.new_item_seconds,
-            )  # fmt: skip
+            times = self._item_times(batch.target_item.device)
+            share = self.cold_items.held_out_share(times_known=times is not None)
+            batch = hold_out_items(batch, share, self.seed, times, self.cold_items.new_item_seconds)
             self._rows().mark(batch)
             return batch
         if self.cold_items.untrained_as_oov and self._rows().any():
