@@ -39,7 +39,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 bench-pipeline: setup
-	$(PY) -m jobs.bench_pipeline --out bench_out/pipeline.json
+	$(PY) -m lifeseq.jobs.bench_pipeline --out bench_out/pipeline.json
 
 clean:
 	rm -rf $(VENV) out bench_out .pytest_cache

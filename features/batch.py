@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from features.jagged import Jagged
-from pipeline.sample_codec import HISTORY_MEMBERS, VALUE_MEMBER, UserSample
+from lifeseq.features.jagged import Jagged
+from lifeseq.pipeline.sample_codec import HISTORY_MEMBERS, VALUE_MEMBER, UserSample
 
 _T = TypeVar("_T")
 _B = TypeVar("_B", bound="_TensorBatch")

@@ -54,12 +54,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torch.utils.data.dataloader import _InfiniteConstantSampler
 from webdataset import filters as wds_filters
 
-from features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
-from features.schema import check_members, format_version_message
-from features.tar_reader import (  # noqa: F401 (re-exported: part of this module's API)
+from lifeseq.features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
+from lifeseq.features.schema import check_members, format_version_message
+from lifeseq.features.tar_reader import (  # noqa: F401 (re-exported: part of this module's API)
     CORRUPT_ERRORS,
     MemberError,
     ShardError,
@@ -67,9 +66,10 @@ from features.tar_reader import (  # noqa: F401 (re-exported: part of this modul
     open_shard,
     unsafe_reason,
 )
-from features.windows import TrainingWindows, window_samples
-from pipeline import storage
-from pipeline.sample_codec import (
+from lifeseq.features.windows import TrainingWindows, window_samples
+from lifeseq.pipeline import storage
+from lifeseq.pipeline.compat import infinite_constant_sampler
+from lifeseq.pipeline.sample_codec import (
     SCHEMA_VERSION,
     SPLITS,
     VALUE_MEMBER,
@@ -663,7 +663,7 @@ class LifeseqDataset(IterableDataset):
         )
 
 
-class _EpochSampler(_InfiniteConstantSampler):
+class _EpochSampler(infinite_constant_sampler()):  # type: ignore[misc]
     """The DataLoader's (infinite, constant) sampler for an iterable dataset, with `set_epoch`
     forwarded to the dataset — Lightning calls `dataloader.sampler.set_epoch(epoch)` each epoch."""
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from pipeline import storage
-from pipeline.sample_codec import (
+from lifeseq.pipeline import storage
+from lifeseq.pipeline.sample_codec import (
     ALLOWED_DTYPES,
     HISTORY_MEMBERS,
     SAMPLE_VIEW_VERSION,

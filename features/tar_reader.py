@@ -24,9 +24,9 @@ from pathlib import PurePosixPath
 from typing import IO, Any
 
 from webdataset.handlers import reraise_exception
-from webdataset.tariterators import group_by_keys
 
-from pipeline import storage
+from lifeseq.pipeline import storage
+from lifeseq.pipeline.compat import tar_group_by_keys
 
 #: WebDataset's error policy: True skips the item, False stops the stage, raising aborts.
 Handler = Callable[[Exception], bool]
@@ -154,10 +154,9 @@ def iter_tar_samples(
         tarfile.TarError, EOFError, OSError, zlib.error: the stream is damaged (a sample still
             being assembled at the damage is not yielded).
     """
-    return group_by_keys(
+    return tar_group_by_keys(
         tar_members(fileobj, url, handler),
         keys=member_key,
-        lcase=False,
         handler=functools.partial(_grouping_error, handler),
     )
 

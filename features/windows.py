@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.sample_codec import UserSample
+from lifeseq.pipeline.sample_codec import UserSample
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ the DIN-100 → oracle gap a model closes on the far targets), writes `--out FIL
 `--png FILE.png` (AUC per gap bucket per model, the oracle as a line). Exits nonzero when any
 run failed (the others still run).
 
-    python -m jobs.bench_ctr [--quick] [--seeds 0,1,2] [--out bench_out/ctr.json]
+    python -m lifeseq.jobs.bench_ctr [--quick] [--seeds 0,1,2] [--out bench_out/ctr.json]
         [--png docs/ctr_auc_by_gap.png] [--workdir bench_out/ctr] [--models din,twin,...]
         [--steps N] [--skip-latency] [--skip-train] [--fresh]
 
@@ -55,10 +55,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from features.batch import CtrBatch, collate_ctr
-from features.schema import FeatureConfig, FeatureSchema
-from jobs import ctr_eval
-from jobs.bench_report import (
+from lifeseq.features.batch import CtrBatch, collate_ctr
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.jobs import ctr_eval
+from lifeseq.jobs.bench_report import (
     WARMUP_FRACTION,
     config_sha256,
     configs_error,
@@ -71,8 +71,8 @@ from jobs.bench_report import (
     train_throughput,
     write_json,
 )
-from jobs.run_config import load_run_config
-from pipeline.sample_codec import UserSample
+from lifeseq.jobs.run_config import load_run_config
+from lifeseq.pipeline.sample_codec import UserSample
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_CONFIG = REPO_ROOT / "configs" / "pipeline" / "ctr_bench.yaml"
@@ -161,7 +161,7 @@ def build_dataset(workdir: Path, params: dict[str, Any]) -> dict[str, float]:
     synth = params["synth"]
     synth_s = run_or_raise(
         [
-            sys.executable, "-m", "jobs.synth", "--out", str(events), "--overwrite",
+            sys.executable, "-m", "lifeseq.jobs.synth", "--out", str(events), "--overwrite",
             "--seed", str(synth["seed"]), "--users", str(synth["users"]),
             "--max-events", str(synth["max_events"]),
             "--long-term-interests", str(synth["long_term_interests"]),
@@ -171,7 +171,7 @@ def build_dataset(workdir: Path, params: dict[str, Any]) -> dict[str, float]:
     )  # fmt: skip
     build_s = run_or_raise(
         [
-            sys.executable, "-m", "jobs.cli", "build", "--config", str(PIPELINE_CONFIG),
+            sys.executable, "-m", "lifeseq.jobs.cli", "build", "--config", str(PIPELINE_CONFIG),
             "--input", str(events), "--output", str(build), "--overwrite",
         ],
         workdir / "logs" / "build",
@@ -207,7 +207,7 @@ def signal_analysis(build: Path, recent: int = 100) -> dict[str, float]:
     """
     from torchmetrics.functional.classification import binary_auroc
 
-    from features.dataset import LifeseqDataset
+    from lifeseq.features.dataset import LifeseqDataset
 
     dataset = LifeseqDataset.from_manifest(
         str(build), "test", batch_size=64, max_history=100_000, shuffle=False
@@ -342,7 +342,7 @@ def new_item_flags(
 def new_items(build: Path, targets: ctr_eval.CtrTargets) -> np.ndarray | None:
     """(T,) bool: targets whose item's first event (the item vocab's `first_ts`) is at or after
     `targets.valid_start`, the end of training's data; None without either."""
-    from trainers.cold_items import ItemTimes
+    from lifeseq.trainers.cold_items import ItemTimes
 
     manifest = json.loads((build / "manifest.json").read_text())
     valid_start = training_end(manifest)
@@ -826,7 +826,7 @@ def _seed_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (`python -m jobs.bench_ctr`)."""
+    """CLI entry point (`python -m lifeseq.jobs.bench_ctr`)."""
     parser = argparse.ArgumentParser(prog="lifeseq bench ctr", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="300 users instead of 1,000")
     parser.add_argument("--out", default=None, help="write JSON results here")

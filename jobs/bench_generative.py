@@ -23,7 +23,7 @@ Prints Markdown tables and, with `--out FILE.json`, writes
 `{"ml-100k": {"sasrec": {"hr@10": .., "ndcg@10": .., "mrr": ..}, "hstu": {...}, ...}, ...}` plus
 speed, settings, commit and machine. Exits nonzero when a model failed (the others still run).
 
-    python -m jobs.bench_generative [--out bench_out/generative.json] [--ml1m PATH/ratings.dat]
+    python -m lifeseq.jobs.bench_generative [--out bench_out/generative.json] [--ml1m PATH/ratings.dat]
         [--workdir bench_out/generative] [--epochs N] [--models sasrec,hstu,...] [--skip-speed]
         [--skip-quality] [--cache DIR] [--seed N]
 """
@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from features.batch import GenerativeBatch, collate_generative
-from features.schema import FeatureConfig, FeatureSchema
-from jobs.bench_report import (
+from lifeseq.features.batch import GenerativeBatch, collate_generative
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.jobs.bench_report import (
     configs_error,
     git_commit,
     machine_info,
@@ -57,9 +57,9 @@ from jobs.bench_report import (
     tail,
     write_json,
 )
-from jobs.movielens_data import fetch_ml100k
-from jobs.run_config import load_run_config
-from pipeline.sample_codec import UserSample
+from lifeseq.jobs.movielens_data import fetch_ml100k
+from lifeseq.jobs.run_config import load_run_config
+from lifeseq.pipeline.sample_codec import UserSample
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_CONFIG = REPO_ROOT / "configs" / "pipeline" / "movielens.yaml"
@@ -116,7 +116,7 @@ def build_dataset(name: str, source: Path, workdir: Path, input_format: str | No
     config.write_text(config_text)
     print(f"building {name} from {source} into {build} ...", flush=True)
     run_or_raise(
-        [sys.executable, "-m", "jobs.cli", "build", "--config", str(config),
+        [sys.executable, "-m", "lifeseq.jobs.cli", "build", "--config", str(config),
          "--input", str(source), "--output", str(build), "--overwrite"],
         root / "logs" / "build",
     )  # fmt: skip
@@ -357,7 +357,7 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (`python -m jobs.bench_generative`)."""
+    """CLI entry point (`python -m lifeseq.jobs.bench_generative`)."""
     parser = argparse.ArgumentParser(
         prog="lifeseq bench generative", description=__doc__.split("\n\n")[0]
     )

@@ -58,9 +58,17 @@ from typing import Any
 import httpx
 import numpy as np
 
-from jobs.bench_report import REPO_ROOT, git_commit, machine_info, save_figure, tail, write_json
-from jobs.bench_serving import ctr_requests, next_item_requests, percentiles
-from serving.scorer import CtrScores, Recommendations, RequestLimits, Scorer
+from lifeseq.jobs.bench_report import (
+    REPO_ROOT,
+    git_commit,
+    machine_info,
+    save_figure,
+    tail,
+    write_json,
+)
+from lifeseq.jobs.bench_serving import ctr_requests, next_item_requests, percentiles
+from lifeseq.jobs.checkout_env import checkout_environment
+from lifeseq.serving.scorer import CtrScores, Recommendations, RequestLimits, Scorer
 
 HOST = "127.0.0.1"
 #: Largest |HTTP answer - in-process answer| counted as the same score.
@@ -110,9 +118,9 @@ def start_server(
         RuntimeError: the server exited or was not healthy within `timeout_s` (it is stopped;
             the message holds its log's tail).
     """
-    command = [sys.executable, "-m", "jobs.cli", "serve", str(export), "--host", HOST,
+    command = [sys.executable, "-m", "lifeseq.jobs.cli", "serve", str(export), "--host", HOST,
                "--port", "0", *args]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env = checkout_environment(repo, log.parent)
 
     def confine() -> None:  # in the child, before exec: its workers inherit both
         if cpus:

@@ -12,7 +12,7 @@ Synthetic events (`lifeseq synth`, seed fixed) are cut by time into a history of
 Prints the wall time, stage times and peak RSS of each, the increment / full-rebuild ratio and
 the targets each wrote; `--out FILE.json` writes the numbers, `--png FILE.png` a stage chart.
 
-    python -m jobs.bench_increment [--history-events 16000000] [--new-events 1000000] \
+    python -m lifeseq.jobs.bench_increment [--history-events 16000000] [--new-events 1000000] \
         [--out bench_out/increment.json] [--png docs/increment.png]
 """
 
@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from jobs.bench_pipeline import CONFIG, _synth, _timed
-from jobs.bench_report import configs_error, git_commit, save_figure, write_json
+from lifeseq.jobs.bench_pipeline import CONFIG, _synth, _timed
+from lifeseq.jobs.bench_report import configs_error, git_commit, save_figure, write_json
 
 STAGES = ("validate", "dedupe", "vocab", "lifelong", "shards")
 RUNS = ("base", "increment", "full rebuild")
@@ -57,7 +57,7 @@ def split_by_time(events: Path, new_events: int, workdir: Path) -> tuple[Path, P
 def run_build(name: str, inputs: list[Path], out: Path, workdir: Path, *extra: str) -> dict:
     """One `lifeseq build` in a fresh process: seconds, peak RSS, stage times, manifest counts."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "jobs.cli", "build", "--config", str(CONFIG), "--input",
+    command = [sys.executable, "-m", "lifeseq.jobs.cli", "build", "--config", str(CONFIG), "--input",
                *map(str, inputs), "--output", str(out), *extra]  # fmt: skip
     seconds, rss, _ = _timed(command, workdir / f"{name.replace(' ', '_')}.log")
     manifest = json.loads((out / "manifest.json").read_text())
@@ -117,7 +117,7 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (`python -m jobs.bench_increment`)."""
+    """CLI entry point (`python -m lifeseq.jobs.bench_increment`)."""
     parser = argparse.ArgumentParser(
         prog="lifeseq bench increment", description=__doc__.split("\n\n")[0]
     )

@@ -6,7 +6,7 @@ checkout's scorer, eager and compiled, cell by cell in one run.
         --out bench_out/latency.json --png docs/serving_latency.png
 
 Each variant runs `jobs.bench_serving` for one cell in a fresh subprocess (its own checkout on
-`PYTHONPATH`, so the baseline runs its own code on the export its code wrote), and the
+`PYTHONPATH`, `jobs.checkout_env`, so the baseline runs its own code on the export its code wrote), and the
 variants take turns cell by cell and round by round (the order rotates each round): a busy
 machine slows all of them alike. Requests are the same for every variant (`bench_serving`
 seeds them by cell, from the export's vocabularies: exports of one build). A cell's figure is
@@ -35,7 +35,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from jobs.bench_report import git_commit, machine_info, save_figure, write_json
+from lifeseq.jobs.bench_report import git_commit, machine_info, save_figure, write_json
+from lifeseq.jobs.checkout_env import checkout_environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: checkout that has it runs unchanged.
 FROZEN_CORPUS = """
 import gc, sys
-import jobs.bench_serving as bench
+import lifeseq.jobs.bench_serving as bench
 if not hasattr(bench, "frozen_corpus"):
     build = bench.ctr_requests
     def ctr_requests(*args, **kwargs):
@@ -74,7 +75,7 @@ def run_cell(
                    "--requests", str(requests), "--out", str(out)]  # fmt: skip
         if compiled:
             command.append("--compiled")
-        env = {**os.environ, "PYTHONPATH": str(repo)}
+        env = checkout_environment(repo, Path(tmp))
         done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"bench_serving in {repo} failed: {done.stderr[-2000:]}")

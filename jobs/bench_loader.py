@@ -15,7 +15,7 @@ Files are read from the page cache (just written), so this measures decode CPU c
 Each figure is the median of `--repeats` runs. Prints a Markdown table; `--out FILE.json`
 writes the numbers with the machine, versions and commit.
 
-    python -m jobs.bench_loader [--out bench_out/loader.json] [--repeats 3] [--mb 64]
+    python -m lifeseq.jobs.bench_loader [--out bench_out/loader.json] [--repeats 3] [--mb 64]
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from features.dataset import LifeseqDataset, ShardSpec
-from jobs.bench_report import git_commit, write_json
-from pipeline.sample_codec import RecordLayout, UserRecord, encode_record, npy_load
-from pipeline.shard_writer import ShardWriter, encoded_sample_size
+from lifeseq.features.dataset import LifeseqDataset, ShardSpec
+from lifeseq.jobs.bench_report import git_commit, write_json
+from lifeseq.pipeline.sample_codec import RecordLayout, UserRecord, encode_record, npy_load
+from lifeseq.pipeline.shard_writer import ShardWriter, encoded_sample_size
 
 HISTORY_LENGTHS = (200, 10_000)
 TARGETS_PER_USER = 20
@@ -190,7 +190,7 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (`python -m jobs.bench_loader`)."""
+    """CLI entry point (`python -m lifeseq.jobs.bench_loader`)."""
     parser = argparse.ArgumentParser(
         prog="lifeseq bench loader", description=__doc__.split("\n\n")[0]
     )

@@ -13,7 +13,7 @@ writes JSON keyed by input size, with `--png FILE.png` a plot of time and peak d
 against input size. The pandas baseline holds the whole input in memory (~0.65 KB per event:
 10.4 GB at 16M), so it runs only up to `--baseline-max-events` (16M).
 
-    python -m jobs.bench_pipeline [--sizes 1000000 4000000 16000000 64000000] \
+    python -m lifeseq.jobs.bench_pipeline [--sizes 1000000 4000000 16000000 64000000] \
         [--out bench.json] [--png bench.png]
 """
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 
-from jobs.bench_report import configs_error, save_figure, write_json
+from lifeseq.jobs.bench_report import configs_error, save_figure, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "configs" / "pipeline" / "synthetic.yaml"
@@ -160,7 +160,7 @@ def _synth(events: int, seed: int, directory: Path) -> Path:
         [
             sys.executable,
             "-m",
-            "jobs.synth",
+            "lifeseq.jobs.synth",
             "--out",
             str(directory),
             "--events",
@@ -201,7 +201,7 @@ def bench_size(
         [
             sys.executable,
             "-m",
-            "jobs.cli",
+            "lifeseq.jobs.cli",
             "build",
             "--config",
             str(config),
@@ -248,7 +248,7 @@ def bench_size(
             [
                 sys.executable,
                 "-m",
-                "jobs.bench_pipeline_baseline",
+                "lifeseq.jobs.bench_pipeline_baseline",
                 "--config",
                 str(CONFIG),
                 "--input",
@@ -348,7 +348,7 @@ def markdown(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (`python -m jobs.bench_pipeline`, `lifeseq bench pipeline`)."""
+    """CLI entry point (`python -m lifeseq.jobs.bench_pipeline`, `lifeseq bench pipeline`)."""
     parser = argparse.ArgumentParser(
         prog="lifeseq bench pipeline", description=__doc__.split("\n\n")[0]
     )

@@ -5,7 +5,7 @@ read every Parquet file into memory, validate, drop exact duplicates, build the 
 (user, ts, file, row), write the lifelong table, and write shards with the same per-user target
 code and shard writer as the Spark job. Parquet input with event-schema column names only.
 
-    python -m jobs.bench_pipeline_baseline --config configs/pipeline/synthetic.yaml \
+    python -m lifeseq.jobs.bench_pipeline_baseline --config configs/pipeline/synthetic.yaml \
         --input DIR --output OUT
 """
 
@@ -23,10 +23,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import PipelineConfig, load_config
-from pipeline.sample_codec import SPLITS, VALUE_MEMBER, RecordLayout
-from pipeline.shard_writer import ShardWriter
-from pipeline.targets import NegativeSampler, TargetSpec, build_user_record
+from lifeseq.pipeline.config import PipelineConfig, load_config
+from lifeseq.pipeline.sample_codec import SPLITS, VALUE_MEMBER, RecordLayout
+from lifeseq.pipeline.shard_writer import ShardWriter
+from lifeseq.pipeline.targets import NegativeSampler, TargetSpec, build_user_record
 
 KEY = ["user_id", "item_id", "category_id", "behavior", "ts", "value"]
 

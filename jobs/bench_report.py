@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.yaml_files import read_yaml, yaml_file_error
+from lifeseq.pipeline.yaml_files import read_yaml, yaml_file_error
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Logged throughput values of the first `WARMUP_FRACTION` of the steps are left out.
@@ -109,7 +109,9 @@ def train_throughput(
     The rate is the first of `trainers.callbacks.THROUGHPUT_KEYS` logged. Falls back to every
     logged value when none is that late; None when none was logged.
     """
-    from trainers.callbacks import THROUGHPUT_KEYS  # here: the Spark benchmarks need no torch
+    from lifeseq.trainers.callbacks import (
+        THROUGHPUT_KEYS,  # here: the Spark benchmarks need no torch
+    )
 
     values = next((series[key] for key in THROUGHPUT_KEYS if series.get(key)), [])
     late = [v for step, v in values if step >= skip * total_steps]

@@ -23,7 +23,7 @@ collection inside the timed loop otherwise traversed its youngest requests, a pa
 inside one timed request (the p99 of 200). A server holds one request at a time; collections of
 what scoring allocates still run, and are timed.
 
-    python -m jobs.bench_serving --export EXPORT [--export EXPORT2 ...] [--out bench_out/serving.json]
+    python -m lifeseq.jobs.bench_serving --export EXPORT [--export EXPORT2 ...] [--out bench_out/serving.json]
     lifeseq bench serving --export out/demo/export/twin
 """
 
@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.bench_report import git_commit, machine_info, write_json
-from serving.scorer import CtrRequest, NextItemRequest, Scorer
+from lifeseq.jobs.bench_report import git_commit, machine_info, write_json
+from lifeseq.serving.scorer import CtrRequest, NextItemRequest, Scorer
 
 HISTORIES = (1000, 10_000)
 CANDIDATES = (100, 1000)

@@ -1,7 +1,7 @@
 """Sequence-model zoo benchmark: every sequential model × seeds × two ranking protocols, with
 time to a reference quality, on MovieLens-100K (or ML-1M, or any RecBole `.inter` file).
 
-    python -m jobs.bench_zoo [--out bench_out/zoo.json] [--png PATH] [--workdir bench_out/zoo]
+    python -m lifeseq.jobs.bench_zoo [--out bench_out/zoo.json] [--png PATH] [--workdir bench_out/zoo]
         [--models sasrec,gru4rec,...] [--seeds 0,1,2] [--epochs N] [--max-len 50]
         [--val-every 1] [--patience N] [--reference-ndcg 0.0589]
         [--ml1m PATH/ratings.dat] [--inter PATH/NAME.inter] [--cache DIR]
@@ -53,8 +53,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jobs import bench_generative
-from jobs.bench_generative import (
+from lifeseq.jobs import bench_generative
+from lifeseq.jobs.bench_generative import (
     BASE_CONFIG,
     METRICS,
     MODEL_CONFIGS,
@@ -65,7 +65,7 @@ from jobs.bench_generative import (
     read_test_metrics,
     train_commands,
 )
-from jobs.bench_report import (
+from lifeseq.jobs.bench_report import (
     config_sha256,
     configs_error,
     git_commit,
@@ -76,7 +76,7 @@ from jobs.bench_report import (
     tail,
     write_json,
 )
-from jobs.movielens_data import fetch_ml100k
+from lifeseq.jobs.movielens_data import fetch_ml100k
 
 #: Test NDCG@10 of RecBole's models on ML-100K (leave-one-out, full ranking, history
 #: included, selected on validation NDCG@10): RecBole 1.2.1, ML-100K, measured by the issue's
@@ -545,7 +545,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (`python -m jobs.bench_zoo`, `lifeseq bench zoo`)."""
+    """CLI entry point (`python -m lifeseq.jobs.bench_zoo`, `lifeseq bench zoo`)."""
     args = parser().parse_args(argv)
     try:
         check_args(args)

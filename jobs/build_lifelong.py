@@ -23,16 +23,23 @@ import logging
 import os
 import sys
 
-if __package__ in (None, ""):  # `spark-submit jobs/build_lifelong.py`: make the repo importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # `spark-submit jobs/build_lifelong.py`, lifeseq maybe not installed
+    import importlib.util
+    import types
 
-from jobs.terminal import configure_logging  # noqa: E402
-from pipeline.build import run_build  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.manifest import summary_table  # noqa: E402
-from pipeline.preflight import preflight  # noqa: E402
-from pipeline.progress import spark_progress  # noqa: E402
-from pipeline.spark_session import (  # noqa: E402
+    if importlib.util.find_spec("lifeseq") is None:  # this checkout's folders are lifeseq.*
+        sys.modules["lifeseq"] = types.ModuleType("lifeseq")
+        sys.modules["lifeseq"].__path__ = [
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        ]
+
+from lifeseq.jobs.terminal import configure_logging  # noqa: E402
+from lifeseq.pipeline.build import run_build  # noqa: E402
+from lifeseq.pipeline.config import load_config  # noqa: E402
+from lifeseq.pipeline.manifest import summary_table  # noqa: E402
+from lifeseq.pipeline.preflight import preflight  # noqa: E402
+from lifeseq.pipeline.progress import spark_progress  # noqa: E402
+from lifeseq.pipeline.spark_session import (  # noqa: E402
     get_spark,
     log_level,
     python_log_level,

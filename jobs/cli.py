@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
 
-from jobs.terminal import configure_logging
+from lifeseq.jobs.terminal import configure_logging
 
 
 @dataclass(frozen=True)
@@ -28,43 +28,43 @@ class Command:
 
 
 COMMANDS = (
-    Command("synth", "jobs.synth", "synthetic lifelong events (Parquet)",
+    Command("synth", "lifeseq.jobs.synth", "synthetic lifelong events (Parquet)",
             "lifeseq synth --out data/events --users 10000 --seed 7"),
-    Command("build", "jobs.build_lifelong",
+    Command("build", "lifeseq.jobs.build_lifelong",
             "Spark build: quarantine, vocab, lifelong table, shards, report",
             "lifeseq build --config configs/pipeline/synthetic.yaml --input data/events "
             "--output out/build"),
-    Command("train", "jobs.train", "LightningCLI training: fit, validate, test",
+    Command("train", "lifeseq.jobs.train", "LightningCLI training: fit, validate, test",
             "lifeseq train fit --config configs/ctr/base.yaml --config configs/ctr/twin.yaml "
             "--data.root out/build --trainer.default_root_dir runs/twin"),
-    Command("export", "jobs.export", "checkpoint → embedding shards, .pt2, manifest",
+    Command("export", "lifeseq.jobs.export", "checkpoint → embedding shards, .pt2, manifest",
             "lifeseq export --ckpt runs/twin/checkpoints/last.ckpt --out export/twin"),
-    Command("migrate", "jobs.migrate", "a config/checkpoint from before the model zoo → today's",
+    Command("migrate", "lifeseq.jobs.migrate", "a config/checkpoint from before the model zoo → today's",
             "lifeseq migrate RUN/checkpoints/last.ckpt --out RUN/checkpoints/last.zoo.ckpt"),
-    Command("demo", "jobs.demo", "synth → build → train → evaluate → export → serve",
+    Command("demo", "lifeseq.jobs.demo", "synth → build → train → evaluate → export → serve",
             "lifeseq demo --workdir out/demo"),
-    Command("serve", "jobs.serve", "HTTP server on an export: /score, /recommend, /health",
+    Command("serve", "lifeseq.jobs.serve", "HTTP server on an export: /score, /recommend, /health",
             "lifeseq serve export/twin --port 8000"),
 )  # fmt: skip
 BENCHES = (
-    Command("pipeline", "jobs.bench_pipeline", "pipeline: Spark vs single-process, 1M-64M events",
+    Command("pipeline", "lifeseq.jobs.bench_pipeline", "pipeline: Spark vs single-process, 1M-64M events",
             "lifeseq bench pipeline --sizes 1000000 4000000 --out bench_out/pipeline.json"),
-    Command("ctr", "jobs.bench_ctr", "lifelong CTR models: quality, speed, latency",
+    Command("ctr", "lifeseq.jobs.bench_ctr", "lifelong CTR models: quality, speed, latency",
             "lifeseq bench ctr --quick --models din,twin --out bench_out/ctr.json"),
-    Command("generative", "jobs.bench_generative", "sequential models: MovieLens quality, speed",
+    Command("generative", "lifeseq.jobs.bench_generative", "sequential models: MovieLens quality, speed",
             "lifeseq bench generative --models sasrec,hstu --out bench_out/generative.json"),
-    Command("zoo", "jobs.bench_zoo", "every sequence model x seeds x both protocols",
+    Command("zoo", "lifeseq.jobs.bench_zoo", "every sequence model x seeds x both protocols",
             "lifeseq bench zoo --models sasrec,hstu --seeds 0,1,2"),
-    Command("serving", "jobs.bench_serving", "scorer latency p50/p99 per request",
+    Command("serving", "lifeseq.jobs.bench_serving", "scorer latency p50/p99 per request",
             "lifeseq bench serving --export export/twin --histories 1000 10000"),
-    Command("latency", "jobs.bench_latency", "scorer latency side by side: baseline, eager, compiled",
+    Command("latency", "lifeseq.jobs.bench_latency", "scorer latency side by side: baseline, eager, compiled",
             "lifeseq bench latency --export export/twin --baseline-repo ../old "
             "--baseline-export ../old-export/twin"),
-    Command("http", "jobs.bench_http", "HTTP server load test: throughput, p50/p99, same scores",
+    Command("http", "lifeseq.jobs.bench_http", "HTTP server load test: throughput, p50/p99, same scores",
             "lifeseq bench http --export export/twin --requests 200 --out bench_out/http.json"),
-    Command("loader", "jobs.bench_loader", "shard loader throughput against raw tar reading",
+    Command("loader", "lifeseq.jobs.bench_loader", "shard loader throughput against raw tar reading",
             "lifeseq bench loader --mb 64 --out bench_out/loader.json"),
-    Command("increment", "jobs.bench_increment", "incremental build against a full rebuild",
+    Command("increment", "lifeseq.jobs.bench_increment", "incremental build against a full rebuild",
             "lifeseq bench increment --history-events 4000000 --new-events 1000000"),
 )  # fmt: skip
 
@@ -82,8 +82,8 @@ TRAIN_EXAMPLES = {
 #: How `lifeseq train --help` points at a task's and a zoo model's own flags.
 TRAIN_MODEL_HELP = (
     "a task's flags (given as --model.init_args.NAME VALUE): lifeseq train fit --model.help "
-    "trainers.tasks.ctr.CtrModule\na zoo model's: lifeseq train fit --config "
-    "configs/ctr/base.yaml --model.init_args.model.help models.zoo.ctr.lifelong.LifelongCtr"
+    "lifeseq.trainers.tasks.ctr.CtrModule\na zoo model's: lifeseq train fit --config "
+    "configs/ctr/base.yaml --model.init_args.model.help lifeseq.models.zoo.ctr.lifelong.LifelongCtr"
 )
 
 

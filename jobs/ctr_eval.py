@@ -58,7 +58,7 @@ class CtrTargets:
 
 
 def _dataset(build: Path, split: str, max_history: int):  # noqa: ANN202 - features import is lazy
-    from features.dataset import LifeseqDataset
+    from lifeseq.features.dataset import LifeseqDataset
 
     return LifeseqDataset.from_manifest(
         str(build), split, batch_size=16, max_history=max_history, shuffle=False
@@ -97,8 +97,8 @@ def model_logits(
     ids the checkpoint never trained are scored as out-of-vocabulary, as in its test run and
     its export (`trainers.cold_items`). With `unknown_targets`, every target is scored as an
     item the model does not know (item and category `OOV_ID`: serving's unknown candidate)."""
-    from serving.export import load_trained_model
-    from trainers.cold_items import OOV_ID, TrainedRows
+    from lifeseq.serving.export import load_trained_model
+    from lifeseq.trainers.cold_items import OOV_ID, TrainedRows
 
     model, data = load_trained_model(ckpt, str(build))
     rows = TrainedRows.for_scoring(ckpt)
@@ -117,7 +117,7 @@ def model_logits(
 def untrained_items(ckpt: Path, targets: CtrTargets) -> np.ndarray | None:
     """(T,) bool: targets whose item the checkpoint never trained (scored as OOV), or None when
     the checkpoint recorded no trained rows."""
-    from trainers.cold_items import TrainedRows
+    from lifeseq.trainers.cold_items import TrainedRows
 
     rows = TrainedRows.from_checkpoint(ckpt)
     if rows is None or not rows.any():
@@ -131,7 +131,7 @@ def untrained_items(ckpt: Path, targets: CtrTargets) -> np.ndarray | None:
 
 def synth_config(synth_dir: Path):  # noqa: ANN201 - pipeline import is lazy
     """The `SynthConfig` recorded in a `lifeseq synth` output's `_synth.json`."""
-    from pipeline.synth import SUMMARY_FILE, SynthConfig
+    from lifeseq.pipeline.synth import SUMMARY_FILE, SynthConfig
 
     path = Path(synth_dir) / SUMMARY_FILE
     if not path.is_file():
@@ -193,7 +193,7 @@ def _targets_by_user(targets: CtrTargets) -> dict[str, np.ndarray]:
 
 def _oracle_of(cfg, vocab: ItemVocab, state, positions, seen, ids: np.ndarray) -> np.ndarray:  # noqa: ANN001
     """The oracle's probabilities of the vocab ids `ids` at `positions` of one user."""
-    from pipeline.synth_oracle import oracle_probabilities
+    from lifeseq.pipeline.synth_oracle import oracle_probabilities
 
     negative = vocab.negative_probs(ids, seen)
     return oracle_probabilities(cfg, state, positions, vocab.raw[ids], negative)
@@ -220,8 +220,8 @@ def oracle_scores(
     Raises:
         ValueError: a target's user or item is not one the generator made.
     """
-    from pipeline.synth import generate_user_events, user_state
-    from pipeline.synth_oracle import sample_positive_items
+    from lifeseq.pipeline.synth import generate_user_events, user_state
+    from lifeseq.pipeline.synth_oracle import sample_positive_items
 
     cfg = synth_config(synth_dir)
     vocab = ItemVocab.read(build)
@@ -271,7 +271,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
 
 def gauc(scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> float | None:
     """Per-user AUC weighted by the user's targets (`trainers.metrics.GroupedAUC`)."""
-    from trainers.metrics import GroupedAUC
+    from lifeseq.trainers.metrics import GroupedAUC
 
     metric = GroupedAUC()
     _, groups = np.unique(users, return_inverse=True)

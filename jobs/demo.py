@@ -42,11 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs import ctr_eval
-from jobs.bench_ctr import SYNTH_LONG_TERM, SYNTH_SIZES
-from jobs.bench_report import newest_csv, read_metrics_csv, train_throughput
-from pipeline.config import load_config
-from trainers.checkpoint import read_checkpoint_tree
+from lifeseq.jobs import ctr_eval
+from lifeseq.jobs.bench_ctr import SYNTH_LONG_TERM, SYNTH_SIZES
+from lifeseq.jobs.bench_report import newest_csv, read_metrics_csv, train_throughput
+from lifeseq.pipeline.config import load_config
+from lifeseq.trainers.checkpoint import read_checkpoint_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGES = 7
@@ -153,7 +153,7 @@ def fit_and_test(
 
 def gap_scores(runs: dict[str, dict[str, Any]], build: Path, events: Path) -> dict[str, Any]:
     """Test targets of the build, DIN-100's and TWIN's probabilities and the oracle's."""
-    from jobs import ctr_eval
+    from lifeseq.jobs import ctr_eval
 
     targets = ctr_eval.collect_targets(build, "test")
     scores = {
@@ -208,8 +208,8 @@ def _build_raw_ids(build: Path, name: str) -> dict[int, str]:
 def example_requests(exports: dict[str, Path], build: Path) -> list[str]:
     """Score the first test user's first targets with each CTR export and ask HSTU for its top
     5; the printed lines."""
-    from features.dataset import LifeseqDataset
-    from serving.scorer import CtrRequest, NextItemRequest, Scorer
+    from lifeseq.features.dataset import LifeseqDataset
+    from lifeseq.serving.scorer import CtrRequest, NextItemRequest, Scorer
 
     dataset = LifeseqDataset.from_manifest(str(build), "test", batch_size=1, max_history=100_000,
                                            shuffle=False)  # fmt: skip
@@ -298,8 +298,8 @@ def pictures_section(work: Path) -> str:
 
 def run(settings: DemoSettings) -> dict[str, Any]:
     """Run every stage (see the module docstring); the report."""
-    from jobs import bench_serving, build_lifelong, synth
-    from serving.export import export_checkpoint
+    from lifeseq.jobs import bench_serving, build_lifelong, synth
+    from lifeseq.serving.export import export_checkpoint
 
     work = settings.workdir
     events, build, plots = work / "events", work / "build", work / "plots"

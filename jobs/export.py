@@ -17,8 +17,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `python jobs/export.py` runs this file as a script
     sys.path.insert(0, str(REPO_ROOT))
 
-from serving.artifacts import ExportError  # noqa: E402
-from serving.export import export_checkpoint  # noqa: E402
+from lifeseq.serving.artifacts import ExportError  # noqa: E402
+from lifeseq.serving.export import export_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,13 @@
-"""`lifeseq migrate`: a config or checkpoint from before the model zoo (lifeseq ≤ 7428c32) →
-today's form (`trainers.legacy`).
+"""`lifeseq migrate`: a config from an older lifeseq (before the `lifeseq.*` namespace, or before
+the model zoo), or a checkpoint from before the model zoo → today's form (`trainers.legacy`).
+Checkpoints from before the namespace need nothing: they load as they are.
 
     lifeseq migrate RUN/config.yaml --out RUN/config.zoo.yaml        # a LightningCLI config
     lifeseq migrate RUN/checkpoints/last.ckpt --out RUN/checkpoints/last.zoo.ckpt
 
-A config keeps everything but its `model:` section, which names today's task and zoo model
+A config's class paths move under `lifeseq.` (`models.zoo.ctr.smoke.SmokeCtr` becomes
+`lifeseq.models.zoo.ctr.smoke.SmokeCtr`). A pre-zoo config keeps everything but its `model:`
+section, which names today's task and zoo model
 (e.g. `trainers.lifelong_module.LifelongCtrModule` with `arch.long_term: twin` becomes
 `trainers.tasks.ctr.CtrModule` + `models.zoo.ctr.lifelong.LifelongCtr` + `models.zoo.long_term.twin.Twin`).
 A checkpoint is copied with its hyper-parameters migrated and its dense parameters renamed
@@ -19,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.yaml_files import read_yaml
-from trainers.legacy import migrate_checkpoint, migrate_config
+from lifeseq.pipeline.yaml_files import read_yaml
+from lifeseq.trainers.legacy import migrate_checkpoint, migrate_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Fetch MovieLens-100K for benchmarks, without committing data to the repository.
 
-    python -m jobs.movielens_data                  # prints the path of ml-100k.inter
-    python -m jobs.movielens_data --cache /data/lifeseq-cache
+    python -m lifeseq.jobs.movielens_data                  # prints the path of ml-100k.inter
+    python -m lifeseq.jobs.movielens_data --cache /data/lifeseq-cache
 
 The ratings come as RecBole's atomic file `ml-100k.inter` (tab-separated, header
 `user_id:token item_id:token rating:float timestamp:float`, 100,000 rows), taken from the
@@ -203,7 +203,7 @@ def fetch_ml100k(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `python -m jobs.movielens_data`: fetch MovieLens-100K and print the file's path.
+    """Run `python -m lifeseq.jobs.movielens_data`: fetch MovieLens-100K and print the file's path.
 
     Args:
         argv: arguments without the program name; `sys.argv[1:]` when None.
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         Process exit code: 0 on success, 1 if the fetch or the checks fail.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m jobs.movielens_data",
+        prog="python -m lifeseq.jobs.movielens_data",
         description="Fetch MovieLens-100K (RecBole ml-100k.inter) into a local cache and print "
         "its path.",
     )

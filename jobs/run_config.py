@@ -20,8 +20,8 @@ import yaml
 from jsonargparse import ActionConfigFile
 from lightning.pytorch.cli import LightningArgumentParser
 
-from trainers.data import LifeseqDataModule
-from trainers.platform_module import PlatformModule
+from lifeseq.trainers.data import LifeseqDataModule
+from lifeseq.trainers.platform_module import PlatformModule
 
 
 @dataclass

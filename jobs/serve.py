@@ -32,12 +32,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from jobs.terminal import third_party_level
-from serving.artifacts import ExportError, read_manifest, verify_files
-from serving.cores import PoolSize, cores_given, pool_size
-from serving.pool import DEFAULT_MAX_QUEUE, ProcessPool, export_info
-from serving.scorer import RequestLimits, compiled_refusal
-from serving.server import create_app, default_max_body_bytes
+from lifeseq.jobs.terminal import third_party_level
+from lifeseq.serving.artifacts import ExportError, read_manifest, verify_files
+from lifeseq.serving.cores import PoolSize, cores_given, pool_size
+from lifeseq.serving.pool import DEFAULT_MAX_QUEUE, ProcessPool, export_info
+from lifeseq.serving.scorer import RequestLimits, compiled_refusal
+from lifeseq.serving.server import create_app, default_max_body_bytes
 
 logger = logging.getLogger(__name__)
 #: Seconds uvicorn waits for requests in flight when asked to stop.
@@ -145,7 +145,7 @@ def _event_loop_factory() -> Any:
 def worker_command(args: argparse.Namespace, threads: int) -> list[str]:
     """The command line of one scoring worker (`jobs.serve_worker`) for the parsed flags."""
     return [
-        sys.executable, "-m", "jobs.serve_worker", str(args.export), "--threads", str(threads),
+        sys.executable, "-m", "lifeseq.jobs.serve_worker", str(args.export), "--threads", str(threads),
         "--max-history-events", str(args.max_history_events),
         "--max-candidates", str(args.max_candidates), *(["--compiled"] if args.compiled else []),
     ]  # fmt: skip

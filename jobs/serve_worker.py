@@ -2,7 +2,7 @@
 export with its own torch threads, then answers request frames on stdin with answer frames on
 stdout (`serving.worker_protocol`) until stdin closes.
 
-    python -m jobs.serve_worker EXPORT --threads 1 [--compiled] [--max-history-events N]
+    python -m lifeseq.jobs.serve_worker EXPORT --threads 1 [--compiled] [--max-history-events N]
         [--max-candidates N]
 
 Not a command for people: the server starts it with `OMP_NUM_THREADS` set to `--threads`. The
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = _protocol_stdout()
     # Ctrl-C reaches the whole process group: the server stops its workers by closing stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parser = argparse.ArgumentParser(prog="python -m jobs.serve_worker")
+    parser = argparse.ArgumentParser(prog="python -m lifeseq.jobs.serve_worker")
     parser.add_argument("export", type=Path)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--compiled", action="store_true")
@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from jobs.terminal import configure_logging
-    from serving.artifacts import ExportError
-    from serving.scorer import RequestLimits, Scorer
-    from serving.worker_protocol import serve_requests
+    from lifeseq.jobs.terminal import configure_logging
+    from lifeseq.serving.artifacts import ExportError
+    from lifeseq.serving.scorer import RequestLimits, Scorer
+    from lifeseq.serving.worker_protocol import serve_requests
 
     configure_logging()
     torch.set_num_threads(args.threads)

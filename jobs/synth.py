@@ -2,7 +2,7 @@
 
     lifeseq synth --out data/events --users 10000 --seed 7
     lifeseq synth --out data/events-10m --events 10000000 --seed 7 --overwrite
-    python -m jobs.synth --help
+    python -m lifeseq.jobs.synth --help
 
 Every `pipeline.synth.SynthConfig` field is a flag (`--median-events`, `--no-value`, ...).
 The output is `OUT/events-NNNNN.parquet` plus `OUT/_synth.json` (resolved config and counts).
@@ -17,7 +17,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from pipeline.synth import SynthConfig, config_field_docs, write_synthetic
+from lifeseq.pipeline.synth import SynthConfig, config_field_docs, write_synthetic
 
 _HELP_DEFAULTS = {"users": None, "events": None}
 

@@ -18,10 +18,13 @@ import warnings
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.log_levels import LOG_LEVEL_ENV, log_level, python_log_level
+from lifeseq.pipeline.log_levels import LOG_LEVEL_ENV, log_level, python_log_level
 
-#: Top-level packages whose loggers are lifeseq's own.
-OWN_PACKAGES = ("pipeline", "features", "models", "trainers", "jobs", "serving", "__main__")
+#: First parts of the logger names that are lifeseq's own: its namespace, and a job run as a
+#: script (`torchrun jobs/train.py`).
+OWN_LOGGERS = ("lifeseq", "__main__")
+#: lifeseq's package folders: warnings raised from a file in them are its own.
+OWN_FOLDERS = ("pipeline", "features", "models", "trainers", "jobs", "serving")
 #: Loggers of libraries that attach handlers of their own (so a root filter does not see them)
 #: or log chatter at WARNING: their level is set directly.
 THIRD_PARTY_LOGGERS = (
@@ -41,12 +44,12 @@ THIRD_PARTY_LOGGERS = (
 QUIET_THIRD_PARTY_LEVEL = logging.ERROR
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-_OWN_DIRS = tuple(str(_REPO_ROOT / name) + os.sep for name in OWN_PACKAGES[:-1])
+_OWN_DIRS = tuple(str(_REPO_ROOT / name) + os.sep for name in OWN_FOLDERS)
 
 
 def is_own_logger(name: str) -> bool:
-    """Whether a logger name belongs to lifeseq (`pipeline.build`, `trainers.callbacks`, ...)."""
-    return name.split(".", 1)[0] in OWN_PACKAGES
+    """Whether a logger name belongs to lifeseq (`lifeseq.pipeline.build`, ...)."""
+    return name.split(".", 1)[0] in OWN_LOGGERS
 
 
 class ChatterFilter(logging.Filter):
@@ -140,7 +143,7 @@ def configure_logging(verbose: bool = False, own_level: int = logging.INFO) -> N
             for own in list(logger.handlers):
                 logger.removeHandler(own)
             logger.propagate = True
-    for name in OWN_PACKAGES:
+    for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(own_level)
     if others > logging.WARNING:
         warnings.showwarning = show_own_warnings

@@ -56,11 +56,16 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException  # n
 from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
-from jobs.terminal import configure_logging  # noqa: E402
-from jobs.train_usage import IMPORT_FAILURES, flags_in_help, help_hint, usage_error  # noqa: E402
-from pipeline.yaml_files import yaml_file_error  # noqa: E402
-from trainers.data import LifeseqDataModule  # noqa: E402
-from trainers.platform_module import PlatformModule  # noqa: E402
+from lifeseq.jobs.terminal import configure_logging  # noqa: E402
+from lifeseq.jobs.train_usage import (  # noqa: E402
+    IMPORT_FAILURES,
+    flags_in_help,
+    help_hint,
+    usage_error,
+)
+from lifeseq.pipeline.yaml_files import yaml_file_error  # noqa: E402
+from lifeseq.trainers.data import LifeseqDataModule  # noqa: E402
+from lifeseq.trainers.platform_module import PlatformModule  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -135,17 +140,17 @@ class StartupRefused(Exception):
 #: the refusal of one given elsewhere.
 GOES = {
     "SequenceEncoder": (
-        "the encoder of trainers.tasks.next_item.NextItemModule or "
-        "trainers.tasks.masked_item.MaskedItemModule", "configs/sequential/",
+        "the encoder of lifeseq.trainers.tasks.next_item.NextItemModule or "
+        "lifeseq.trainers.tasks.masked_item.MaskedItemModule", "configs/sequential/",
     ),
     "LongTermUnit": (
-        "the long_term unit of models.zoo.ctr.lifelong.LifelongCtr under "
-        "trainers.tasks.ctr.CtrModule", "configs/ctr/",
+        "the long_term unit of lifeseq.models.zoo.ctr.lifelong.LifelongCtr under "
+        "lifeseq.trainers.tasks.ctr.CtrModule", "configs/ctr/",
     ),
-    "CtrModel": ("the model of trainers.tasks.ctr.CtrModule", "configs/ctr/, configs/smoke.yaml"),
+    "CtrModel": ("the model of lifeseq.trainers.tasks.ctr.CtrModule", "configs/ctr/, configs/smoke.yaml"),
     "InputFeatures": (
-        "the features of trainers.tasks.next_item.NextItemModule or "
-        "trainers.tasks.masked_item.MaskedItemModule", "configs/sequential/",
+        "the features of lifeseq.trainers.tasks.next_item.NextItemModule or "
+        "lifeseq.trainers.tasks.masked_item.MaskedItemModule", "configs/sequential/",
     ),
 }  # fmt: skip
 
@@ -154,8 +159,8 @@ def misplaced(message: str) -> str | None:
     """When jsonargparse's `message` refuses a zoo class given where a model of another
     interface goes (a `LongTermUnit` as a sequence encoder, a `SequenceEncoder` as a CTR
     model): `error: ...` naming the class, its interface, the task and what fits; else None."""
-    from models import interfaces
-    from models.zoo import choices
+    from lifeseq.models import interfaces
+    from lifeseq.models.zoo import choices
 
     expected = list(dict.fromkeys(re.findall(r"models\.interfaces\.(\w+)\]", message)))
     given: dict[str, str] = {}
@@ -186,8 +191,8 @@ def misplaced(message: str) -> str | None:
 def choices_hint(message: str) -> str:
     """The valid class paths of the zoo interface whose `class_path` failed to resolve in
     `message`, as an appended line ('' when none did, or the list is already there)."""
-    from models import interfaces
-    from models.zoo import choices
+    from lifeseq.models import interfaces
+    from lifeseq.models.zoo import choices
 
     positions = [message.find(sign) for sign in IMPORT_FAILURES if sign in message]
     if not positions:
@@ -204,19 +209,38 @@ def choices_hint(message: str) -> str:
     return f"\nValid {name} class paths: {', '.join(choices(getattr(interfaces, name)))}"
 
 
+def _flag_values(argv: list[str]) -> list[tuple[str, str]]:
+    """`(flag, value)` of each `--flag value` and `--flag=value` in `argv`."""
+    pairs = []
+    for index, token in enumerate(argv):
+        if token.startswith("--") and "=" in token:
+            name, _, value = token.partition("=")
+            pairs.append((name, value))
+        elif index and argv[index - 1].startswith("--") and not token.startswith("--"):
+            pairs.append((argv[index - 1], token))
+    return pairs
+
+
 def config_error(argv: list[str]) -> str | None:
     """A message when a `--config` file or the `--ckpt_path` checkpoint is from before the
-    model zoo (`trainers.legacy`), saying how to migrate it, or when a per-model config comes
-    without its family's base before it or after another family's base (a CTR model file on
-    the sequential base)."""
+    model zoo, or a config or flag names a class path from before the `lifeseq.*` namespace
+    (`trainers.legacy`), saying how to migrate it; or when a per-model config comes without
+    its family's base before it or after another family's base (a CTR model file on the
+    sequential base)."""
     import json
 
     import yaml
 
-    from trainers.legacy import is_legacy
+    from lifeseq.trainers.legacy import is_legacy, namespaced, namespaced_tree
 
     seen_model = False
     base: Path | None = None
+    for flag, given in _flag_values(argv):
+        if namespaced(given) != given and given.rpartition(".")[2][:1].isupper():
+            return (
+                f"error: {flag} {given}: lifeseq's class paths are under lifeseq.* now; "
+                f"pass {namespaced(given)}"
+            )
     for flag, value in zip(argv, argv[1:], strict=False):
         if flag == "--ckpt_path" and (Path(value) / "checkpoint.json").is_file():
             try:
@@ -238,6 +262,12 @@ def config_error(argv: list[str]) -> str | None:
             continue
         model = config.get("model") if isinstance(config, dict) else None
         path = model.get("class_path") if isinstance(model, dict) else None
+        if not is_legacy(path) and namespaced_tree(config) is not config:
+            return (
+                f"error: {value}: its class paths are from before the lifeseq.* namespace "
+                f"(models.… is lifeseq.models.… now); rewrite it with `lifeseq migrate {value} "
+                "--out NEW.yaml`"
+            )
         family_base = Path(value).with_name("base.yaml")
         if Path(value).name == "base.yaml":
             base = Path(value)
@@ -280,8 +310,8 @@ class LifeseqCLI(LightningCLI):
         """Refuse a task/model/data mismatch (`trainers.fit_check.fit_error`), a full softmax
         over too large a catalog (`catalog_error`) and CTR windows the machine cannot hold
         (`window_memory_error`), then build the Trainer (nothing has run or been written yet)."""
-        from features.schema import FeatureSchema
-        from trainers.fit_check import (
+        from lifeseq.features.schema import FeatureSchema
+        from lifeseq.trainers.fit_check import (
             available_memory_bytes,
             catalog_error,
             fit_error,
@@ -292,7 +322,7 @@ class LifeseqCLI(LightningCLI):
         error = fit_error(self.model, data.view, data.feature_config)
         if error:
             raise StartupRefused(error)
-        from pipeline import storage
+        from lifeseq.pipeline import storage
 
         try:
             data.check_root()
@@ -329,7 +359,7 @@ class LifeseqCLI(LightningCLI):
         model and data (`trainers.checkpoint_fit`), before anything is written; a `last` that
         `validate` / `test` / `predict` cannot find is refused too (Lightning would warn and
         evaluate an untrained model)."""
-        from trainers.checkpoint_fit import checkpoint_fit_error
+        from lifeseq.trainers.checkpoint_fit import checkpoint_fit_error
 
         config = self.config[self.subcommand]
         path = config.get("ckpt_path")

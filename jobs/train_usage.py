@@ -2,7 +2,7 @@
 key, what it expected and what was given, and where to look, instead of jsonargparse's usage
 block and nested union report (70-90 lines for one misspelt key).
 
-    error: --model.init_args.lossx: trainers.tasks.ctr.CtrModule has no argument 'lossx'; its
+    error: --model.init_args.lossx: lifeseq.trainers.tasks.ctr.CtrModule has no argument 'lossx'; its
     arguments: model, embedding, sharding, optimizer, seed
     (`lifeseq train fit --help` lists every flag; --print_config shows the merged config)
 

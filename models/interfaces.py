@@ -30,18 +30,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from features.schema import FeatureSchema
-from models.blocks.checks import check_positive
-from models.blocks.embeddings import (
+from lifeseq.features.schema import FeatureSchema
+from lifeseq.models.blocks.checks import check_positive
+from lifeseq.models.blocks.embeddings import (
     BACKENDS,
     EmbeddingCollectionModule,
     EmbeddingTableSpec,
 )
-from models.blocks.jagged_attention import LengthGroup, length_groups
-from models.blocks.sampled_softmax import FIRST_ITEM_ID
+from lifeseq.models.blocks.jagged_attention import LengthGroup, length_groups
+from lifeseq.models.blocks.sampled_softmax import FIRST_ITEM_ID
 
 if TYPE_CHECKING:
-    from models.ctr import CtrEvents, CtrTargets
+    from lifeseq.models.ctr_features import CtrEvents, CtrTargets
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from features.jagged import Jagged
-from models.blocks.embeddings import EmbeddingTableSpec, build_embeddings
-from models.blocks.seeding import seeded_init
-from models.blocks.user_embedding import USER_FEATURE, USER_HASH_FIELD, hashed_rows
-from models.interfaces import (
+from lifeseq.features.jagged import Jagged
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec, build_embeddings
+from lifeseq.models.blocks.seeding import seeded_init
+from lifeseq.models.blocks.user_embedding import USER_FEATURE, USER_HASH_FIELD, hashed_rows
+from lifeseq.models.interfaces import (
     InputFeatures,
     ItemCache,
     ModelDims,

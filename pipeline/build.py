@@ -33,18 +33,18 @@ import numpy as np
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import storage
-from pipeline.build_report import collect_report_stats, write_build_report
-from pipeline.config import PipelineConfig
-from pipeline.increment import (
+from lifeseq.pipeline import storage
+from lifeseq.pipeline.build_report import collect_report_stats, write_build_report
+from lifeseq.pipeline.config import PipelineConfig
+from lifeseq.pipeline.increment import (
     base_record,
     extend_all_vocabs,
     extend_lifelong,
     uncount_duplicates,
 )
-from pipeline.lifelong import build_lifelong, index_files
-from pipeline.manifest import build_manifest, input_fingerprint
-from pipeline.preflight import (
+from lifeseq.pipeline.lifelong import build_lifelong, index_files
+from lifeseq.pipeline.manifest import build_manifest, input_fingerprint
+from lifeseq.pipeline.preflight import (
     BuildInputError,
     OutputState,
     Preflight,
@@ -53,20 +53,20 @@ from pipeline.preflight import (
     preflight,
     spark_errors_named,
 )
-from pipeline.readers import read_raw_events
-from pipeline.sample_codec import SCHEMA_VERSION, SPLITS, VALUE_MEMBER, RecordLayout
-from pipeline.shard_writer import SHARD_SUFFIX
-from pipeline.shards import ShardJob, commit_shards, write_shards
-from pipeline.targets import TargetSpec
-from pipeline.user_events import (
+from lifeseq.pipeline.readers import read_raw_events
+from lifeseq.pipeline.sample_codec import SCHEMA_VERSION, SPLITS, VALUE_MEMBER, RecordLayout
+from lifeseq.pipeline.shard_writer import SHARD_SUFFIX
+from lifeseq.pipeline.shards import ShardJob, commit_shards, write_shards
+from lifeseq.pipeline.targets import TargetSpec
+from lifeseq.pipeline.user_events import (
     BROADCAST_MAX_IDS,
     explode_user_events,
     group_user_events,
     lookup_tables,
     map_user_events,
 )
-from pipeline.validate import REASONS, quarantine_view, tag_reasons, valid_events
-from pipeline.vocab import OOV_ID, VOCAB_NAMES, apply_vocabs, build_all_vocabs, read_vocabs
+from lifeseq.pipeline.validate import REASONS, quarantine_view, tag_reasons, valid_events
+from lifeseq.pipeline.vocab import OOV_ID, VOCAB_NAMES, apply_vocabs, build_all_vocabs, read_vocabs
 
 log = logging.getLogger(__name__)
 _EXAMPLES_PER_REASON = 3

@@ -17,8 +17,8 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipeline import storage
-from pipeline.manifest import summary_table
+from lifeseq.pipeline import storage
+from lifeseq.pipeline.manifest import summary_table
 
 #: Bins per decade of the history-length histogram.
 BINS_PER_DECADE = 10

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from pipeline.yaml_files import read_yaml
+from lifeseq.pipeline.yaml_files import read_yaml
 
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser

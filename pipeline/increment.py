@@ -33,8 +33,8 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipeline.sample_codec import VALUE_MEMBER
-from pipeline.vocab import OOV_ID, attach_item_category, rank_in_parallel
+from lifeseq.pipeline.sample_codec import VALUE_MEMBER
+from lifeseq.pipeline.vocab import OOV_ID, attach_item_category, rank_in_parallel
 
 _HISTORY = ("item", "category", "behavior", "ts")
 _DUPLICATE_IDS = ("item", "category", "behavior")

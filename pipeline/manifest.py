@@ -9,9 +9,9 @@ import hashlib
 import json
 from typing import Any
 
-from pipeline import storage
-from pipeline.config import PipelineConfig
-from pipeline.sample_codec import SPLITS, RecordLayout
+from lifeseq.pipeline import storage
+from lifeseq.pipeline.config import PipelineConfig
+from lifeseq.pipeline.sample_codec import SPLITS, RecordLayout
 
 
 def input_fingerprint(inputs: list[str]) -> dict[str, Any]:

@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline import storage
-from pipeline.config import PipelineConfig
-from pipeline.sample_codec import SCHEMA_VERSION
-from pipeline.vocab import VOCAB_NAMES
+from lifeseq.pipeline import storage
+from lifeseq.pipeline.config import PipelineConfig
+from lifeseq.pipeline.sample_codec import SCHEMA_VERSION
+from lifeseq.pipeline.vocab import VOCAB_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipeline.config import EVENT_FIELDS, REQUIRED_EVENT_FIELDS, InputConfig
-from pipeline.preflight import BuildInputError
+from lifeseq.pipeline.config import EVENT_FIELDS, REQUIRED_EVENT_FIELDS, InputConfig
+from lifeseq.pipeline.preflight import BuildInputError
 
 RAW_COLUMNS = tuple(f"raw_{name}" for name in EVENT_FIELDS)
 CORRUPT = "_corrupt"

@@ -17,8 +17,14 @@ from typing import BinaryIO
 
 import numpy as np
 
-from pipeline import storage
-from pipeline.sample_codec import SPLIT_FIELD, SPLITS, RecordLayout, UserRecord, encode_record
+from lifeseq.pipeline import storage
+from lifeseq.pipeline.sample_codec import (
+    SPLIT_FIELD,
+    SPLITS,
+    RecordLayout,
+    UserRecord,
+    encode_record,
+)
 
 _BLOCK = tarfile.BLOCKSIZE
 #: File suffix of a shard per compression.

@@ -22,10 +22,10 @@ from pyspark import Broadcast
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from pipeline import storage
-from pipeline.sample_codec import VALUE_MEMBER, RecordLayout
-from pipeline.shard_writer import ShardWriter
-from pipeline.targets import NegativeSampler, TargetSpec, build_user_record
+from lifeseq.pipeline import storage
+from lifeseq.pipeline.sample_codec import VALUE_MEMBER, RecordLayout
+from lifeseq.pipeline.shard_writer import ShardWriter
+from lifeseq.pipeline.targets import NegativeSampler, TargetSpec, build_user_record
 
 RESULT_SCHEMA = T.StructType(
     [

@@ -20,8 +20,9 @@ from typing import BinaryIO
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
-from pipeline.java_check import check_java
-from pipeline.log_levels import (  # noqa: F401 (re-exported: part of this module's API)
+from lifeseq.pipeline.compat import spark_gateway_running
+from lifeseq.pipeline.java_check import check_java
+from lifeseq.pipeline.log_levels import (  # noqa: F401 (re-exported: part of this module's API)
     LOG_LEVEL_ENV,
     QUIET_LOG_LEVEL,
     SPARK_LOG_LEVELS,
@@ -133,7 +134,7 @@ def _start_context(conf: SparkConf) -> SparkContext:
     """
     from pyspark.java_gateway import launch_gateway
 
-    if SparkContext._gateway is not None:  # a stopped session's JVM: PySpark reuses it
+    if spark_gateway_running():  # a stopped session's JVM: PySpark reuses it
         return SparkContext(conf=conf)
     gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE})
     relay = threading.Thread(
@@ -163,8 +164,15 @@ def _under_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+#: `lifeseq/__init__.py` of the executors' zip: a pkgutil-style namespace package.
+_NAMESPACE_INIT = "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n"
+
+
 def ship_package(spark: SparkSession) -> str | None:
-    """Make the `pipeline` package importable on cluster executors (`SparkContext.addPyFile`).
+    """Make the `lifeseq.pipeline` package importable on cluster executors
+    (`SparkContext.addPyFile`): a zip of `lifeseq/pipeline/*.py` whose `lifeseq/__init__.py` is a
+    pkgutil-style namespace (zipimport does not do implicit ones), so an executor's own
+    lifeseq install still adds its other packages.
 
     Local masters share this machine's Python environment and need nothing. Returns the zip
     path shipped, or None.
@@ -175,8 +183,9 @@ def ship_package(spark: SparkSession) -> str | None:
     handle, zip_path = tempfile.mkstemp(prefix="lifeseq-pipeline-", suffix=".zip")
     os.close(handle)
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("lifeseq/__init__.py", _NAMESPACE_INIT)
         for source in sorted(package_dir.rglob("*.py")):
-            archive.write(source, Path("pipeline") / source.relative_to(package_dir))
+            archive.write(source, Path("lifeseq/pipeline") / source.relative_to(package_dir))
     spark.sparkContext.addPyFile(zip_path)
     log.info("shipped %s to the executors", zip_path)
     return zip_path

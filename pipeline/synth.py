@@ -25,7 +25,7 @@ Run:
 
     lifeseq synth --out data/events --users 10000 --seed 7
     lifeseq synth --out data/events-10m --events 10000000 --seed 7 --overwrite
-    python -m jobs.synth --help
+    python -m lifeseq.jobs.synth --help
 
 Library:
 

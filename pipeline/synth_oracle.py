@@ -32,7 +32,7 @@ import functools
 
 import numpy as np
 
-from pipeline.synth import Catalog, SynthConfig, UserState, build_catalog
+from lifeseq.pipeline.synth import Catalog, SynthConfig, UserState, build_catalog
 
 
 @functools.lru_cache(maxsize=4)

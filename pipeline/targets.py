@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.sample_codec import SPLIT_FIELD, SPLITS, VALUE_MEMBER, UserRecord, UserSample
+from lifeseq.pipeline.sample_codec import SPLIT_FIELD, SPLITS, VALUE_MEMBER, UserRecord, UserSample
 
 NegativeMode = Literal["impressions", "sampled", "none"]
 _MAX_SAMPLING_ROUNDS = 32

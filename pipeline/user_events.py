@@ -24,8 +24,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipeline.sample_codec import VALUE_MEMBER
-from pipeline.vocab import OOV_ID, SOURCE_COLUMN, VOCAB_NAMES
+from lifeseq.pipeline.sample_codec import VALUE_MEMBER
+from lifeseq.pipeline.vocab import OOV_ID, SOURCE_COLUMN, VOCAB_NAMES
 
 #: The event key of a duplicate (with the user, whose row it is in).
 DUPLICATE_KEY = ("ts", "item_id", "category_id", "behavior", "value")

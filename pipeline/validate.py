@@ -20,8 +20,8 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from pipeline.config import BehaviorConfig, InputConfig
-from pipeline.readers import CORRUPT, default_behavior
+from lifeseq.pipeline.config import BehaviorConfig, InputConfig
+from lifeseq.pipeline.readers import CORRUPT, default_behavior
 
 REASONS = (
     "malformed_record",

@@ -127,7 +127,7 @@ def read_vocabs(spark: SparkSession, vocab_dir: str) -> dict[str, DataFrame]:
     Raises:
         FileNotFoundError: a vocab table is missing, naming it.
     """
-    from pipeline import storage
+    from lifeseq.pipeline import storage
 
     vocabs = {}
     for name in VOCAB_NAMES:

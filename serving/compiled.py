@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from lifeseq.pipeline.compat import aoti_compile_and_package, aoti_load_package
+
 #: Directory of the compiled packages inside an export.
 COMPILED_DIR = "compiled"
 #: Compilers Inductor can use, in the order it looks for them (`CXX` first when set).
@@ -49,7 +51,7 @@ def compile_program(program_path: Path, package_path: Path) -> float:
     program = torch.export.load(program_path)
     package_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        torch._inductor.aoti_compile_and_package(program, package_path=str(package_path))
+        aoti_compile_and_package(program, str(package_path))
     except Exception as err:  # noqa: BLE001 (Inductor's errors have no common base)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RuntimeError(f"AOTInductor could not compile {program_path.name}: {first}") from err
@@ -58,4 +60,4 @@ def compile_program(program_path: Path, package_path: Path) -> float:
 
 def load_package(package_path: Path) -> Any:
     """A callable running the compiled package (same inputs as the exported program)."""
-    return torch._inductor.aoti_load_package(str(package_path))
+    return aoti_load_package(str(package_path))

@@ -53,17 +53,17 @@ import pyarrow.parquet as pq
 import torch
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
-from features.schema import FeatureSchema
-from models.interfaces import ExportUnsupported, RequestInput, SparseDenseModel, class_path
-from pipeline.progress import step_progress
-from serving.artifacts import EXPORT_FORMAT_VERSION, MANIFEST_FILE, ExportError, file_entry
-from serving.compiled import COMPILED_DIR, compile_program, compiler_missing
-from serving.scorer import Vocab
-from trainers.checkpoint import JsonFileSystemReader, load_tensors, read_checkpoint_tree
-from trainers.cold_items import OOV_ID, TrainedRows
-from trainers.data import LifeseqDataModule
-from trainers.legacy import checkpoint_names, migrate_hparams
-from trainers.platform_module import PlatformModule, module_from_hparams
+from lifeseq.features.schema import FeatureSchema
+from lifeseq.models.interfaces import ExportUnsupported, RequestInput, SparseDenseModel, class_path
+from lifeseq.pipeline.progress import step_progress
+from lifeseq.serving.artifacts import EXPORT_FORMAT_VERSION, MANIFEST_FILE, ExportError, file_entry
+from lifeseq.serving.compiled import COMPILED_DIR, compile_program, compiler_missing
+from lifeseq.serving.scorer import Vocab
+from lifeseq.trainers.checkpoint import JsonFileSystemReader, load_tensors, read_checkpoint_tree
+from lifeseq.trainers.cold_items import OOV_ID, TrainedRows
+from lifeseq.trainers.data import LifeseqDataModule
+from lifeseq.trainers.legacy import checkpoint_names, migrate_hparams
+from lifeseq.trainers.platform_module import PlatformModule, module_from_hparams
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from serving.scorer import CtrRequest, NextItemRequest, RequestError, RequestLimits, Scorer
+from lifeseq.serving.scorer import CtrRequest, NextItemRequest, RequestError, RequestLimits, Scorer
 
 logger = logging.getLogger(__name__)
 

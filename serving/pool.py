@@ -30,9 +30,9 @@ from typing import Any
 
 import anyio.to_thread
 
-from serving.handler import Answer, handle
-from serving.scorer import RequestLimits, Scorer
-from serving.worker_protocol import ANSWER_HEADER, HELLO, request_frame
+from lifeseq.serving.handler import Answer, handle
+from lifeseq.serving.scorer import RequestLimits, Scorer
+from lifeseq.serving.worker_protocol import ANSWER_HEADER, HELLO, request_frame
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class ProcessPool(ScoringPool):
 
     Args:
         info: the export served.
-        command: the worker's command line (`python -m jobs.serve_worker EXPORT ...`), which
+        command: the worker's command line (`python -m lifeseq.jobs.serve_worker EXPORT ...`), which
             speaks `serving.worker_protocol` on its stdin / stdout.
         workers: worker processes.
         threads_per_worker: torch intra-op threads of each (`OMP_NUM_THREADS` and

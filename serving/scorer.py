@@ -42,10 +42,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from features.batch import user_hash
-from models.blocks.user_embedding import USER_HASH_FIELD, hashed_rows
-from serving.artifacts import ExportError, ShardedRows, read_manifest, verify_files
-from serving.compiled import load_package
+from lifeseq.features.batch import user_hash
+from lifeseq.models.blocks.user_embedding import USER_HASH_FIELD, hashed_rows
+from lifeseq.serving.artifacts import ExportError, ShardedRows, read_manifest, verify_files
+from lifeseq.serving.compiled import load_package
 
 PAD_ID = 0
 OOV_ID = 1

@@ -40,9 +40,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from serving.handler import INTERNAL_ERROR, Answer, ApiError, family_error
-from serving.pool import Overloaded, ScoringPool
-from serving.scorer import RequestLimits
+from lifeseq.serving.handler import INTERNAL_ERROR, Answer, ApiError, family_error
+from lifeseq.serving.pool import Overloaded, ScoringPool
+from lifeseq.serving.scorer import RequestLimits
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-from serving.handler import Answer, encode, handle
-from serving.scorer import Scorer
+from lifeseq.serving.handler import Answer, encode, handle
+from lifeseq.serving.scorer import Scorer
 
 REQUEST_HEADER = struct.Struct("<IB")
 ANSWER_HEADER = struct.Struct("<IH")

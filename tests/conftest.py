@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.log_levels import LOG_LEVEL_ENV
+from lifeseq.pipeline.log_levels import LOG_LEVEL_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def spark() -> Iterator[pyspark.sql.SparkSession]:  # noqa: F821
     """A `local[2]` Spark session shared by all Spark tests (starting one costs ~8 s)."""
-    from pipeline.spark_session import get_spark
+    from lifeseq.pipeline.spark_session import get_spark
 
     session = get_spark(
         "local[2]",

@@ -3,11 +3,11 @@
 
 trainer:
   callbacks:
-    - class_path: trainers.callbacks.LastCheckpoint
+    - class_path: lifeseq.trainers.callbacks.LastCheckpoint
       init_args: {save_last: true, every_n_train_steps: 25}
-    - class_path: trainers.callbacks.NonFiniteGuard
-    - class_path: trainers.callbacks.Throughput
-    - class_path: trainers.callbacks.TrainingCurves
+    - class_path: lifeseq.trainers.callbacks.NonFiniteGuard
+    - class_path: lifeseq.trainers.callbacks.Throughput
+    - class_path: lifeseq.trainers.callbacks.TrainingCurves
 """
 
 from __future__ import annotations

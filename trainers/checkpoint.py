@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter, _StorageInfo
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
     ChunkStorageMetadata,
@@ -47,6 +47,9 @@ from torch.distributed.checkpoint.metadata import (
     TensorProperties,
     TensorStorageMetadata,
 )
+
+from lifeseq.pipeline.compat import checkpoint_storage_info
+from lifeseq.trainers.legacy import namespaced_tree
 
 logger = logging.getLogger(__name__)
 
@@ -131,12 +134,10 @@ def metadata_from_json(data: dict[str, Any]) -> Metadata:
             offset=torch.Size(item["offset"]) if item["offset"] is not None else None,
             index=item["index"],
         )
-        storage[index] = _StorageInfo(
-            relative_path=item["relative_path"],
-            offset=item["byte_offset"],
-            length=item["length"],
-            transform_descriptors=item["transform_descriptors"],
-        )
+        storage[index] = checkpoint_storage_info(
+            item["relative_path"], item["byte_offset"], item["length"],
+            item["transform_descriptors"],
+        )  # fmt: skip
     planner = data.get("planner_data")
     return Metadata(
         state_dict_metadata=entries,
@@ -265,7 +266,8 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None
 
 
 def read_checkpoint_tree(path: str | os.PathLike) -> tuple[Any, dict[str, TensorStorageMetadata]]:
-    """The JSON tree of a checkpoint and the saved tensors' metadata (size, dtype).
+    """The JSON tree of a checkpoint and the saved tensors' metadata (size, dtype). Class paths
+    in its hyper-parameters are today's (`trainers.legacy.namespaced_tree`).
 
     Raises:
         FileNotFoundError: `path` is not a checkpoint directory.
@@ -283,13 +285,16 @@ def read_checkpoint_tree(path: str | os.PathLike) -> tuple[Any, dict[str, Tensor
         raise ValueError(
             f"{tree_path}: format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}"
         )
+    tree = data["tree"]
+    if "hyper_parameters" in tree:  # class paths from before the lifeseq namespace load too
+        tree["hyper_parameters"] = namespaced_tree(tree["hyper_parameters"])
     metadata = JsonFileSystemReader(str(path)).read_metadata()
     tensors = {
         k: v
         for k, v in metadata.state_dict_metadata.items()
         if isinstance(v, TensorStorageMetadata)
     }
-    return data["tree"], tensors
+    return tree, tensors
 
 
 def load_tensors(path: str | os.PathLike, targets: dict[str, Any]) -> None:

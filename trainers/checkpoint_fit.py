@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from features.schema import FeatureSchema
-from trainers import checkpoint as ckpt
-from trainers.platform_module import PlatformModule
-from trainers.run_state import SECTION
+from lifeseq.features.schema import FeatureSchema
+from lifeseq.trainers import checkpoint as ckpt
+from lifeseq.trainers.platform_module import PlatformModule
+from lifeseq.trainers.run_state import SECTION
 
 #: Checkpoint keys of model tensors start with this.
 STATE_PREFIX = "/state_dict/"
@@ -95,7 +95,7 @@ def zoo_classes(section: Any) -> list[str]:
     """The zoo class names (`SmokeCtr`, `LifelongCtr`, `Twin`) a `model` section or saved
     hyper-parameters name, outermost first."""
     found = [v for k, v in flatten(_plain(section or {})).items()
-             if k.endswith("class_path") and isinstance(v, str) and v.startswith("models.zoo.")]  # fmt: skip
+             if k.endswith("class_path") and isinstance(v, str) and v.startswith("lifeseq.models.zoo.")]  # fmt: skip
     return [path.rsplit(".", 1)[-1] for path in found]
 
 

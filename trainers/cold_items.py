@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from features.batch import CtrBatch
-from features.jagged import Jagged
+from lifeseq.features.batch import CtrBatch
+from lifeseq.features.jagged import Jagged
 
 #: The out-of-vocabulary id of every vocabulary (`pipeline.vocab.OOV_ID`).
 OOV_ID = 1
@@ -130,7 +130,7 @@ class ItemTimes:
         """
         import pyarrow.dataset as ds
 
-        from pipeline import storage
+        from lifeseq.pipeline import storage
 
         where = storage.join(root, "vocab", "item")
         if not storage.exists(where):
@@ -175,7 +175,7 @@ class ItemTimes:
 
 def _train_end(root: str) -> int | None:
     """`targets.valid_start` of the build's manifest when it splits by time, else None."""
-    from pipeline import storage
+    from lifeseq.pipeline import storage
 
     manifest = storage.join(root, "manifest.json")
     if not storage.exists(manifest):
@@ -349,7 +349,7 @@ class TrainedRows:
     def from_checkpoint(ckpt: str | Path, remapping_only: bool = False) -> TrainedRows | None:
         """The masks a checkpoint directory saved, or None (trained before they existed; with
         `remapping_only`, also when it was trained with `untrained_as_oov: false`)."""
-        from trainers.checkpoint import load_tensors, read_checkpoint_tree
+        from lifeseq.trainers.checkpoint import load_tensors, read_checkpoint_tree
 
         tree, saved = read_checkpoint_tree(ckpt)
         hparams = tree.get("hyper_parameters") or {}

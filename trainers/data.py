@@ -17,11 +17,11 @@ from typing import Any
 
 import lightning as L
 
-from features.batch import CtrBatch, GenerativeBatch
-from features.dataset import LifeseqDataLoader, LifeseqDataset, check_loader_args
-from features.schema import FeatureConfig, FeatureSchema
-from features.windows import TrainingWindows
-from pipeline import storage
+from lifeseq.features.batch import CtrBatch, GenerativeBatch
+from lifeseq.features.dataset import LifeseqDataLoader, LifeseqDataset, check_loader_args
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.features.windows import TrainingWindows
+from lifeseq.pipeline import storage
 
 #: File extensions of raw event files (`lifeseq build --input`), told apart from a build.
 RAW_EVENT_SUFFIXES = ("parquet", "csv", "jsonl", "json", "data", "dat", "inter", "txt")

@@ -23,20 +23,20 @@ import dataclasses
 from dataclasses import is_dataclass
 from typing import Any
 
-from features.schema import FeatureConfig, FeatureSchema
-from models.blocks.sampled_softmax import FIRST_ITEM_ID, SoftmaxLossConfig
-from models.blocks.seeding import seeded_init
-from models.interfaces import ModelDims, SequenceEncoder, class_path
-from models.zoo import discover
-from trainers.platform_module import EmbeddingConfig, PlatformModule
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.models.blocks.sampled_softmax import FIRST_ITEM_ID, SoftmaxLossConfig
+from lifeseq.models.blocks.seeding import seeded_init
+from lifeseq.models.interfaces import ModelDims, SequenceEncoder, class_path
+from lifeseq.models.zoo import discover
+from lifeseq.trainers.platform_module import EmbeddingConfig, PlatformModule
 
 #: Vocabulary sizes of the throwaway model `fit_error` builds (the smallest valid tables: the
 #: manifest is not read at start-up; the widths are the run's).
 PROBE_VOCAB = {"item": FIRST_ITEM_ID + 1, "category": 3, "behavior": 3}
 #: Where the configs of each data view's tasks are.
 VIEW_CONFIGS = {"ctr": "configs/ctr/ or configs/smoke.yaml", "generative": "configs/sequential/"}
-NEXT_ITEM_TASK = "trainers.tasks.next_item.NextItemModule"
-MASKED_ITEM_TASK = "trainers.tasks.masked_item.MaskedItemModule"
+NEXT_ITEM_TASK = "lifeseq.trainers.tasks.next_item.NextItemModule"
+MASKED_ITEM_TASK = "lifeseq.trainers.tasks.masked_item.MaskedItemModule"
 
 
 def fit_error(module: PlatformModule, view: str, config: FeatureConfig) -> str | None:
@@ -86,7 +86,7 @@ def zoo_paths(value: Any) -> list[str]:
     """Class paths under `models.zoo` in a `describe()` tree, in order, without repeats."""
     if isinstance(value, dict):
         found = [p for v in value.values() for p in zoo_paths(v)]
-    elif isinstance(value, str) and value.startswith("models.zoo."):
+    elif isinstance(value, str) and value.startswith("lifeseq.models.zoo."):
         found = [value]
     else:
         found = []

@@ -1,7 +1,14 @@
-"""Runs from before the model zoo (lifeseq ≤ 7428c32): their configs, checkpoints'
-hyper-parameters and parameter names, translated to today's.
+"""Runs of older lifeseq versions, translated to today's: class paths from before the `lifeseq.*`
+namespace, and configs, checkpoints' hyper-parameters and parameter names from before the
+model zoo.
 
-Then, a model was chosen by strings inside three LightningModules:
+**The namespace.** lifeseq's packages used to install as top-level `models`, `trainers`, ...;
+they are `lifeseq.models`, `lifeseq.trainers`, ... now. `namespaced_tree` rewrites the class
+paths of a config or of a checkpoint's hyper-parameters; checkpoints are read through it
+(`trainers.checkpoint.read_checkpoint_tree`), so older checkpoints load as they are, and
+`lifeseq migrate` rewrites an older config file (training refuses one, naming that command).
+
+**The model zoo.** Before it (lifeseq ≤ 7428c32), a model was chosen by strings inside three LightningModules:
 
 | old `class_path` | old choice | today |
 |---|---|---|
@@ -31,13 +38,16 @@ GENERATIVE = "trainers.generative_module.GenerativeModule"
 LEGACY_MODULES = (SMOKE, LIFELONG, GENERATIVE)
 
 _UNITS = {
-    "sim_hard": "models.zoo.long_term.sim_hard.SimHard",
-    "sim_soft": "models.zoo.long_term.sim_soft.SimSoft",
-    "eta": "models.zoo.long_term.eta.Eta",
-    "twin": "models.zoo.long_term.twin.Twin",
-    "full": "models.zoo.long_term.full_attention.FullAttention",
+    "sim_hard": "lifeseq.models.zoo.long_term.sim_hard.SimHard",
+    "sim_soft": "lifeseq.models.zoo.long_term.sim_soft.SimSoft",
+    "eta": "lifeseq.models.zoo.long_term.eta.Eta",
+    "twin": "lifeseq.models.zoo.long_term.twin.Twin",
+    "full": "lifeseq.models.zoo.long_term.full_attention.FullAttention",
 }
-_ENCODERS = {"hstu": "models.zoo.sequence.hstu.Hstu", "sasrec": "models.zoo.sequence.sasrec.SasRec"}
+_ENCODERS = {
+    "hstu": "lifeseq.models.zoo.sequence.hstu.Hstu",
+    "sasrec": "lifeseq.models.zoo.sequence.sasrec.SasRec",
+}
 _OLD_CTR_ARCH = {
     "long_term": "twin", "short_term_len": 100, "top_k": 64, "chunk": 1024, "heads": 4,
     "head_dim": 16, "attention_out": 64, "din_hidden": [64, 32], "tower_hidden": [128, 64],
@@ -48,6 +58,38 @@ _OLD_GENERATIVE_ARCH = {
     "ffn_dim": 50, "dropout": 0.2, "input_dropout": 0.2, "num_time_buckets": 128,
     "length_bucket": 32, "stochastic_length_alpha": None,
 }  # fmt: skip
+
+
+#: The card's package folders, installed as top-level packages before the `lifeseq` namespace.
+OLD_TOP_LEVEL = ("pipeline", "features", "models", "trainers", "serving", "jobs")
+#: Keys whose string values are class paths in a LightningCLI config or saved hyper-parameters.
+CLASS_PATH_KEYS = ("class_path", "_class_path")
+
+
+def namespaced(class_path: str) -> str:
+    """`class_path` under the `lifeseq` namespace (`models.zoo.ctr.smoke.SmokeCtr` →
+    `lifeseq.models.zoo.ctr.smoke.SmokeCtr`); today's paths, third-party paths and the
+    pre-zoo modules (`LEGACY_MODULES`, translated by `migrate_model_config`) unchanged."""
+    head, dot, _ = class_path.partition(".")
+    if not dot or head not in OLD_TOP_LEVEL or class_path in LEGACY_MODULES:
+        return class_path
+    return f"lifeseq.{class_path}"
+
+
+def namespaced_tree(value: Any) -> Any:
+    """A copy of a config / hyper-parameter tree with every `class_path` / `_class_path` value
+    `namespaced`; `value` itself when nothing changes."""
+    if isinstance(value, dict):
+        items = {
+            key: namespaced(item) if key in CLASS_PATH_KEYS and isinstance(item, str)
+            else namespaced_tree(item)
+            for key, item in value.items()
+        }  # fmt: skip
+        return value if all(items[k] is value[k] for k in value) else items
+    if isinstance(value, list):
+        items = [namespaced_tree(item) for item in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
 
 
 def is_legacy(class_path: str | None) -> bool:
@@ -68,8 +110,8 @@ def migrate_model_config(class_path: str, init_args: dict[str, Any]) -> tuple[st
     args = copy.deepcopy(dict(init_args))
     if class_path == SMOKE:
         hidden = list(args.pop("hidden", [32]))
-        args["model"] = _zoo("models.zoo.ctr.smoke.SmokeCtr", {"hidden": hidden})
-        return "trainers.tasks.ctr.CtrModule", args
+        args["model"] = _zoo("lifeseq.models.zoo.ctr.smoke.SmokeCtr", {"hidden": hidden})
+        return "lifeseq.trainers.tasks.ctr.CtrModule", args
     if class_path == LIFELONG:
         arch = {**_OLD_CTR_ARCH, **(args.pop("arch", None) or {})}
         unit = arch["long_term"]
@@ -96,8 +138,10 @@ def migrate_model_config(class_path: str, init_args: dict[str, Any]) -> tuple[st
             "tower_hidden": list(arch["tower_hidden"]),
         }
         long_term = None if unit == "none" else _zoo(_UNITS[unit], unit_config)
-        args["model"] = _zoo("models.zoo.ctr.lifelong.LifelongCtr", frame, long_term=long_term)
-        return "trainers.tasks.ctr.CtrModule", args
+        args["model"] = _zoo(
+            "lifeseq.models.zoo.ctr.lifelong.LifelongCtr", frame, long_term=long_term
+        )
+        return "lifeseq.trainers.tasks.ctr.CtrModule", args
     if class_path == GENERATIVE:
         arch = {**_OLD_GENERATIVE_ARCH, **(args.pop("arch", None) or {})}
         name = arch["encoder"]
@@ -108,20 +152,21 @@ def migrate_model_config(class_path: str, init_args: dict[str, Any]) -> tuple[st
         )
         args["encoder"] = _zoo(_ENCODERS[name], {k: arch[k] for k in keys})
         args["features"] = {
-            "class_path": "models.blocks.input_features.ItemAndPosition",
+            "class_path": "lifeseq.models.blocks.input_features.ItemAndPosition",
             "init_args": {"dropout": arch["input_dropout"]},
         }
         args["stochastic_length_alpha"] = arch["stochastic_length_alpha"]
-        return "trainers.tasks.next_item.NextItemModule", args
+        return "lifeseq.trainers.tasks.next_item.NextItemModule", args
     raise ValueError(f"{class_path!r} is not a LightningModule from before the model zoo")
 
 
 def migrate_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's LightningCLI hyper-parameters (`_class_path` + init args) in today's
-    form; unchanged when they are already."""
+    form (pre-zoo modules translated, class paths `namespaced`); `hparams` itself when they are
+    today's already."""
     path = hparams.get("_class_path")
     if not is_legacy(path):
-        return hparams
+        return namespaced_tree(hparams)
     init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}
     new_path, new_args = migrate_model_config(str(path), init_args)
     extras = {k: v for k, v in hparams.items() if k.startswith("_") and k != "_class_path"}
@@ -160,20 +205,24 @@ def checkpoint_names(hparams: dict[str, Any], names: list[str]) -> dict[str, str
 
 
 def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A LightningCLI config (a parsed `config.yaml`) with an old `model:` section translated;
-    everything else unchanged.
+    """A LightningCLI config (a parsed `config.yaml`) with an old `model:` section translated
+    and every class path `namespaced`; everything else unchanged.
 
     Raises:
-        ValueError: the config's model is not from before the model zoo.
+        ValueError: the config is today's already.
     """
     model = config.get("model") or {}
     path = model.get("class_path")
     if not is_legacy(path):
-        raise ValueError(
-            f"model.class_path {path!r} is not from before the model zoo; nothing to do"
-        )
+        renamed = namespaced_tree(config)
+        if renamed is config:
+            raise ValueError(
+                f"model.class_path {path!r} is today's (lifeseq.* namespace, model zoo); "
+                "nothing to do"
+            )
+        return renamed
     new_path, new_args = migrate_model_config(str(path), model.get("init_args") or {})
-    return {**config, "model": {"class_path": new_path, "init_args": new_args}}
+    return namespaced_tree({**config, "model": {"class_path": new_path, "init_args": new_args}})
 
 
 def _renamer(mapping: dict[str, str]) -> Callable[[str], str]:

@@ -32,11 +32,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from features.schema import FeatureSchema
-from models.blocks.embeddings import BACKENDS
-from models.interfaces import ModelDims, SparseDenseModel
-from trainers import run_state
-from trainers.sharding import ShardingConfig, combined_optimizer, shard_model
+from lifeseq.features.schema import FeatureSchema
+from lifeseq.models.blocks.embeddings import BACKENDS
+from lifeseq.models.interfaces import ModelDims, SparseDenseModel
+from lifeseq.trainers import run_state
+from lifeseq.trainers.sharding import ShardingConfig, combined_optimizer, shard_model
 
 DENSE_OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -148,7 +148,7 @@ class PlatformModule(L.LightningModule):
         if datamodule is None or not hasattr(datamodule, "schema"):
             raise ValueError(
                 f"{type(self).__name__}: no feature schema; pass schema=... or train with a "
-                "trainers.data.LifeseqDataModule (it builds the schema in setup())"
+                "lifeseq.trainers.data.LifeseqDataModule (it builds the schema in setup())"
             )
         return datamodule.schema
 
@@ -161,7 +161,7 @@ class PlatformModule(L.LightningModule):
             if not dist.is_initialized():
                 raise RuntimeError(
                     f"{type(self).__name__}: embedding.backend torchrec needs a process group; use "
-                    "trainer.strategy trainers.strategy.TorchRecStrategy (any world size)"
+                    "trainer.strategy lifeseq.trainers.strategy.TorchRecStrategy (any world size)"
                 )
             device = self.trainer.strategy.root_device if self._trainer else torch.device("cpu")
             model = shard_model(model, self.sharding, device, dist.group.WORLD)

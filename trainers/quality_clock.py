@@ -3,7 +3,7 @@ time-to-quality measurements (`jobs.bench_zoo`).
 
     trainer:
       callbacks:
-        - class_path: trainers.quality_clock.QualityClock
+        - class_path: lifeseq.trainers.quality_clock.QualityClock
           init_args: {path: RUN/quality_clock.json}
 
 After each validation pass (not the sanity check) it notes the wall-clock seconds since the
@@ -79,7 +79,7 @@ class QualityClock(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size != 1:
             raise ValueError(
-                f"trainers.quality_clock.QualityClock: runs in one process only (world size "
+                f"lifeseq.trainers.quality_clock.QualityClock: runs in one process only (world size "
                 f"{trainer.world_size}); drop the callback or train with one process"
             )
         self.points = []

@@ -53,6 +53,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from lifeseq.pipeline.compat import (
+    apply_optimizer_in_backward,
+    dmp_world_size,
+    dtensor_global_offset,
+    sharded_tensor_class,
+)
+
 logger = logging.getLogger(__name__)
 
 #: Sharding types accepted in `ShardingConfig`: those torchrec's `EmbeddingCollectionSharder`
@@ -343,7 +350,6 @@ def shard_model(
         RuntimeError: the default process group is not initialised.
     """
     import torch.distributed as dist
-    from torch.distributed.optim import _apply_optimizer_in_backward
     from torchrec.distributed.comm import get_local_size
     from torchrec.distributed.comm_ops import get_gradient_division
     from torchrec.distributed.model_parallel import (
@@ -404,7 +410,7 @@ def shard_model(
             weight = collection.embeddings[config.name].weight
             kind = cfg.sharding_type_of(config.name)
             optimizer_class, kwargs = dense if kind == "data_parallel" else fused
-            _apply_optimizer_in_backward(optimizer_class, [weight], dict(kwargs))
+            apply_optimizer_in_backward(optimizer_class, [weight], dict(kwargs))
 
     world_size = dist.get_world_size(pg)
     topology = Topology(
@@ -453,7 +459,7 @@ def plan_summary(dmp: Any) -> dict[str, dict[str, Any]]:
     ranks holding a shard (all ranks for data_parallel).
     """
     summary: dict[str, dict[str, Any]] = {}
-    world_size = dmp._env.world_size
+    world_size = dmp_world_size(dmp)
     for module_plan in dmp.plan.plan.values():
         for table, sharding in module_plan.items():
             shards = []
@@ -494,23 +500,19 @@ def local_shards(state: dict[str, Any]) -> dict[str, list[tuple[tuple[int, ...],
         `{key: [(global offsets, local tensor), ...]}`; a plain (replicated) tensor is one piece
         at offset 0. The local tensors are views: writing into them writes the model.
     """
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
     from torch.distributed.tensor import DTensor
+
+    sharded_tensor = sharded_tensor_class()
 
     out: dict[str, list[tuple[tuple[int, ...], torch.Tensor]]] = {}
     for key, value in state.items():
-        if isinstance(value, ShardedTensor):
+        if isinstance(value, sharded_tensor):
             out[key] = [
                 (tuple(int(o) for o in shard.metadata.shard_offsets), shard.tensor)
                 for shard in value.local_shards()
             ]
         elif isinstance(value, DTensor):
-            from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-            _, offsets = compute_local_shape_and_global_offset(
-                value.shape, value.device_mesh, value.placements
-            )
-            out[key] = [(tuple(int(o) for o in offsets), value.to_local())]
+            out[key] = [(dtensor_global_offset(value), value.to_local())]
         elif isinstance(value, torch.Tensor):
             out[key] = [((0,) * value.dim(), value)]
     return out

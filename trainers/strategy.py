@@ -1,7 +1,7 @@
 """`TorchRecStrategy`: Lightning DDP for dense layers, TorchRec model parallelism for embeddings.
 
     trainer:
-      strategy: {class_path: trainers.strategy.TorchRecStrategy}
+      strategy: {class_path: lifeseq.trainers.strategy.TorchRecStrategy}
 
 Why not Lightning's `ModelParallelStrategy`: it is built around a `DeviceMesh` for FSDP2 /
 tensor parallelism (DTensor state dicts through `get_model_state_dict`), which knows neither
@@ -37,20 +37,20 @@ embedding rows are updated inside backward by the fused optimizer, so gradient c
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.types import _PATH
-from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from trainers import checkpoint as ckpt
-from trainers.legacy import is_legacy
+from lifeseq.pipeline.compat import optimizers_to_device, unwrap_lightning_optimizer
+from lifeseq.trainers import checkpoint as ckpt
+from lifeseq.trainers.legacy import is_legacy
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def find_dmp(module: nn.Module) -> nn.Module | None:
 
 
 def _unwrap_optimizer(optimizer: Any) -> Any:
-    return optimizer._optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
+    return unwrap_lightning_optimizer(optimizer)
 
 
 class TorchRecStrategy(DDPStrategy):
@@ -100,9 +100,7 @@ class TorchRecStrategy(DDPStrategy):
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
         if trainer.state.fn == TrainerFn.FITTING:
-            from lightning.fabric.utilities.optimizer import _optimizers_to_device
-
-            _optimizers_to_device(self.optimizers, self.root_device)
+            optimizers_to_device(self.optimizers, self.root_device)
 
     def configure_ddp(self) -> None:
         """Wrap in DDP unless the module holds a DMP (which already DDP-wraps its dense part)."""
@@ -136,7 +134,10 @@ class TorchRecStrategy(DDPStrategy):
         return _unwrap_optimizer(optimizer).state_dict()
 
     def save_checkpoint(
-        self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None
+        self,
+        checkpoint: dict[str, Any],
+        filepath: str | os.PathLike,
+        storage_options: Any | None = None,
     ) -> None:
         """Write a sharded checkpoint directory at `filepath` (collective: every rank)."""
         if storage_options is not None:
@@ -146,7 +147,7 @@ class TorchRecStrategy(DDPStrategy):
             )
         ckpt.save_checkpoint(checkpoint, filepath)
 
-    def remove_checkpoint(self, filepath: _PATH) -> None:
+    def remove_checkpoint(self, filepath: str | os.PathLike) -> None:
         """Delete a checkpoint directory (rank 0)."""
         if self.is_global_zero:
             path = Path(filepath)
@@ -155,7 +156,9 @@ class TorchRecStrategy(DDPStrategy):
             elif path.exists():
                 path.unlink()
 
-    def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict:
+    def load_checkpoint(
+        self, checkpoint_path: str | os.PathLike, weights_only: bool | None = None
+    ) -> dict:
         """Load a sharded checkpoint into the current model (and optimizers when fitting).
 
         Model and optimizer tensors are loaded in place (resharded as needed); the returned

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from features.jagged import Jagged
+from lifeseq.features.jagged import Jagged
 
 logger = logging.getLogger(__name__)
 

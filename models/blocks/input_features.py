@@ -16,10 +16,10 @@ import math
 import torch
 from torch import nn
 
-from models.blocks.checks import check_dropout
-from models.blocks.embeddings import EmbeddingTableSpec
-from models.blocks.user_embedding import UserEmbeddingConfig
-from models.interfaces import InputFeatures, ModelDims, SequenceRows
+from lifeseq.models.blocks.checks import check_dropout
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec
+from lifeseq.models.blocks.user_embedding import UserEmbeddingConfig
+from lifeseq.models.interfaces import InputFeatures, ModelDims, SequenceRows
 
 
 def reversed_positions(rows: SequenceRows) -> torch.Tensor:

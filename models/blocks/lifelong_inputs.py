@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from features.schema import bucketize_time_gap
-from models.blocks.windows import Chunk, TargetWindows, gather_rows
+from lifeseq.features.schema import bucketize_time_gap
+from lifeseq.models.blocks.windows import Chunk, TargetWindows, gather_rows
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.blocks.embeddings import EmbeddingTableSpec
-from models.blocks.lifelong_inputs import LifelongInputs, PairFeatures
-from models.blocks.windows import gather_rows, recent
-from models.ctr import CtrFeatures, item_category_tables, lifelong_inputs
-from models.interfaces import ModelDims
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs, PairFeatures
+from lifeseq.models.blocks.windows import gather_rows, recent
+from lifeseq.models.ctr import item_category_tables, lifelong_inputs
+from lifeseq.models.ctr_features import CtrFeatures
+from lifeseq.models.interfaces import ModelDims
 
 #: The shared tables' features → the id field each looks up (as `LifelongCtr`'s).
 RECENT_FEATURES = {

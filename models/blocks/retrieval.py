@@ -31,7 +31,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from features.jagged import Jagged
+from lifeseq.features.jagged import Jagged
 
 __all__ = ["target_ranks", "top_k_items"]
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.target_attention import MultiHeadTargetAttention
-from models.blocks.windows import (
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs
+from lifeseq.models.blocks.target_attention import MultiHeadTargetAttention
+from lifeseq.models.blocks.windows import (
     NEG_INF,
     Chunk,
     OnlineSoftmaxPool,

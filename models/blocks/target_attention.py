@@ -35,9 +35,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.blocks.checks import check_positive
-from models.blocks.lifelong_inputs import LifelongInputs, PairFeatures
-from models.blocks.windows import NEG_INF, Chunk, OnlineSoftmaxPool, gather_rows, scan_chunks
+from lifeseq.models.blocks.checks import check_positive
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs, PairFeatures
+from lifeseq.models.blocks.windows import (
+    NEG_INF,
+    Chunk,
+    OnlineSoftmaxPool,
+    gather_rows,
+    scan_chunks,
+)
 
 
 @dataclass(frozen=True)

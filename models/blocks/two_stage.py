@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import torch
 
-from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.search import SearchResult
-from models.blocks.target_attention import EsuConfig, MultiHeadTargetAttention
-from models.blocks.windows import gather_rows
-from models.interfaces import ItemCache, LongTermOutput, LongTermUnit, ModelDims
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs
+from lifeseq.models.blocks.search import SearchResult
+from lifeseq.models.blocks.target_attention import EsuConfig, MultiHeadTargetAttention
+from lifeseq.models.blocks.windows import gather_rows
+from lifeseq.models.interfaces import ItemCache, LongTermOutput, LongTermUnit, ModelDims
 
 #: Name of the ESU key cache (a request input and an export file set).
 KEY_CACHE = "twin_item_keys"

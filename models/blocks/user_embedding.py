@@ -30,8 +30,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from models.blocks.checks import check_positive
-from models.blocks.embeddings import EmbeddingTableSpec
+from lifeseq.models.blocks.checks import check_positive
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec
 
 #: Embedding feature (and table name) of the user table.
 USER_FEATURE = "user"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from features.batch import CtrBatch
+from lifeseq.features.batch import CtrBatch
 
 #: Score of an invalid (out-of-window) position; never selected while valid ones remain.
 NEG_INF = float("-inf")

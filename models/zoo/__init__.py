@@ -41,8 +41,8 @@ def discover(interface: type[_T]) -> list[type[_T]]:
 def choices(interface: type) -> list[str]:
     """The class paths YAML may name for `interface`: the zoo's implementations, and for
     `InputFeatures` the blocks in `models.blocks.input_features`."""
-    from models.blocks import input_features
-    from models.interfaces import InputFeatures
+    from lifeseq.models.blocks import input_features
+    from lifeseq.models.interfaces import InputFeatures
 
     found = [f"{c.__module__}.{c.__qualname__}" for c in discover(interface)]
     if interface is InputFeatures:

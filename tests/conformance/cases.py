@@ -20,21 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from features.schema import FeatureSchema
-from jobs.run_config import load_run_config
-from models.interfaces import CtrModel, LongTermUnit, ModelDims, SequenceEncoder
-from models.zoo import discover
+from lifeseq.features.schema import FeatureSchema
+from lifeseq.jobs.run_config import load_run_config
+from lifeseq.models.interfaces import CtrModel, LongTermUnit, ModelDims, SequenceEncoder
+from lifeseq.models.zoo import discover
+from lifeseq.trainers.platform_module import PlatformModule, module_from_hparams
 from tests.conformance import planted
-from trainers.platform_module import PlatformModule, module_from_hparams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"
 #: Training-config folders that are not model families.
 NOT_FAMILIES = ("pipeline",)
-LIFELONG_CTR = "models.zoo.ctr.lifelong.LifelongCtr"
-CTR_TASK = "trainers.tasks.ctr.CtrModule"
-NEXT_ITEM_TASK = "trainers.tasks.next_item.NextItemModule"
-MASKED_ITEM_TASK = "trainers.tasks.masked_item.MaskedItemModule"
+LIFELONG_CTR = "lifeseq.models.zoo.ctr.lifelong.LifelongCtr"
+CTR_TASK = "lifeseq.trainers.tasks.ctr.CtrModule"
+NEXT_ITEM_TASK = "lifeseq.trainers.tasks.next_item.NextItemModule"
+MASKED_ITEM_TASK = "lifeseq.trainers.tasks.masked_item.MaskedItemModule"
 
 
 def _path(cls: type) -> str:
@@ -80,7 +80,7 @@ class ZooCase:
         if (model.get("init_args") or {}).get("long_term"):
             return True
         path = str(model.get("class_path", ""))
-        if not path.startswith("models.zoo."):
+        if not path.startswith("lifeseq.models.zoo."):
             return False
         module, _, name = path.rpartition(".")
         cls = getattr(importlib.import_module(module), name)
@@ -142,7 +142,7 @@ def _zoo_paths(value: Any) -> list[str]:
     if isinstance(value, dict):
         own = (
             [value["class_path"]]
-            if str(value.get("class_path", "")).startswith("models.zoo.")
+            if str(value.get("class_path", "")).startswith("lifeseq.models.zoo.")
             else []
         )
         return own + [p for v in value.values() for p in _zoo_paths(v)]

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
-from features.schema import FeatureConfig, FeatureSchema
-from pipeline.sample_codec import UserSample
+from lifeseq.features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.pipeline.sample_codec import UserSample
 
 #: Events of a CTR history; the last `RECENT` of them hold only noise categories.
 HISTORY, RECENT = 240, 100

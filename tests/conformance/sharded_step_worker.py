@@ -27,11 +27,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from features.batch import collate_ctr, collate_generative  # noqa: E402
-from features.jagged import Jagged  # noqa: E402
+from lifeseq.features.batch import collate_ctr, collate_generative  # noqa: E402
+from lifeseq.features.jagged import Jagged  # noqa: E402
+from lifeseq.trainers.platform_module import module_from_hparams  # noqa: E402
 from tests.conformance import planted  # noqa: E402
 from tests.conformance.cases import config_cases  # noqa: E402
-from trainers.platform_module import module_from_hparams  # noqa: E402
 
 USERS = 8
 

@@ -26,16 +26,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from features.batch import collate_ctr, collate_generative
-from features.jagged import Jagged
-from models.blocks.retrieval import top_k_items
-from models.interfaces import CtrModel, LongTermUnit, SequenceEncoder
-from models.sequential import SequenceStep
-from models.zoo import choices
-from pipeline.sample_codec import UserSample
-from serving.compiled import compiler_missing
-from serving.export import export_checkpoint, load_trained_model
-from serving.scorer import (
+from lifeseq.features.batch import collate_ctr, collate_generative
+from lifeseq.features.jagged import Jagged
+from lifeseq.models.blocks.retrieval import top_k_items
+from lifeseq.models.interfaces import CtrModel, LongTermUnit, SequenceEncoder
+from lifeseq.models.sequential import SequenceStep
+from lifeseq.models.zoo import choices
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.serving.compiled import compiler_missing
+from lifeseq.serving.export import export_checkpoint, load_trained_model
+from lifeseq.serving.scorer import (
     CtrRequest,
     NextItemRequest,
     RequestError,
@@ -43,11 +43,11 @@ from serving.scorer import (
     load_state,
     save_state,
 )
+from lifeseq.trainers.checkpoint import save_checkpoint
+from lifeseq.trainers.tasks.next_item import target_queries
 from tests.conformance import planted
 from tests.conformance.cases import ZooCase, config_cases
 from tests.unit.test_dataset import write_out_dir
-from trainers.checkpoint import save_checkpoint
-from trainers.tasks.next_item import target_queries
 
 pytestmark = pytest.mark.integration
 

@@ -29,14 +29,14 @@ import numpy as np
 import pytest
 import torch
 
-from features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
-from features.jagged import Jagged
-from models.sequential import SequenceStep
-from pipeline.sample_codec import UserSample
+from lifeseq.features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
+from lifeseq.features.jagged import Jagged
+from lifeseq.models.sequential import SequenceStep
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers.checkpoint import load_tensors, save_checkpoint
+from lifeseq.trainers.platform_module import PlatformModule
 from tests.conformance import planted
 from tests.conformance.cases import ZooCase, class_cases
-from trainers.checkpoint import load_tensors, save_checkpoint
-from trainers.platform_module import PlatformModule
 
 pytestmark = pytest.mark.unit
 

@@ -33,8 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from features.jagged import Jagged  # noqa: E402
-from models.blocks.embeddings import EmbeddingTableSpec, build_embeddings  # noqa: E402
+from lifeseq.features.jagged import Jagged  # noqa: E402
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec, build_embeddings  # noqa: E402
 
 SEED = 7
 WORLD_SIZE = 2
@@ -147,7 +147,7 @@ def _table_rows(model: nn.Module) -> dict[str, np.ndarray]:
 def run(out_dir: Path, optimizer: str) -> None:
     import torch.distributed as dist
 
-    from trainers.sharding import (
+    from lifeseq.trainers.sharding import (
         ShardingConfig,
         combined_optimizer,
         local_shards,
@@ -210,7 +210,7 @@ def probe_data_parallel(out_dir: Path) -> None:
     """Try a data_parallel table; record the refusal, or lookups to compare if it is allowed."""
     import torch.distributed as dist
 
-    from trainers.sharding import ShardingConfig, shard_model
+    from lifeseq.trainers.sharding import ShardingConfig, shard_model
 
     rank = dist.get_rank()
     cfg = ShardingConfig(sharding_types={t.name: "data_parallel" for t in TABLES}, optimizer="sgd")
@@ -233,7 +233,7 @@ def check_config_errors_and_free_plan(out_dir: Path) -> None:
     """Record `shard_model`'s errors for bad configs, and the plan it picks with no constraints."""
     import torch.distributed as dist
 
-    from trainers.sharding import ShardingConfig, plan_summary, shard_model
+    from lifeseq.trainers.sharding import ShardingConfig, plan_summary, shard_model
 
     cases = {
         "unknown_table": (TinyModel("torchrec"), {"sharding_types": {"price": "row_wise"}}),

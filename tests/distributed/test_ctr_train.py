@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from models.blocks.embeddings import torchrec_available
+from lifeseq.models.blocks.embeddings import torchrec_available
 from tests.distributed.test_train_job import (
     COLD_ITEMS_OFF,
     REPO_ROOT,

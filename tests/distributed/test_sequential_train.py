@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.blocks.embeddings import torchrec_available
+from lifeseq.models.blocks.embeddings import torchrec_available
 from tests.conformance import planted
 from tests.distributed.test_train_job import (
     REPO_ROOT,
@@ -116,7 +116,7 @@ def test_every_sequential_config_fits_and_validates_in_one_process(out: Path, co
     tree = json.loads((run / "checkpoints" / "last.ckpt" / "checkpoint.json").read_text())["tree"]
     hparams = tree["hyper_parameters"]
     task = "masked_item.MaskedItemModule" if config == "cloze" else "next_item.NextItemModule"
-    assert hparams["_class_path"] == f"trainers.tasks.{task}"
+    assert hparams["_class_path"] == f"lifeseq.trainers.tasks.{task}"
     encoder = hparams["encoder"]["init_args"]["config"]
     overrides = dict(zip(ARCH[config][::2], ARCH[config][1::2], strict=True))
     for flag, value in overrides.items():  # the overrides reached the encoder
@@ -179,9 +179,9 @@ def test_two_rank_torchrec_checkpoint_validates_like_the_run_that_wrote_it(
     ("flag", "value", "messages"),
     [
         (
-            "encoder.class_path", "models.zoo.sequence.hstu.HSTU",
-            ["Valid SequenceEncoder class paths: ", "models.zoo.sequence.hstu.Hstu",
-             "models.zoo.sequence.sasrec.SasRec"],
+            "encoder.class_path", "lifeseq.models.zoo.sequence.hstu.HSTU",
+            ["Valid SequenceEncoder class paths: ", "lifeseq.models.zoo.sequence.hstu.Hstu",
+             "lifeseq.models.zoo.sequence.sasrec.SasRec"],
         ),
         ("encoder.init_args.config.blockz", "3",
          ["--model.init_args.encoder.init_args.config.blockz: models.zoo.sequence.hstu.Hstu has "

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.blocks.embeddings import torchrec_available
+from lifeseq.models.blocks.embeddings import torchrec_available
 from tests.distributed import sharding_worker as w
 
 pytestmark = [

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.blocks.embeddings import torchrec_available
+from lifeseq.models.blocks.embeddings import torchrec_available
 from tests.unit.test_dataset import write_out_dir
 
 pytestmark = [
@@ -225,9 +225,9 @@ def single(out: Path) -> Path:
 KILL_CONFIG = """
 trainer:
   callbacks:
-    - class_path: trainers.callbacks.LastCheckpoint
+    - class_path: lifeseq.trainers.callbacks.LastCheckpoint
       init_args: {save_last: true, every_n_train_steps: 25, save_top_k: 1}
-    - class_path: trainers.callbacks.NonFiniteGuard
+    - class_path: lifeseq.trainers.callbacks.NonFiniteGuard
     - class_path: tests.distributed.kill_at_step.SigkillAtStep
       init_args: {step: 28}
 """
@@ -436,8 +436,8 @@ def test_two_ranks_record_every_row_either_trained_and_validate_with_them(out, w
     validates at 1 rank as the 2-rank run validated it."""
     import torch
 
-    from features.dataset import LifeseqDataset
-    from trainers.cold_items import ColdItemConfig, ItemTimes, TrainedRows, hold_out_items
+    from lifeseq.features.dataset import LifeseqDataset
+    from lifeseq.trainers.cold_items import ColdItemConfig, ItemTimes, TrainedRows, hold_out_items
 
     ckpt = newest_last(with_cold_items)
     rows = TrainedRows.from_checkpoint(ckpt)

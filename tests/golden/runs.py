@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sample_codec import UserSample
+from lifeseq.pipeline.sample_codec import UserSample
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).with_name("before_zoo.json")

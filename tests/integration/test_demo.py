@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from models.blocks.embeddings import torchrec_available
+from lifeseq.models.blocks.embeddings import torchrec_available
 from tests.conftest import REPO_ROOT
 
 pytestmark = [
@@ -26,7 +26,7 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path: Path) -> None:
     args = ["demo", "--workdir", str(work), "--events", "20000", "--ctr-steps", "2",
             "--hstu-epochs", "1", "--latency-requests", "2"]  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "lifeseq.jobs.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

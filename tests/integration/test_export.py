@@ -33,24 +33,29 @@ import pytest
 import torch
 import yaml
 
-from features.batch import collate_ctr, collate_generative
-from features.jagged import Jagged
-from models.blocks.embeddings import torchrec_available
-from models.blocks.retrieval import top_k_items
-from models.interfaces import SparseDenseModel
-from models.sequential import SequenceStep
-from pipeline.sample_codec import UserSample
-from serving.artifacts import ExportError, read_manifest, sha256_file
-from serving.compiled import compiler_missing
-from serving.export import data_module, export_checkpoint, instantiate_module, load_trained_model
-from serving.scorer import CtrRequest, NextItemRequest, RequestError, RequestLimits, Scorer
+from lifeseq.features.batch import collate_ctr, collate_generative
+from lifeseq.features.jagged import Jagged
+from lifeseq.models.blocks.embeddings import torchrec_available
+from lifeseq.models.blocks.retrieval import top_k_items
+from lifeseq.models.interfaces import SparseDenseModel
+from lifeseq.models.sequential import SequenceStep
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.serving.artifacts import ExportError, read_manifest, sha256_file
+from lifeseq.serving.compiled import compiler_missing
+from lifeseq.serving.export import (
+    data_module,
+    export_checkpoint,
+    instantiate_module,
+    load_trained_model,
+)
+from lifeseq.serving.scorer import CtrRequest, NextItemRequest, RequestError, RequestLimits, Scorer
+from lifeseq.trainers.checkpoint import read_checkpoint_tree, save_checkpoint
+from lifeseq.trainers.cold_items import CHECKPOINT_KEY, OOV_ID, TrainedRows
+from lifeseq.trainers.tasks.masked_item import masked_query_rows
+from lifeseq.trainers.tasks.next_item import target_queries
+from lifeseq.trainers.tasks.sequential import ranked_targets
 from tests.distributed.test_train_job import REPO_ROOT, torchrun
 from tests.unit.test_dataset import VOCAB, write_out_dir
-from trainers.checkpoint import read_checkpoint_tree, save_checkpoint
-from trainers.cold_items import CHECKPOINT_KEY, OOV_ID, TrainedRows
-from trainers.tasks.masked_item import masked_query_rows
-from trainers.tasks.next_item import target_queries
-from trainers.tasks.sequential import ranked_targets
 
 pytestmark = [
     pytest.mark.integration,
@@ -647,7 +652,7 @@ def test_without_a_compiler_export_skips_the_packages_and_says_why(
 
 
 def test_serving_benchmark_times_every_cell(exports) -> None:
-    from jobs import bench_serving
+    from lifeseq.jobs import bench_serving
 
     payload = bench_serving.run(
         [exports["twin"][1], exports["hstu"][1]], [10, 100], [3], requests=4, warmup=1

@@ -26,14 +26,14 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from jobs import bench_http
-from models.blocks.embeddings import torchrec_available
-from serving.artifacts import read_manifest
-from serving.compiled import compiler_missing
-from serving.export import export_checkpoint
-from serving.pool import InlinePool, ProcessPool, export_info
-from serving.scorer import RequestLimits, Scorer
-from serving.server import create_app, default_max_body_bytes
+from lifeseq.jobs import bench_http
+from lifeseq.models.blocks.embeddings import torchrec_available
+from lifeseq.serving.artifacts import read_manifest
+from lifeseq.serving.compiled import compiler_missing
+from lifeseq.serving.export import export_checkpoint
+from lifeseq.serving.pool import InlinePool, ProcessPool, export_info
+from lifeseq.serving.scorer import RequestLimits, Scorer
+from lifeseq.serving.server import create_app, default_max_body_bytes
 from tests.integration.test_export import (
     SIZES,
     ctr_case,
@@ -78,7 +78,7 @@ def scorers(exports: dict[str, Path]) -> dict[str, Scorer]:
 def worker_command(export: Path, limits: RequestLimits | None = None) -> list[str]:
     """The command line `lifeseq serve` starts a scoring worker with."""
     limits = limits or RequestLimits()
-    return [sys.executable, "-m", "jobs.serve_worker", str(export), "--threads", "1",
+    return [sys.executable, "-m", "lifeseq.jobs.serve_worker", str(export), "--threads", "1",
             "--max-history-events", str(limits.max_history_events),
             "--max-candidates", str(limits.max_candidates)]  # fmt: skip
 
@@ -345,7 +345,7 @@ def test_an_unexpected_exception_is_a_logged_500(
     monkeypatch.setattr(scorers["din"], "score", broken)
     with (
         TestClient(inline(scorers["din"])) as ctr,
-        caplog.at_level(logging.ERROR, "serving.handler"),
+        caplog.at_level(logging.ERROR, "lifeseq.serving.handler"),
     ):
         message = assert_error(post(ctr, "/score", valid_ctr()), 500, "internal error")
     assert "a bug in the scorer" not in message
@@ -362,7 +362,7 @@ def _free_port() -> int:
 
 
 def _serve(export: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.cli", "serve", str(export), *args]
+    return [sys.executable, "-m", "lifeseq.jobs.cli", "serve", str(export), *args]
 
 
 @pytest.fixture(scope="module")

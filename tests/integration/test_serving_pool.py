@@ -22,10 +22,10 @@ import httpx
 import numpy as np
 import pytest
 
-from jobs import bench_http
-from serving.pool import InlinePool, Overloaded
-from serving.scorer import Scorer
-from serving.server import create_app
+from lifeseq.jobs import bench_http
+from lifeseq.serving.pool import InlinePool, Overloaded
+from lifeseq.serving.scorer import Scorer
+from lifeseq.serving.server import create_app
 from tests.integration.test_export import ctr_case
 from tests.integration.test_server import (
     REPO_ROOT,

@@ -63,7 +63,7 @@ def lifeseq(cwd: Path, *args: str, timeout: int = 180) -> Ran:
     before = set(cwd.rglob("*"))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args],
+        [sys.executable, "-m", "lifeseq.jobs.cli", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     written = sorted(str(p.relative_to(cwd)) for p in set(cwd.rglob("*")) - before)
@@ -108,7 +108,7 @@ def test_fit_help_shows_the_subcommands_flags_and_an_example(tmp_path: Path) -> 
     assert "--data.root ROOT" in ran.stdout and "--trainer.max_steps" in ran.stdout
     assert "--model.help" in ran.stdout  # how to list a task's --model.init_args.*
     assert "example:\n  lifeseq train fit --config configs/ctr/base.yaml" in ran.stdout
-    assert "--model.help trainers.tasks.ctr.CtrModule" in ran.stdout
+    assert "--model.help lifeseq.trainers.tasks.ctr.CtrModule" in ran.stdout
     assert ran.written == []
 
 
@@ -143,7 +143,7 @@ def test_a_misspelt_key_names_the_flag_the_class_and_its_arguments(
     ran = lifeseq(tmp_path, "train", "fit", *TWIN, "--data.root", str(build),
                   "--model.init_args.lossx", "1")  # fmt: skip
     assert_refused(
-        ran, 2, "error: --model.init_args.lossx: trainers.tasks.ctr.CtrModule has no argument "
+        ran, 2, "error: --model.init_args.lossx: lifeseq.trainers.tasks.ctr.CtrModule has no argument "
         "'lossx'", "its arguments: model, embedding, sharding, optimizer, seed",
         "`lifeseq train fit --help` lists every flag",
     )  # fmt: skip

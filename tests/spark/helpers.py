@@ -9,9 +9,9 @@ from typing import Any
 
 import webdataset as wds
 
-from pipeline.build import BuildResult, run_build
-from pipeline.config import config_from_dict
-from pipeline.sample_codec import UserRecord, UserSample, decode_record, decode_split
+from lifeseq.pipeline.build import BuildResult, run_build
+from lifeseq.pipeline.config import config_from_dict
+from lifeseq.pipeline.sample_codec import UserRecord, UserSample, decode_record, decode_split
 
 BASE_CONFIG: dict[str, Any] = {
     "input": {"format": "parquet"},

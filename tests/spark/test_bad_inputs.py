@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from jobs import build_lifelong
-from pipeline.preflight import check_inputs
+from lifeseq.jobs import build_lifelong
+from lifeseq.pipeline.preflight import check_inputs
 from tests.conftest import write_events_parquet, write_text
 from tests.spark.helpers import BASE_CONFIG
 
@@ -250,7 +250,7 @@ def test_a_failing_later_stage_removes_what_it_wrote(spark, tmp_path, capsys, mo
     def broken_shards(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr("pipeline.build.write_shards", broken_shards)
+    monkeypatch.setattr("lifeseq.pipeline.build.write_shards", broken_shards)
     out = tmp_path / "new" / "out"
     with pytest.raises(OSError, match="simulated"):
         _run_cli(capsys, _config_file(tmp_path), [str(tmp_path / "in")], out)
@@ -307,7 +307,7 @@ def test_preflight_reads_the_files_spark_reads(tmp_path):
     [(None, "FATAL"), ("WARN", "WARN"), ("warning", "WARN"), ("info", "INFO")],
 )
 def test_log_level_comes_from_lifeseq_log_level(monkeypatch, env, level):
-    from pipeline.spark_session import _log4j2_config, log_level
+    from lifeseq.pipeline.spark_session import _log4j2_config, log_level
 
     if env is None:
         monkeypatch.delenv("LIFESEQ_LOG_LEVEL", raising=False)
@@ -318,7 +318,7 @@ def test_log_level_comes_from_lifeseq_log_level(monkeypatch, env, level):
 
 
 def test_bad_lifeseq_log_level_is_named(monkeypatch):
-    from pipeline.spark_session import log_level
+    from lifeseq.pipeline.spark_session import log_level
 
     monkeypatch.setenv("LIFESEQ_LOG_LEVEL", "loud")
     with pytest.raises(ValueError, match=r"LIFESEQ_LOG_LEVEL='loud' is not a log level; use one"):

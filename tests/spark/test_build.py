@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.build import run_build
-from pipeline.build_report import PICTURES, collect_report_stats
-from pipeline.sample_codec import SPLITS, validate_sample
+from lifeseq.pipeline.build import run_build
+from lifeseq.pipeline.build_report import PICTURES, collect_report_stats
+from lifeseq.pipeline.sample_codec import SPLITS, validate_sample
 from tests.conftest import write_events_parquet
 from tests.spark.helpers import build, make_config, read_records, read_split
 

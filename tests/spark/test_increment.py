@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from jobs import build_lifelong
-from pipeline.sample_codec import SPLITS
+from lifeseq.jobs import build_lifelong
+from lifeseq.pipeline.sample_codec import SPLITS
 from tests.conftest import write_events_parquet
 from tests.spark.helpers import BASE_CONFIG, build, make_config, read_records
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import BadInputError
-from pipeline.readers import read_raw_events
-from pipeline.validate import REASONS, tag_reasons, valid_events
+from lifeseq.pipeline.build import BadInputError
+from lifeseq.pipeline.readers import read_raw_events
+from lifeseq.pipeline.validate import REASONS, tag_reasons, valid_events
 from tests.conftest import write_text
 from tests.spark.helpers import build, make_config, read_split
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from jobs import ctr_eval
-from pipeline.build import run_build
-from pipeline.config import config_from_dict
-from pipeline.synth import SynthConfig, generate_user_events, write_synthetic
+from lifeseq.jobs import ctr_eval
+from lifeseq.pipeline.build import run_build
+from lifeseq.pipeline.config import config_from_dict
+from lifeseq.pipeline.synth import SynthConfig, generate_user_events, write_synthetic
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.spark

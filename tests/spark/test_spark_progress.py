@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from pipeline import progress
+from lifeseq.pipeline import progress
 
 pytestmark = pytest.mark.spark
 

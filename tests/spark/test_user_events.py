@@ -8,14 +8,14 @@ import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipeline.lifelong import build_lifelong
-from pipeline.user_events import (
+from lifeseq.pipeline.lifelong import build_lifelong
+from lifeseq.pipeline.user_events import (
     explode_user_events,
     group_user_events,
     lookup_tables,
     map_user_events,
 )
-from pipeline.vocab import apply_vocabs, build_all_vocabs
+from lifeseq.pipeline.vocab import apply_vocabs, build_all_vocabs
 
 pytestmark = pytest.mark.spark
 
@@ -82,7 +82,6 @@ def test_ids_looked_up_in_place_equal_the_joins(spark, cap):
 
 def test_a_build_joining_a_large_vocab_equals_the_broadcast_one(spark, tmp_path, monkeypatch):
     """Vocabs over `BROADCAST_MAX_IDS` are joined instead of looked up: same output."""
-    import pipeline.build
     from tests.conftest import write_events_parquet
     from tests.spark.helpers import build, make_config
 
@@ -93,7 +92,7 @@ def test_a_build_joining_a_large_vocab_equals_the_broadcast_one(spark, tmp_path,
         write_events_parquet(tmp_path / "in" / f"p{part}.parquet", rows[part::2], {"ts": "int64"})
     cfg = make_config(input={"ts_min": 0}, vocab={"min_count": 2})
     broadcast = build(spark, [tmp_path / "in"], tmp_path / "broadcast", cfg).manifest
-    monkeypatch.setattr(pipeline.build, "BROADCAST_MAX_IDS", 0)
+    monkeypatch.setattr("lifeseq.pipeline.build.BROADCAST_MAX_IDS", 0)
     joined = build(spark, [tmp_path / "in"], tmp_path / "joined", cfg).manifest
 
     assert joined["shards"] == broadcast["shards"] and broadcast["shards"]

@@ -8,7 +8,7 @@ import random
 import pytest
 from pyspark.sql import functions as F
 
-from pipeline.vocab import FIRST_ID, build_vocab, rank_in_parallel
+from lifeseq.pipeline.vocab import FIRST_ID, build_vocab, rank_in_parallel
 
 pytestmark = pytest.mark.spark
 

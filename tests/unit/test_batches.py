@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
-from features.jagged import Jagged
-from pipeline.sample_codec import UserSample
+from lifeseq.features.batch import CtrBatch, GenerativeBatch, collate_ctr, collate_generative
+from lifeseq.features.jagged import Jagged
+from lifeseq.pipeline.sample_codec import UserSample
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs import bench_ctr, ctr_eval
+from lifeseq.jobs import bench_ctr, ctr_eval
 
 pytestmark = pytest.mark.unit
 
@@ -107,10 +107,10 @@ def test_latency_batch_runs_through_a_model() -> None:
     """The batch is a valid model input (fresh tiny DIN + TWIN, torch backend)."""
     import functools
 
-    from models.ctr import CtrRecommender
-    from models.interfaces import ModelDims
-    from models.zoo.ctr.lifelong import LifelongCtr, LifelongCtrConfig
-    from models.zoo.long_term.twin import Twin, TwinConfig
+    from lifeseq.models.ctr import CtrRecommender
+    from lifeseq.models.interfaces import ModelDims
+    from lifeseq.models.zoo.ctr.lifelong import LifelongCtr, LifelongCtrConfig
+    from lifeseq.models.zoo.long_term.twin import Twin, TwinConfig
 
     batch = bench_ctr.latency_batch({"item": 50, "category": 5, "behavior": 6}, 30, targets=100)
     dims = ModelDims(item_rows=50, category_rows=5, behavior_rows=6, embedding_dim=4,
@@ -139,7 +139,7 @@ def test_models_are_the_config_files() -> None:
 def test_build_model_follows_the_config(name: str, tmp_path: Path) -> None:
     """`build_model`: a fresh torch-backend model of the config for a build's vocabulary, which
     scores a latency batch."""
-    from pipeline.sample_codec import SCHEMA_VERSION, RecordLayout
+    from lifeseq.pipeline.sample_codec import SCHEMA_VERSION, RecordLayout
 
     manifest = {
         "schema_version": SCHEMA_VERSION,

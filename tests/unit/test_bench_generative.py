@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs import bench_generative
+from lifeseq.jobs import bench_generative
 
 
 def test_speed_batch_labels_every_position() -> None:
@@ -31,10 +31,10 @@ def test_configs_load_and_differ_only_in_the_encoder() -> None:
     """hstu / sasrec / hstu_large share base.yaml's task, loss, input features and dims (SASRec
     with RecBole's heads and dropout); cloze swaps the task for the masked-item one over a
     bidirectional SASRec."""
-    from models.zoo.sequence.hstu import Hstu
-    from models.zoo.sequence.sasrec import SasRec
-    from trainers.tasks.masked_item import MaskedItemModule
-    from trainers.tasks.next_item import NextItemModule
+    from lifeseq.models.zoo.sequence.hstu import Hstu
+    from lifeseq.models.zoo.sequence.sasrec import SasRec
+    from lifeseq.trainers.tasks.masked_item import MaskedItemModule
+    from lifeseq.trainers.tasks.next_item import NextItemModule
 
     cpu = torch.device("cpu")
     names = ("hstu", "sasrec", "hstu_large", "cloze")

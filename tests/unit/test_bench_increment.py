@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.bench_increment import RUNS, STAGES, markdown, plot, split_by_time
+from lifeseq.jobs.bench_increment import RUNS, STAGES, markdown, plot, split_by_time
 
 pytestmark = pytest.mark.unit
 

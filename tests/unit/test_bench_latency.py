@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from jobs import bench_latency, bench_serving
+from lifeseq.jobs import bench_latency, bench_serving
+from lifeseq.jobs.checkout_env import checkout_environment
 
 pytestmark = pytest.mark.unit
 
@@ -53,7 +53,7 @@ def _run_frozen_corpus(checkout: Path, bench_serving_source: str) -> dict:
     (checkout / "jobs" / "bench_serving.py").write_text(bench_serving_source)
     done = subprocess.run(
         [sys.executable, "-c", bench_latency.FROZEN_CORPUS, "--export", "E", "--requests", "2"],
-        cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)},
+        cwd=checkout, env=checkout_environment(checkout, checkout),
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 3, done.stderr  # main's return value is the exit status

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.bench_pipeline import markdown, plot, scaling, stage_markdown
+from lifeseq.jobs.bench_pipeline import markdown, plot, scaling, stage_markdown
 
 pytestmark = pytest.mark.unit
 
@@ -65,9 +65,9 @@ def test_shard_breakdown_sums_to_the_files_and_parquet_is_rewritten_uncompressed
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs.bench_pipeline import shard_breakdown, uncompressed_parquet_bytes
-    from pipeline.sample_codec import RecordLayout, UserRecord
-    from pipeline.shard_writer import ShardWriter
+    from lifeseq.jobs.bench_pipeline import shard_breakdown, uncompressed_parquet_bytes
+    from lifeseq.pipeline.sample_codec import RecordLayout, UserRecord
+    from lifeseq.pipeline.shard_writer import ShardWriter
 
     n = 300
     history = {

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from jobs import bench_zoo
-from trainers.quality_clock import preserved_rng
+from lifeseq.jobs import bench_zoo
+from lifeseq.trainers.quality_clock import preserved_rng
 
 pytestmark = pytest.mark.unit
 
@@ -113,7 +113,7 @@ def test_main_exits_1_on_a_bad_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_dispatches_bench_zoo(capsys: pytest.CaptureFixture[str]) -> None:
-    from jobs import cli
+    from lifeseq.jobs import cli
 
     assert cli.main(["bench", "zoo", "--epochs", "0"]) == 1
     assert "error: --epochs" in capsys.readouterr().err
@@ -341,7 +341,7 @@ class _Module:
 
 
 def test_quality_clock_records_points_and_leaves_the_rng_alone(tmp_path: Path) -> None:
-    from trainers.quality_clock import QualityClock
+    from lifeseq.trainers.quality_clock import QualityClock
 
     trainer, module = _Trainer(tmp_path), _Module()
     clock = QualityClock()

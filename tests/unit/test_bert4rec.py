@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.interfaces import ModelDims
-from models.zoo.sequence.bert4rec import Bert4Rec, Bert4RecBlock, Bert4RecConfig
+from lifeseq.models.interfaces import ModelDims
+from lifeseq.models.zoo.sequence.bert4rec import Bert4Rec, Bert4RecBlock, Bert4RecConfig
 from tests.unit.test_nextitnet import check_whole_row, rows_of
 
 pytestmark = pytest.mark.unit

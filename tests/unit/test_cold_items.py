@@ -17,12 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from features.batch import CtrBatch, collate_ctr
-from features.schema import FeatureConfig, FeatureSchema
-from models.zoo.ctr.smoke import SmokeConfig, SmokeCtr
-from serving.export import export_vocabs
-from tests.unit.test_dataset import make_sample
-from trainers.cold_items import (
+from lifeseq.features.batch import CtrBatch, collate_ctr
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.models.zoo.ctr.smoke import SmokeConfig, SmokeCtr
+from lifeseq.serving.export import export_vocabs
+from lifeseq.trainers.cold_items import (
     OOV_ID,
     UNKNOWN_FIRST_TS,
     ColdItemConfig,
@@ -31,8 +30,9 @@ from trainers.cold_items import (
     held_out,
     hold_out_items,
 )
-from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
-from trainers.tasks.ctr import CtrModule
+from lifeseq.trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
+from lifeseq.trainers.tasks.ctr import CtrModule
+from tests.unit.test_dataset import make_sample
 
 pytestmark = pytest.mark.unit
 
@@ -192,7 +192,7 @@ def test_untrained_ids_are_remapped_to_oov_and_trained_ones_kept() -> None:
 
 
 def test_the_oov_id_is_the_pipelines() -> None:
-    from pipeline.vocab import OOV_ID as PIPELINE_OOV_ID
+    from lifeseq.pipeline.vocab import OOV_ID as PIPELINE_OOV_ID
 
     assert OOV_ID == PIPELINE_OOV_ID
 

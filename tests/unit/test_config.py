@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs import build_lifelong
-from pipeline.config import (
+from lifeseq.jobs import build_lifelong
+from lifeseq.pipeline.config import (
     PipelineConfig,
     config_from_dict,
     load_config,

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs import bench_ctr, bench_generative, bench_zoo, demo, migrate
-from jobs.bench_report import configs_error
-from jobs.train import config_files, default_run_folder
-from jobs.train_usage import flags_in_help, usage_error
-from pipeline.config import load_config
-from pipeline.yaml_files import read_yaml, yaml_file_error
+from lifeseq.jobs import bench_ctr, bench_generative, bench_zoo, demo, migrate
+from lifeseq.jobs.bench_report import configs_error
+from lifeseq.jobs.train import config_files, default_run_folder
+from lifeseq.jobs.train_usage import flags_in_help, usage_error
+from lifeseq.pipeline.config import load_config
+from lifeseq.pipeline.yaml_files import read_yaml, yaml_file_error
 
 pytestmark = pytest.mark.unit
 
@@ -113,9 +113,9 @@ def test_config_files_of_a_command_line() -> None:
 def test_the_default_run_folder() -> None:
     configs = [Path("configs/ctr/base.yaml"), Path("configs/ctr/twin.yaml")]
     assert default_run_folder("fit", configs, None, {}) == Path("runs/twin")
-    assert default_run_folder("fit", [], None, {"class_path": "trainers.tasks.ctr.CtrModule"}) == (
-        Path("runs/ctrmodule")
-    )
+    assert default_run_folder(
+        "fit", [], None, {"class_path": "lifeseq.trainers.tasks.ctr.CtrModule"}
+    ) == (Path("runs/ctrmodule"))
     checkpoint = "somewhere/run7/checkpoints/last.ckpt"
     assert default_run_folder("test", configs, checkpoint, {}) == Path("somewhere/run7")
     assert default_run_folder("fit", configs, checkpoint, {}) == Path("runs/twin")
@@ -124,15 +124,15 @@ def test_the_default_run_folder() -> None:
 
 UNION_TYPE_ERROR = """Parser key "model":
   Does not validate against any of the Union subtypes
-  Subtypes: [<class 'NoneType'>, <class 'trainers.platform_module.PlatformModule'>]
+  Subtypes: [<class 'NoneType'>, <class 'lifeseq.trainers.platform_module.PlatformModule'>]
   Errors:
     - Expected a <class 'NoneType'>
-    - Problem with given class_path 'trainers.tasks.ctr.CtrModule':
+    - Problem with given class_path 'lifeseq.trainers.tasks.ctr.CtrModule':
         Parser key "optimizer":
           Does not validate against any of the Union subtypes
           Errors:
             - Expected a <class 'NoneType'>
-            - Problem with given class_path 'trainers.platform_module.DenseOptimizerConfig':
+            - Problem with given class_path 'lifeseq.trainers.platform_module.DenseOptimizerConfig':
                 Parser key "lr":
                   Expected a <class 'float'>. Got value: abc
           Given value type: <class 'jsonargparse._util.NestedArg'>
@@ -157,9 +157,9 @@ UNION_TYPE_ERROR = """Parser key "model":
          "error: --config /x/nope.yaml: no such file"),
         ('Validation failed: Key "fit.data.root" is required but not included in config '
          "object or its value is None.", ["fit"], "error: --data.root is required"),
-        ("Parser key \"model\":\n  - Problem with given class_path 'models.zoo.x.Y':\n"
-         "      module 'models.zoo' has no attribute 'x'", ["fit", "--model", "models.zoo.x.Y"],
-         "error: --model models.zoo.x.Y: cannot import it (module 'models.zoo' has no "
+        ("Parser key \"model\":\n  - Problem with given class_path 'lifeseq.models.zoo.x.Y':\n"
+         "      module 'lifeseq.models.zoo' has no attribute 'x'", ["fit", "--model", "lifeseq.models.zoo.x.Y"],
+         "error: --model lifeseq.models.zoo.x.Y: cannot import it (module 'lifeseq.models.zoo' has no "
          "attribute 'x')"),
         ("something new\n  and more", ["fit"], "error: something new"),
     ],

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torchmetrics.classification import BinaryAUROC
 
-from trainers.metrics import GroupedAUC, LogLoss, per_group_auc
+from lifeseq.trainers.metrics import GroupedAUC, LogLoss, per_group_auc
 
 pytestmark = pytest.mark.unit
 

@@ -20,13 +20,14 @@ import pytest
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from features.batch import CtrBatch, collate_ctr
-from models.ctr import CtrOutput, CtrRecommender
-from models.interfaces import ModelDims
-from models.zoo.ctr.bst import Bst, BstConfig
-from models.zoo.ctr.dien import AuGruCell, Dien, DienConfig
-from pipeline.sample_codec import UserSample
-from trainers.tasks.ctr import bce, ctr_loss
+from lifeseq.features.batch import CtrBatch, collate_ctr
+from lifeseq.models.ctr import CtrRecommender
+from lifeseq.models.ctr_features import CtrOutput
+from lifeseq.models.interfaces import ModelDims
+from lifeseq.models.zoo.ctr.bst import Bst, BstConfig
+from lifeseq.models.zoo.ctr.dien import AuGruCell, Dien, DienConfig
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers.tasks.ctr import bce, ctr_loss
 
 pytestmark = pytest.mark.unit
 

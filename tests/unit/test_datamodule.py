@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from features.batch import CtrBatch, GenerativeBatch
-from features.dataset import LifeseqDataLoader
+from lifeseq.features.batch import CtrBatch, GenerativeBatch
+from lifeseq.features.dataset import LifeseqDataLoader
+from lifeseq.trainers.data import LifeseqDataModule
 from tests.unit.test_dataset import users_of, write_out_dir
-from trainers.data import LifeseqDataModule
 
 unit = pytest.mark.unit  # every test but the Spark-built one (marked spark only)
 
@@ -175,9 +175,9 @@ def test_data_stats_count_a_corrupt_shard(out_dir) -> None:
 
 @pytest.mark.spark
 def test_datamodule_on_spark_built_shards(spark, tmp_path: Path) -> None:
-    from pipeline.build import run_build
-    from pipeline.config import load_config
-    from pipeline.synth import SynthConfig, write_synthetic
+    from lifeseq.pipeline.build import run_build
+    from lifeseq.pipeline.config import load_config
+    from lifeseq.pipeline.synth import SynthConfig, write_synthetic
 
     events = tmp_path / "events"
     write_synthetic(SynthConfig(users=40, seed=1, max_events=400), str(events))

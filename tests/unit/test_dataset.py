@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from features.batch import CtrBatch, GenerativeBatch
-from features.dataset import (
+from lifeseq.features.batch import CtrBatch, GenerativeBatch
+from lifeseq.features.dataset import (
     LifeseqDataLoader,
     LifeseqDataset,
     ShardError,
@@ -30,8 +30,8 @@ from features.dataset import (
     batch_order,
     plan_epoch,
 )
-from features.windows import TrainingWindows, window_ends
-from pipeline.sample_codec import (
+from lifeseq.features.windows import TrainingWindows, window_ends
+from lifeseq.pipeline.sample_codec import (
     SCHEMA_VERSION,
     SPLITS,
     RecordLayout,
@@ -39,7 +39,7 @@ from pipeline.sample_codec import (
     UserSample,
     encode_record,
 )
-from pipeline.shard_writer import ShardWriter
+from lifeseq.pipeline.shard_writer import ShardWriter
 
 pytestmark = pytest.mark.unit
 
@@ -682,7 +682,7 @@ def mixed_record(user: int) -> UserRecord:
 def write_mixed_build(root: Path, users: int = 14, per_shard: int = 4) -> list[UserRecord]:
     """A build as the pipeline writes it: users of every split mixed in `shard-NNNNNN.tar`,
     listed per shard and per split by `pipeline.manifest.split_listing`."""
-    from pipeline.manifest import split_listing
+    from lifeseq.pipeline.manifest import split_listing
 
     records = [mixed_record(u) for u in range(users)]
     layout = RecordLayout.for_build(VOCAB, 100, 10**9, with_value=False)

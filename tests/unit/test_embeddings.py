@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from features.jagged import Jagged
-from models.blocks.embeddings import (
+from lifeseq.features.jagged import Jagged
+from lifeseq.models.blocks.embeddings import (
     PADDING_ID,
     EmbeddingTableSpec,
     TorchEmbeddingCollection,
@@ -285,8 +285,8 @@ def test_torch_backend_runs_where_torchrec_and_fbgemm_cannot_be_imported() -> No
         "sys.modules['torchrec'] = None\n"  # makes `import torchrec` raise ImportError
         "sys.modules['fbgemm_gpu'] = None\n"
         "import torch\n"
-        "from features.jagged import Jagged\n"
-        "from models.blocks.embeddings import EmbeddingTableSpec, build_embeddings, torchrec_available\n"
+        "from lifeseq.features.jagged import Jagged\n"
+        "from lifeseq.models.blocks.embeddings import EmbeddingTableSpec, build_embeddings, torchrec_available\n"
         "assert not torchrec_available()\n"
         "t = [EmbeddingTableSpec('item', 5, 4, ('item',))]\n"
         "out = build_embeddings(t, backend='torch', seed=0)("
@@ -330,14 +330,14 @@ def test_torch_backend_runs_where_torchrec_and_fbgemm_cannot_be_imported() -> No
     ],
 )
 def test_sharding_config_errors_name_the_field(kwargs: dict, message: str) -> None:
-    from trainers.sharding import ShardingConfig
+    from lifeseq.trainers.sharding import ShardingConfig
 
     with pytest.raises(ValueError, match=message):
         ShardingConfig(**kwargs)
 
 
 def test_sharding_config_defaults_and_per_table_lookup() -> None:
-    from trainers.sharding import ShardingConfig
+    from lifeseq.trainers.sharding import ShardingConfig
 
     cfg = ShardingConfig(sharding_types={"item": "row_wise"}, default_sharding_type="table_wise")
 

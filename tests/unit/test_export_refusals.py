@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from models.ctr import CtrFeatures, CtrOutput, CtrRecommender
-from models.interfaces import ModelDims
-from models.zoo.ctr.smoke import SmokeConfig, SmokeCtr
-from serving.artifacts import ExportError
-from serving.export import check_exportable, export_dense
+from lifeseq.models.ctr import CtrRecommender
+from lifeseq.models.ctr_features import CtrFeatures, CtrOutput
+from lifeseq.models.interfaces import ModelDims
+from lifeseq.models.zoo.ctr.smoke import SmokeConfig, SmokeCtr
+from lifeseq.serving.artifacts import ExportError
+from lifeseq.serving.export import check_exportable, export_dense
 
 pytestmark = pytest.mark.unit
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from features.schema import (
+from lifeseq.features.schema import (
     FeatureConfig,
     FeatureSchema,
     bucketize_time_gap,
     expected_members,
 )
-from pipeline.sample_codec import SAMPLE_VIEW_VERSION, SCHEMA_VERSION, RecordLayout
+from lifeseq.pipeline.sample_codec import SAMPLE_VIEW_VERSION, SCHEMA_VERSION, RecordLayout
 
 pytestmark = pytest.mark.unit
 
@@ -78,7 +78,7 @@ def test_hash_is_stable_and_changes_with_the_schema(tmp_path: Path) -> None:
 
     first = FeatureSchema.from_manifest(root, cfg).hash()
     code = (
-        "from features.schema import FeatureConfig, FeatureSchema;"
+        "from lifeseq.features.schema import FeatureConfig, FeatureSchema;"
         f"print(FeatureSchema.from_manifest({root!r}, FeatureConfig(embedding_dim=8)).hash())"
     )
     other_process = subprocess.run(

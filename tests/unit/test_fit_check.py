@@ -15,21 +15,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from features.schema import FeatureConfig, FeatureSchema
-from jobs import train
-from jobs.run_config import load_run_config
-from models.blocks.sampled_softmax import SoftmaxLossConfig
-from pipeline.sample_codec import SCHEMA_VERSION, RecordLayout
-from trainers.fit_check import catalog_error, fit_error, window_bytes, window_memory_error
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.jobs import train
+from lifeseq.jobs.run_config import load_run_config
+from lifeseq.models.blocks.sampled_softmax import SoftmaxLossConfig
+from lifeseq.pipeline.sample_codec import SCHEMA_VERSION, RecordLayout
+from lifeseq.trainers.fit_check import catalog_error, fit_error, window_bytes, window_memory_error
 
 pytestmark = pytest.mark.unit
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SEQ, CTR = CONFIGS / "sequential", CONFIGS / "ctr"
 CAUSAL = (
-    "models.zoo.sequence.gru4rec.Gru4Rec", "models.zoo.sequence.hstu.Hstu",
-    "models.zoo.sequence.nextitnet.NextItNet", "models.zoo.sequence.pop.Pop",
-    "models.zoo.sequence.sasrec.SasRec",
+    "lifeseq.models.zoo.sequence.gru4rec.Gru4Rec", "lifeseq.models.zoo.sequence.hstu.Hstu",
+    "lifeseq.models.zoo.sequence.nextitnet.NextItNet", "lifeseq.models.zoo.sequence.pop.Pop",
+    "lifeseq.models.zoo.sequence.sasrec.SasRec",
 )  # fmt: skip
 
 
@@ -47,52 +47,54 @@ def check(configs: list[Path], *overrides: str) -> str | None:
 def test_a_bidirectional_encoder_on_the_next_item_task_names_both_and_what_fits() -> None:
     message = check(
         [SEQ / "base.yaml", SEQ / "bert4rec.yaml"],
-        "--model.class_path", "trainers.tasks.next_item.NextItemModule",
+        "--model.class_path", "lifeseq.trainers.tasks.next_item.NextItemModule",
     )  # fmt: skip
     assert message is not None
     first, second = message.split("\n")
     assert first == (
-        "error: trainers.tasks.next_item.NextItemModule trains causal encoders, but "
-        "models.zoo.sequence.bert4rec.Bert4Rec is bidirectional."
+        "error: lifeseq.trainers.tasks.next_item.NextItemModule trains causal encoders, but "
+        "lifeseq.models.zoo.sequence.bert4rec.Bert4Rec is bidirectional."
     )
     assert second.startswith(
-        "What fits: this encoder under trainers.tasks.masked_item.MaskedItemModule, or a causal "
+        "What fits: this encoder under lifeseq.trainers.tasks.masked_item.MaskedItemModule, or a causal "
         "encoder here: "
     )
     listed = second.split("here: ")[1].split(", ")
-    assert set(CAUSAL) <= set(listed) and "models.zoo.sequence.bert4rec.Bert4Rec" not in listed
+    assert (
+        set(CAUSAL) <= set(listed) and "lifeseq.models.zoo.sequence.bert4rec.Bert4Rec" not in listed
+    )
 
 
 def test_a_causal_encoder_on_the_masked_item_task_is_refused_naming_the_next_item_task() -> None:
     message = check(
         [SEQ / "base.yaml", SEQ / "gru4rec.yaml"],
-        "--model.class_path", "trainers.tasks.masked_item.MaskedItemModule",
+        "--model.class_path", "lifeseq.trainers.tasks.masked_item.MaskedItemModule",
     )  # fmt: skip
     assert message is not None
     first, second = message.split("\n")
     assert first == (
-        "error: trainers.tasks.masked_item.MaskedItemModule trains bidirectional encoders, but "
-        "models.zoo.sequence.gru4rec.Gru4Rec is causal."
+        "error: lifeseq.trainers.tasks.masked_item.MaskedItemModule trains bidirectional encoders, but "
+        "lifeseq.models.zoo.sequence.gru4rec.Gru4Rec is causal."
     )
-    assert "this encoder under trainers.tasks.next_item.NextItemModule" in second
+    assert "this encoder under lifeseq.trainers.tasks.next_item.NextItemModule" in second
     listed = second.split("here: ")[1].split(", ")
-    assert "models.zoo.sequence.bert4rec.Bert4Rec" in listed
-    assert "models.zoo.sequence.sasrec.SasRec (config.causal: false)" in listed
-    assert "models.zoo.sequence.gru4rec.Gru4Rec" not in listed
+    assert "lifeseq.models.zoo.sequence.bert4rec.Bert4Rec" in listed
+    assert "lifeseq.models.zoo.sequence.sasrec.SasRec (config.causal: false)" in listed
+    assert "lifeseq.models.zoo.sequence.gru4rec.Gru4Rec" not in listed
 
 
 def test_a_ctr_model_on_generative_data_and_a_sequential_task_on_ctr_data() -> None:
     ctr = check([CTR / "base.yaml", CTR / "twin.yaml"], "--data.view", "generative")
     assert ctr == (
-        "error: trainers.tasks.ctr.CtrModule (model models.zoo.ctr.lifelong.LifelongCtr, "
-        "models.zoo.long_term.twin.Twin) trains on data.view 'ctr', but data.view is "
+        "error: lifeseq.trainers.tasks.ctr.CtrModule (model lifeseq.models.zoo.ctr.lifelong.LifelongCtr, "
+        "lifeseq.models.zoo.long_term.twin.Twin) trains on data.view 'ctr', but data.view is "
         "'generative'.\nWhat fits: --data.view ctr on a build for it (configs/ctr/ or "
         "configs/smoke.yaml); generative data trains the tasks of configs/sequential/"
     )
     sequential = check([SEQ / "base.yaml", SEQ / "nextitnet.yaml"], "--data.view", "ctr")
     assert sequential is not None and sequential.startswith(
-        "error: trainers.tasks.next_item.NextItemModule (model "
-        "models.zoo.sequence.nextitnet.NextItNet) trains on data.view 'generative', but "
+        "error: lifeseq.trainers.tasks.next_item.NextItemModule (model "
+        "lifeseq.models.zoo.sequence.nextitnet.NextItNet) trains on data.view 'generative', but "
         "data.view is 'ctr'.\n"
     )
 
@@ -137,15 +139,15 @@ def test_fitting_runs_pass_and_leave_the_rng_and_the_module_as_they_were(
     [
         (
             ["--config", SEQ / "base.yaml", "--config", SEQ / "bert4rec.yaml",
-             "--model.class_path", "trainers.tasks.next_item.NextItemModule"],
-            "error: trainers.tasks.next_item.NextItemModule trains causal encoders, but "
-            "models.zoo.sequence.bert4rec.Bert4Rec is bidirectional.",
+             "--model.class_path", "lifeseq.trainers.tasks.next_item.NextItemModule"],
+            "error: lifeseq.trainers.tasks.next_item.NextItemModule trains causal encoders, but "
+            "lifeseq.models.zoo.sequence.bert4rec.Bert4Rec is bidirectional.",
         ),
         (
             ["--config", CTR / "base.yaml", "--config", CTR / "twin.yaml",
              "--data.view", "generative"],
-            "error: trainers.tasks.ctr.CtrModule (model models.zoo.ctr.lifelong.LifelongCtr, "
-            "models.zoo.long_term.twin.Twin) trains on data.view 'ctr', but data.view is "
+            "error: lifeseq.trainers.tasks.ctr.CtrModule (model lifeseq.models.zoo.ctr.lifelong.LifelongCtr, "
+            "lifeseq.models.zoo.long_term.twin.Twin) trains on data.view 'ctr', but data.view is "
             "'generative'.",
         ),
         (
@@ -155,16 +157,16 @@ def test_fitting_runs_pass_and_leave_the_rng_and_the_module_as_they_were(
         ),
         (
             ["--config", SEQ / "base.yaml", "--config", SEQ / "sasrec.yaml",
-             "--model.init_args.encoder.class_path", "models.zoo.long_term.twin.Twin"],
+             "--model.init_args.encoder.class_path", "lifeseq.models.zoo.long_term.twin.Twin"],
             "error: models.zoo.long_term.twin.Twin is a LongTermUnit, given as the encoder of "
-            "trainers.tasks.next_item.NextItemModule or "
-            "trainers.tasks.masked_item.MaskedItemModule (a SequenceEncoder).",
+            "lifeseq.trainers.tasks.next_item.NextItemModule or "
+            "lifeseq.trainers.tasks.masked_item.MaskedItemModule (a SequenceEncoder).",
         ),
         (
             ["--config", CTR / "base.yaml",
-             "--model.init_args.model", '{"class_path": "models.zoo.sequence.sasrec.SasRec"}'],
+             "--model.init_args.model", '{"class_path": "lifeseq.models.zoo.sequence.sasrec.SasRec"}'],
             "error: models.zoo.sequence.sasrec.SasRec is a SequenceEncoder, given as the model of "
-            "trainers.tasks.ctr.CtrModule (a CtrModel).",
+            "lifeseq.trainers.tasks.ctr.CtrModule (a CtrModel).",
         ),
     ],
     ids=["bidirectional_on_next_item", "ctr_on_generative", "family_mix", "unit_as_encoder",

@@ -8,13 +8,13 @@ from functools import partial
 import pytest
 import torch
 
-from features.jagged import Jagged
-from models.blocks.input_features import ItemOnly
-from models.blocks.user_embedding import UserEmbeddingConfig, hashed_rows
-from models.interfaces import ModelDims, SequenceRows
-from models.sequential import SequenceStep, SequentialRecommender, normalize
-from models.zoo.sequence.caser import Caser, CaserConfig, causal_windows
-from models.zoo.sequence.fpmc import Fpmc, FpmcConfig
+from lifeseq.features.jagged import Jagged
+from lifeseq.models.blocks.input_features import ItemOnly
+from lifeseq.models.blocks.user_embedding import UserEmbeddingConfig, hashed_rows
+from lifeseq.models.interfaces import ModelDims, SequenceRows
+from lifeseq.models.sequential import SequenceStep, SequentialRecommender, normalize
+from lifeseq.models.zoo.sequence.caser import Caser, CaserConfig, causal_windows
+from lifeseq.models.zoo.sequence.fpmc import Fpmc, FpmcConfig
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import java_check
-from pipeline.java_check import check_java, parse_java_major
+from lifeseq.pipeline import java_check
+from lifeseq.pipeline.java_check import check_java, parse_java_major
 
 pytestmark = pytest.mark.unit
 

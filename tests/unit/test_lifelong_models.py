@@ -24,24 +24,24 @@ import pytest
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from features.batch import CtrBatch, collate_ctr
-from features.jagged import Jagged
-from models import zoo
-from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.search import EtaSearch, SearchResult, SimHardSearch, TwinSearch
-from models.blocks.target_attention import EsuConfig, MultiHeadTargetAttention
-from models.blocks.two_stage import KEY_CACHE, RetrievalUnit
-from models.blocks.windows import TargetWindows
-from models.ctr import CtrRecommender
-from models.interfaces import LongTermUnit, ModelDims
-from models.zoo.ctr.lifelong import LifelongCtr, LifelongCtrConfig
-from models.zoo.long_term.eta import Eta, EtaConfig
-from models.zoo.long_term.full_attention import FullAttention, FullAttentionConfig
-from models.zoo.long_term.sim_hard import SimHard, SimHardConfig
-from models.zoo.long_term.sim_soft import SimSoft, SimSoftConfig
-from models.zoo.long_term.twin import Twin, TwinConfig
-from pipeline.sample_codec import UserSample
-from trainers.tasks.ctr import ctr_loss
+from lifeseq.features.batch import CtrBatch, collate_ctr
+from lifeseq.features.jagged import Jagged
+from lifeseq.models import zoo
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs
+from lifeseq.models.blocks.search import EtaSearch, SearchResult, SimHardSearch, TwinSearch
+from lifeseq.models.blocks.target_attention import EsuConfig, MultiHeadTargetAttention
+from lifeseq.models.blocks.two_stage import KEY_CACHE, RetrievalUnit
+from lifeseq.models.blocks.windows import TargetWindows
+from lifeseq.models.ctr import CtrRecommender
+from lifeseq.models.interfaces import LongTermUnit, ModelDims
+from lifeseq.models.zoo.ctr.lifelong import LifelongCtr, LifelongCtrConfig
+from lifeseq.models.zoo.long_term.eta import Eta, EtaConfig
+from lifeseq.models.zoo.long_term.full_attention import FullAttention, FullAttentionConfig
+from lifeseq.models.zoo.long_term.sim_hard import SimHard, SimHardConfig
+from lifeseq.models.zoo.long_term.sim_soft import SimSoft, SimSoftConfig
+from lifeseq.models.zoo.long_term.twin import Twin, TwinConfig
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers.tasks.ctr import ctr_loss
 
 pytestmark = pytest.mark.unit
 
@@ -651,8 +651,8 @@ def test_long_term_units_learn_a_signal_din_cannot_see() -> None:
 #: Long-term units whose value tests live in another file (the conformance suite checks every
 #: unit's structure).
 TESTED_ELSEWHERE = {
-    "models.zoo.long_term.sdim.Sdim": "tests/unit/test_long_term_ubr_sdim.py",
-    "models.zoo.long_term.ubr4ctr.Ubr4Ctr": "tests/unit/test_long_term_ubr_sdim.py",
+    "lifeseq.models.zoo.long_term.sdim.Sdim": "tests/unit/test_long_term_ubr_sdim.py",
+    "lifeseq.models.zoo.long_term.ubr4ctr.Ubr4Ctr": "tests/unit/test_long_term_ubr_sdim.py",
 }
 
 

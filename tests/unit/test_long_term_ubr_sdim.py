@@ -21,19 +21,19 @@ import pytest
 import torch
 from torch import nn
 
-from features.batch import CtrBatch, collate_ctr
-from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.search import SimHardSearch
-from models.blocks.target_attention import EsuConfig
-from models.blocks.windows import TargetWindows
-from models.ctr import CtrRecommender
-from models.interfaces import ModelDims
-from models.zoo.ctr.lifelong import LifelongCtr, LifelongCtrConfig
-from models.zoo.long_term.sdim import Sdim, SdimConfig
-from models.zoo.long_term.ubr4ctr import FIELDS, Ubr4Ctr, Ubr4CtrConfig, time_fields
-from pipeline.sample_codec import UserSample
+from lifeseq.features.batch import CtrBatch, collate_ctr
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs
+from lifeseq.models.blocks.search import SimHardSearch
+from lifeseq.models.blocks.target_attention import EsuConfig
+from lifeseq.models.blocks.windows import TargetWindows
+from lifeseq.models.ctr import CtrRecommender
+from lifeseq.models.interfaces import ModelDims
+from lifeseq.models.zoo.ctr.lifelong import LifelongCtr, LifelongCtrConfig
+from lifeseq.models.zoo.long_term.sdim import Sdim, SdimConfig
+from lifeseq.models.zoo.long_term.ubr4ctr import FIELDS, Ubr4Ctr, Ubr4CtrConfig, time_fields
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers.tasks.ctr import ctr_loss
 from tests.conformance import planted
-from trainers.tasks.ctr import ctr_loss
 
 pytestmark = pytest.mark.unit
 

@@ -9,16 +9,16 @@ import math
 import pytest
 import torch
 
-from models.blocks.sampled_softmax import (
+from lifeseq.models.blocks.sampled_softmax import (
     KINDS,
     Negatives,
     SoftmaxLossConfig,
     sampled_logits,
     sampled_loss,
 )
-from models.sequential import SequenceOutput
-from models.zoo.sequence.sasrec import SasRec
-from trainers.tasks.next_item import NextItemModule
+from lifeseq.models.sequential import SequenceOutput
+from lifeseq.models.zoo.sequence.sasrec import SasRec
+from lifeseq.trainers.tasks.next_item import NextItemModule
 
 pytestmark = pytest.mark.unit
 

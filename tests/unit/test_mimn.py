@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 import torch
 
-from features.batch import CtrBatch, collate_ctr
-from models.ctr import CtrEvents, CtrRecommender, CtrTargets
-from models.interfaces import ModelDims
-from models.zoo.ctr.mimn import Mimn, MimnConfig, usage_penalty
-from pipeline.sample_codec import UserSample
-from serving.export import export_programs
+from lifeseq.features.batch import CtrBatch, collate_ctr
+from lifeseq.models.ctr import CtrRecommender
+from lifeseq.models.ctr_features import CtrEvents, CtrTargets
+from lifeseq.models.interfaces import ModelDims
+from lifeseq.models.zoo.ctr.mimn import Mimn, MimnConfig, usage_penalty
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.serving.export import export_programs
 
 pytestmark = pytest.mark.unit
 

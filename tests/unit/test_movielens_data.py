@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import movielens_data
-from jobs.movielens_data import ML100K_MEMBER, RECBOLE_WHEEL, fetch_ml100k, main
+from lifeseq.jobs import movielens_data
+from lifeseq.jobs.movielens_data import ML100K_MEMBER, RECBOLE_WHEEL, fetch_ml100k, main
 
 pytestmark = pytest.mark.unit
 

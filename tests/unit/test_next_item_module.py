@@ -8,13 +8,13 @@ import functools
 import numpy as np
 import pytest
 
-from features.batch import collate_generative
-from features.schema import FeatureConfig, FeatureSchema
-from models.zoo.sequence.sasrec import SasRec, SasRecConfig
-from pipeline.sample_codec import UserSample
-from trainers.platform_module import EmbeddingConfig
-from trainers.tasks.next_item import NextItemModule
-from trainers.tasks.sequential import RankingEvalConfig, target_histories
+from lifeseq.features.batch import collate_generative
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.models.zoo.sequence.sasrec import SasRec, SasRecConfig
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers.platform_module import EmbeddingConfig
+from lifeseq.trainers.tasks.next_item import NextItemModule
+from lifeseq.trainers.tasks.sequential import RankingEvalConfig, target_histories
 
 
 def _sample(user: str, items: list[int], hist_len: list[int]) -> UserSample:

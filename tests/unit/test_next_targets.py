@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from features.batch import collate_generative
-from features.schema import FeatureConfig, FeatureSchema
-from models.blocks.input_features import ItemAndPosition
-from models.blocks.sampled_softmax import SoftmaxLossConfig, full_softmax_loss
-from models.zoo.sequence.sasrec import SasRec, SasRecConfig
+from lifeseq.features.batch import collate_generative
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.models.blocks.input_features import ItemAndPosition
+from lifeseq.models.blocks.sampled_softmax import SoftmaxLossConfig, full_softmax_loss
+from lifeseq.models.zoo.sequence.sasrec import SasRec, SasRecConfig
+from lifeseq.trainers.platform_module import EmbeddingConfig
+from lifeseq.trainers.tasks.next_item import NextItemModule, next_targets
 from tests.unit.test_sequential_models import chain_sample
-from trainers.platform_module import EmbeddingConfig
-from trainers.tasks.next_item import NextItemModule, next_targets
 
 pytestmark = pytest.mark.unit
 

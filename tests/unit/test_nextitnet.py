@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
-from models.zoo.sequence.nextitnet import NextItNet, NextItNetBlock, NextItNetConfig
+from lifeseq.models.interfaces import ModelDims, SequenceEncoder, SequenceRows
+from lifeseq.models.zoo.sequence.nextitnet import NextItNet, NextItNetBlock, NextItNetConfig
 
 pytestmark = pytest.mark.unit
 

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from features.batch import GenerativeBatch, collate_generative
-from features.schema import FeatureConfig, FeatureSchema
-from models.blocks.input_features import ItemOnly
-from models.blocks.sampled_softmax import SoftmaxLossConfig
-from models.interfaces import ModelDims, SequenceRows
-from models.zoo.sequence.pop import Pop
-from pipeline.sample_codec import UserSample
+from lifeseq.features.batch import GenerativeBatch, collate_generative
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.models.blocks.input_features import ItemOnly
+from lifeseq.models.blocks.sampled_softmax import SoftmaxLossConfig
+from lifeseq.models.interfaces import ModelDims, SequenceRows
+from lifeseq.models.zoo.sequence.pop import Pop
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
+from lifeseq.trainers.tasks.next_item import NextItemModule
 from tests.unit.test_sequential_models import chain_sample
-from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
-from trainers.tasks.next_item import NextItemModule
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from pipeline import progress
+from lifeseq.pipeline import progress
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from trainers.ranking_metrics import RankingMetrics, ranking_metrics
+from lifeseq.trainers.ranking_metrics import RankingMetrics, ranking_metrics
 
 pytestmark = pytest.mark.unit
 

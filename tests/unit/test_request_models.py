@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from features.batch import collate_ctr, collate_generative
-from models.blocks.input_features import ItemAndPosition
-from models.blocks.two_stage import KEY_CACHE
-from models.ctr import CtrRecommender
-from models.interfaces import ModelDims, SequenceEncoder
-from models.sequential import SequenceStep, SequentialRecommender
-from models.zoo.sequence.hstu import Hstu, HstuConfig
-from models.zoo.sequence.sasrec import SasRec, SasRecConfig
-from pipeline.sample_codec import UserSample
+from lifeseq.features.batch import collate_ctr, collate_generative
+from lifeseq.models.blocks.input_features import ItemAndPosition
+from lifeseq.models.blocks.two_stage import KEY_CACHE
+from lifeseq.models.ctr import CtrRecommender
+from lifeseq.models.interfaces import ModelDims, SequenceEncoder
+from lifeseq.models.sequential import SequenceStep, SequentialRecommender
+from lifeseq.models.zoo.sequence.hstu import Hstu, HstuConfig
+from lifeseq.models.zoo.sequence.sasrec import SasRec, SasRecConfig
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers.tasks.next_item import target_queries
 from tests.unit.test_lifelong_models import ITEM_ROWS, LONG_TERM_UNITS, make_model, table_weight
-from trainers.tasks.next_item import target_queries
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from features.jagged import Jagged
-from models.blocks.retrieval import target_ranks, top_k_items
+from lifeseq.features.jagged import Jagged
+from lifeseq.models.blocks.retrieval import target_ranks, top_k_items
 
 pytestmark = pytest.mark.unit
 

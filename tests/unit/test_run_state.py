@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers import run_state
+from lifeseq.trainers import run_state
 
 pytestmark = pytest.mark.unit
 

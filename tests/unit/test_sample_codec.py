@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.sample_codec import (
+from lifeseq.pipeline.sample_codec import (
     HISTORY_MEMBERS,
     META_MEMBER,
     SPLITS,

@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from features.batch import GenerativeBatch, collate_generative
-from features.schema import FeatureConfig, FeatureSchema
-from models.blocks.input_features import ItemAndPosition
-from models.blocks.jagged_attention import (
+from lifeseq.features.batch import GenerativeBatch, collate_generative
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.models.blocks.input_features import ItemAndPosition
+from lifeseq.models.blocks.jagged_attention import (
     LengthGroup,
     RelativeBiasInputs,
     hstu_attention,
@@ -26,22 +26,22 @@ from models.blocks.jagged_attention import (
     softmax_attention,
     time_bucket,
 )
-from models.blocks.sampled_softmax import (
+from lifeseq.models.blocks.sampled_softmax import (
     Negatives,
     SoftmaxLossConfig,
     draw_negatives,
     full_softmax_loss,
     sampled_softmax_loss,
 )
-from models.blocks.stochastic_length import stochastic_length_keep, subsequence_labels
-from models.interfaces import ModelDims, SequenceEncoder
-from models.sequential import SequenceOutput, SequenceStep, SequentialRecommender
-from models.zoo.sequence.hstu import Hstu, HstuConfig
-from models.zoo.sequence.sasrec import SasRec, SasRecConfig
-from pipeline.sample_codec import UserSample
-from trainers.platform_module import EmbeddingConfig
-from trainers.tasks.masked_item import MaskedItemModule, cloze_mask, masked_query_rows
-from trainers.tasks.next_item import NextItemModule, target_queries
+from lifeseq.models.blocks.stochastic_length import stochastic_length_keep, subsequence_labels
+from lifeseq.models.interfaces import ModelDims, SequenceEncoder
+from lifeseq.models.sequential import SequenceOutput, SequenceStep, SequentialRecommender
+from lifeseq.models.zoo.sequence.hstu import Hstu, HstuConfig
+from lifeseq.models.zoo.sequence.sasrec import SasRec, SasRecConfig
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers.platform_module import EmbeddingConfig
+from lifeseq.trainers.tasks.masked_item import MaskedItemModule, cloze_mask, masked_query_rows
+from lifeseq.trainers.tasks.next_item import NextItemModule, target_queries
 
 V = 60
 
@@ -529,8 +529,8 @@ def rule_samples(users: int, length: int, seed: int, split: str = "valid") -> li
 
 @pytest.mark.parametrize("encoder", ["hstu", "sasrec"])
 def test_short_training_learns_a_planted_next_item_rule(encoder: str) -> None:
-    from models.blocks.retrieval import target_ranks
-    from trainers.ranking_metrics import ranking_metrics
+    from lifeseq.models.blocks.retrieval import target_ranks
+    from lifeseq.trainers.ranking_metrics import ranking_metrics
 
     module = next_item_module(
         encoder, max_len=16, config={"dropout": 0.0},

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.cores import MAX_DEFAULT_WORKERS, cgroup_cpu_limit, pool_size
-from serving.worker_protocol import (
+from lifeseq.serving.cores import MAX_DEFAULT_WORKERS, cgroup_cpu_limit, pool_size
+from lifeseq.serving.worker_protocol import (
     ANSWER_HEADER,
     HELLO,
     answer_frame,
@@ -83,7 +83,7 @@ class _EchoScorer:
 
 
 def test_frames_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
-    from serving import handler, worker_protocol
+    from lifeseq.serving import handler, worker_protocol
 
     def echo(scorer: object, endpoint: str, body: bytes) -> handler.Answer:
         return handler.Answer(200 if endpoint == "/score" else 409, endpoint.encode() + body)

@@ -13,9 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from models.blocks.target_attention import DinAttention
-from models.blocks.windows import TargetWindows, chunked_topk
-from serving.scorer import SMALL_VOCAB, NumericIndex, RequestError, Vocab, canonical_integers
+from lifeseq.models.blocks.target_attention import DinAttention
+from lifeseq.models.blocks.windows import TargetWindows, chunked_topk
+from lifeseq.serving.scorer import (
+    SMALL_VOCAB,
+    NumericIndex,
+    RequestError,
+    Vocab,
+    canonical_integers,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pipeline.sample_codec import RecordLayout, UserRecord, decode_record, encode_record
-from pipeline.shard_writer import (
+from lifeseq.pipeline.sample_codec import RecordLayout, UserRecord, decode_record, encode_record
+from lifeseq.pipeline.shard_writer import (
     ShardInfo,
     ShardWriter,
     SplitCounts,

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from features.jagged import Jagged
-from models.blocks.input_features import ItemAndPosition
-from models.blocks.sampled_softmax import SoftmaxLossConfig
-from models.interfaces import ModelDims
-from models.sequential import SequenceStep, SequentialRecommender
-from models.zoo.sequence.sasrec import SasRec, SasRecConfig
-from serving.export import export_dense
+from lifeseq.features.jagged import Jagged
+from lifeseq.models.blocks.input_features import ItemAndPosition
+from lifeseq.models.blocks.sampled_softmax import SoftmaxLossConfig
+from lifeseq.models.interfaces import ModelDims
+from lifeseq.models.sequential import SequenceStep, SequentialRecommender
+from lifeseq.models.zoo.sequence.sasrec import SasRec, SasRecConfig
+from lifeseq.serving.export import export_dense
 
 pytestmark = pytest.mark.unit
 

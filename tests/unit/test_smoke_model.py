@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from features.batch import CtrBatch, collate_ctr
-from features.schema import FeatureConfig, FeatureSchema
-from models.blocks.embeddings import torchrec_available
-from models.blocks.windows import TargetWindows, window_mean
-from models.ctr import CtrOutput, CtrRecommender
-from models.interfaces import ModelDims
-from models.zoo.ctr.smoke import SmokeConfig, SmokeCtr
-from pipeline.sample_codec import UserSample
-from trainers.tasks.ctr import bce, ctr_loss
+from lifeseq.features.batch import CtrBatch, collate_ctr
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.models.blocks.embeddings import torchrec_available
+from lifeseq.models.blocks.windows import TargetWindows, window_mean
+from lifeseq.models.ctr import CtrRecommender
+from lifeseq.models.ctr_features import CtrOutput
+from lifeseq.models.interfaces import ModelDims
+from lifeseq.models.zoo.ctr.smoke import SmokeConfig, SmokeCtr
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers.tasks.ctr import bce, ctr_loss
 
 pytestmark = pytest.mark.unit
 

@@ -12,8 +12,8 @@ import pyarrow.dataset
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import synth as synth_job
-from pipeline.synth import (
+from lifeseq.jobs import synth as synth_job
+from lifeseq.pipeline.synth import (
     BEHAVIORS,
     SOURCE_LONG_TERM,
     SynthConfig,

@@ -11,14 +11,14 @@ import pytest
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from pipeline.synth import (
+from lifeseq.pipeline.synth import (
     SOURCE_LONG_TERM,
     SynthConfig,
     build_catalog,
     generate_user_events,
     user_state,
 )
-from pipeline.synth_oracle import (
+from lifeseq.pipeline.synth_oracle import (
     long_term_posterior,
     oracle_probabilities,
     positive_category_probs,

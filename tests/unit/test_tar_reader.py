@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from features.dataset import LifeseqDataset
-from features.tar_reader import (
+from lifeseq.features.dataset import LifeseqDataset
+from lifeseq.features.tar_reader import (
     CORRUPT_ERRORS,
     MemberError,
     ShardError,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.sample_codec import UserSample, validate_sample
-from pipeline.targets import (
+from lifeseq.pipeline.sample_codec import UserSample, validate_sample
+from lifeseq.pipeline.targets import (
     NegativeSampler,
     TargetSpec,
     UserTargetStats,
@@ -557,7 +557,7 @@ def test_stored_history_is_truncated_to_largest_hist_len_of_the_split() -> None:
 def test_an_increments_targets_are_the_full_targets_of_its_new_events(split: str) -> None:
     """`new_events`: only targets of the added events, each equal to the full build's (splits,
     negatives and the `max_targets_per_user` cap are decided over the whole history)."""
-    from pipeline.targets import build_user_record
+    from lifeseq.pipeline.targets import build_user_record
 
     items = list(range(10, 30))
     ts = [100 * i for i in range(1, 21)]

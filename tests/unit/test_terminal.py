@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-from jobs import cli, terminal
+from lifeseq.jobs import cli, terminal
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.unit
@@ -28,9 +28,9 @@ def _record(name: str, level: int) -> logging.LogRecord:
 
 def test_filter_passes_own_info_and_only_third_party_errors():
     chatter = terminal.ChatterFilter(logging.INFO, logging.ERROR)
-    assert chatter.filter(_record("pipeline.build", logging.INFO))
-    assert chatter.filter(_record("trainers.callbacks", logging.WARNING))
-    assert not chatter.filter(_record("pipeline.build", logging.DEBUG))
+    assert chatter.filter(_record("lifeseq.pipeline.build", logging.INFO))
+    assert chatter.filter(_record("lifeseq.trainers.callbacks", logging.WARNING))
+    assert not chatter.filter(_record("lifeseq.pipeline.build", logging.DEBUG))
     for name in ("root", "torchrec.distributed.planner.stats", "lightning.pytorch", "py4j"):
         assert not chatter.filter(_record(name, logging.INFO))
         assert not chatter.filter(_record(name, logging.WARNING))
@@ -41,7 +41,7 @@ def test_configure_logging_quiet_by_default(restore_logging, capsys):
     terminal.configure_logging()
     logging.getLogger().info("fbgemm: Successfully loaded")  # FBGEMM logs on the root logger
     logging.getLogger("torchrec.distributed.planner.stats").warning("# Planner Statistics #")
-    logging.getLogger("pipeline.build").info("[1/6] validate: 10 rows read")
+    logging.getLogger("lifeseq.pipeline.build").info("[1/6] validate: 10 rows read")
     err = capsys.readouterr().err
     assert "validate: 10 rows read" in err
     assert "fbgemm" not in err and "Planner" not in err
@@ -76,7 +76,7 @@ def test_only_own_warnings_are_shown(restore_logging, capsys):
 
 
 def _lifeseq(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "lifeseq.jobs.cli", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
@@ -90,7 +90,7 @@ def test_every_command_has_help_with_an_example():
     top = _lifeseq("--help")
     assert top.returncode == 0
     for command in (*cli.COMMANDS, *cli.BENCHES):
-        assert command.module.startswith("jobs.")
+        assert command.module.startswith("lifeseq.jobs.")
         assert command.example.startswith("lifeseq ")
     for args in (["build"], ["export"], ["bench", "serving"], ["demo"]):
         proc = _lifeseq(*args, "--help")
@@ -122,7 +122,7 @@ def test_progress_bar_off_without_a_terminal_unless_given(monkeypatch, tty, give
     """None lets Lightning pick its `RichProgressBar` (rich is installed)."""
     from jsonargparse import Namespace
 
-    from jobs import train
+    from lifeseq.jobs import train
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
     trainer = Namespace(enable_progress_bar=given, callbacks=[])
@@ -145,7 +145,7 @@ def test_handler_writes_to_the_current_stderr_even_after_the_old_one_closed(monk
     import io
 
     handler = terminal.CurrentStderrHandler(sys.stderr)
-    record = _record("pipeline.build", logging.INFO)
+    record = _record("lifeseq.pipeline.build", logging.INFO)
     first = io.StringIO()
     monkeypatch.setattr(sys, "stderr", first)
     handler.handle(record)

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 
-from trainers.callbacks import curve_panels, plot_training_curves
+from lifeseq.trainers.callbacks import curve_panels, plot_training_curves
 
 pytestmark = pytest.mark.unit
 

@@ -17,17 +17,17 @@ import pytest
 import torch
 from torch import nn
 
-from features.batch import CtrBatch, collate_ctr
-from features.schema import FeatureConfig, FeatureSchema
-from models.blocks.embeddings import torchrec_available
-from models.ctr import CtrRecommender
-from models.zoo.ctr.smoke import SmokeConfig, SmokeCtr
-from pipeline.sample_codec import UserSample
-from trainers import checkpoint as ckpt
-from trainers.callbacks import NonFiniteError, NonFiniteGuard, plot_training_curves
-from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
-from trainers.strategy import TorchRecStrategy, find_dmp
-from trainers.tasks.ctr import CtrModule
+from lifeseq.features.batch import CtrBatch, collate_ctr
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.models.blocks.embeddings import torchrec_available
+from lifeseq.models.ctr import CtrRecommender
+from lifeseq.models.zoo.ctr.smoke import SmokeConfig, SmokeCtr
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers import checkpoint as ckpt
+from lifeseq.trainers.callbacks import NonFiniteError, NonFiniteGuard, plot_training_curves
+from lifeseq.trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
+from lifeseq.trainers.strategy import TorchRecStrategy, find_dmp
+from lifeseq.trainers.tasks.ctr import CtrModule
 
 pytestmark = pytest.mark.unit
 
@@ -157,7 +157,7 @@ def test_non_finite_guard_names_step_loss_and_parameter() -> None:
 def test_combined_optimizer_runs_the_closure_once_and_steps_dense() -> None:
     from torchrec.optim.keyed import KeyedOptimizerWrapper
 
-    from trainers.sharding import combined_optimizer
+    from lifeseq.trainers.sharding import combined_optimizer
 
     embedding = nn.Parameter(torch.ones(3))
     embedding._in_backward_optimizers = []  # what shard_model's fused params carry
@@ -247,7 +247,7 @@ def test_training_curves_png(tmp_path: Path) -> None:
 def test_data_wait_fraction_counts_the_gap_between_steps() -> None:
     from types import SimpleNamespace
 
-    from trainers import callbacks
+    from lifeseq.trainers import callbacks
 
     clock = iter([0.0, 1.0, 1.5, 2.5, 3.0, 4.0, 5.0, 6.0])  # start/end pairs of 4 steps
     original = callbacks.time.perf_counter
@@ -333,7 +333,7 @@ def _trainer(root: Path, max_steps: int, callbacks: list, **kwargs: Any) -> Any:
 def test_throughput_logs_lightnings_keys_for_training_only(tmp_path: Path) -> None:
     from lightning.pytorch.loggers import CSVLogger
 
-    from trainers.callbacks import Throughput
+    from lifeseq.trainers.callbacks import Throughput
 
     module = _tiny_module(_tiny_batches(12, targets=3, padding_first=True))
     logs = CSVLogger(tmp_path, name="csv")
@@ -371,7 +371,7 @@ def _last_step(dirpath: Path) -> int:
 def test_last_checkpoint_holds_the_final_step_once_and_resumes(tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from trainers.callbacks import LastCheckpoint
+    from lifeseq.trainers.callbacks import LastCheckpoint
 
     args = {"save_last": True, "every_n_train_steps": 4}
     plain = tmp_path / "plain"

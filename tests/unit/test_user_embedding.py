@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from features.batch import GenerativeBatch, collate_generative, user_hash, user_hashes
-from models.blocks.embeddings import EmbeddingTableSpec
-from models.blocks.input_features import ItemAndPosition, ItemOnly
-from models.blocks.user_embedding import USER_FEATURE, UserEmbeddingConfig, hashed_rows
-from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
-from models.sequential import SequenceStep, SequentialRecommender, normalize
-from models.zoo.sequence.sasrec import SasRec, SasRecConfig
-from pipeline.sample_codec import UserSample
+from lifeseq.features.batch import GenerativeBatch, collate_generative, user_hash, user_hashes
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec
+from lifeseq.models.blocks.input_features import ItemAndPosition, ItemOnly
+from lifeseq.models.blocks.user_embedding import USER_FEATURE, UserEmbeddingConfig, hashed_rows
+from lifeseq.models.interfaces import ModelDims, SequenceEncoder, SequenceRows
+from lifeseq.models.sequential import SequenceStep, SequentialRecommender, normalize
+from lifeseq.models.zoo.sequence.sasrec import SasRec, SasRecConfig
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers.tasks.masked_item import masked_query_rows, masked_query_users
+from lifeseq.trainers.tasks.next_item import target_queries
 from tests.unit.test_request_models import SEQUENCE_ITEMS, sequence_sample
-from trainers.tasks.masked_item import masked_query_rows, masked_query_users
-from trainers.tasks.next_item import target_queries
 
 pytestmark = pytest.mark.unit
 

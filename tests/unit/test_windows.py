@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from features.batch import collate_generative
-from features.schema import FeatureConfig, FeatureSchema
-from features.windows import TrainingWindows, window_ends, window_samples
-from models.zoo.sequence.sasrec import SasRec
-from pipeline.sample_codec import UserSample
-from trainers.platform_module import EmbeddingConfig
-from trainers.tasks.next_item import NextItemModule
+from lifeseq.features.batch import collate_generative
+from lifeseq.features.schema import FeatureConfig, FeatureSchema
+from lifeseq.features.windows import TrainingWindows, window_ends, window_samples
+from lifeseq.models.zoo.sequence.sasrec import SasRec
+from lifeseq.pipeline.sample_codec import UserSample
+from lifeseq.trainers.platform_module import EmbeddingConfig
+from lifeseq.trainers.tasks.next_item import NextItemModule
 
 
 def _sample(user: str, items: list[int], follower: int | None) -> UserSample:

@@ -26,11 +26,12 @@ import torch
 import torchmetrics
 from torch import nn
 
-from features.batch import CtrBatch
-from features.schema import FeatureSchema
-from models.ctr import CtrOutput, CtrRecommender
-from models.interfaces import CtrModel, ModelDims
-from trainers.cold_items import (
+from lifeseq.features.batch import CtrBatch
+from lifeseq.features.schema import FeatureSchema
+from lifeseq.models.ctr import CtrRecommender
+from lifeseq.models.ctr_features import CtrOutput
+from lifeseq.models.interfaces import CtrModel, ModelDims
+from lifeseq.trainers.cold_items import (
     CHECKPOINT_KEY,
     TRACKED,
     ColdItemConfig,
@@ -38,10 +39,10 @@ from trainers.cold_items import (
     TrainedRows,
     hold_out_items,
 )
-from trainers.metrics import GroupedAUC, LogLoss
-from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig, PlatformModule
-from trainers.run_state import SECTION
-from trainers.sharding import ShardingConfig
+from lifeseq.trainers.metrics import GroupedAUC, LogLoss
+from lifeseq.trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig, PlatformModule
+from lifeseq.trainers.run_state import SECTION
+from lifeseq.trainers.sharding import ShardingConfig
 
 log = logging.getLogger(__name__)
 

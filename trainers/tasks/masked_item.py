@@ -22,16 +22,21 @@ from collections.abc import Callable
 
 import torch
 
-from features.batch import GenerativeBatch
-from features.jagged import Jagged
-from features.schema import FeatureSchema
-from models.blocks.input_features import ItemAndPosition
-from models.blocks.sampled_softmax import SoftmaxLossConfig
-from models.interfaces import InputFeatures, ModelDims, SequenceEncoder
-from models.sequential import SequenceStep
-from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
-from trainers.sharding import ShardingConfig
-from trainers.tasks.sequential import RankingEvalConfig, SequentialTask, ranked_targets, row_heads
+from lifeseq.features.batch import GenerativeBatch
+from lifeseq.features.jagged import Jagged
+from lifeseq.features.schema import FeatureSchema
+from lifeseq.models.blocks.input_features import ItemAndPosition
+from lifeseq.models.blocks.sampled_softmax import SoftmaxLossConfig
+from lifeseq.models.interfaces import InputFeatures, ModelDims, SequenceEncoder
+from lifeseq.models.sequential import SequenceStep
+from lifeseq.trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
+from lifeseq.trainers.sharding import ShardingConfig
+from lifeseq.trainers.tasks.sequential import (
+    RankingEvalConfig,
+    SequentialTask,
+    ranked_targets,
+    row_heads,
+)
 
 
 def cloze_mask(

@@ -22,18 +22,18 @@ from collections.abc import Callable
 
 import torch
 
-from features.batch import GenerativeBatch
-from features.jagged import Jagged
-from features.schema import FeatureSchema
-from models.blocks.checks import check_positive
-from models.blocks.input_features import ItemAndPosition
-from models.blocks.sampled_softmax import SoftmaxLossConfig
-from models.blocks.stochastic_length import stochastic_length_keep, subsequence_labels
-from models.interfaces import InputFeatures, ModelDims, SequenceEncoder
-from models.sequential import SequenceOutput, SequenceStep
-from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
-from trainers.sharding import ShardingConfig
-from trainers.tasks.sequential import RankingEvalConfig, SequentialTask, ranked_targets
+from lifeseq.features.batch import GenerativeBatch
+from lifeseq.features.jagged import Jagged
+from lifeseq.features.schema import FeatureSchema
+from lifeseq.models.blocks.checks import check_positive
+from lifeseq.models.blocks.input_features import ItemAndPosition
+from lifeseq.models.blocks.sampled_softmax import SoftmaxLossConfig
+from lifeseq.models.blocks.stochastic_length import stochastic_length_keep, subsequence_labels
+from lifeseq.models.interfaces import InputFeatures, ModelDims, SequenceEncoder
+from lifeseq.models.sequential import SequenceOutput, SequenceStep
+from lifeseq.trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig
+from lifeseq.trainers.sharding import ShardingConfig
+from lifeseq.trainers.tasks.sequential import RankingEvalConfig, SequentialTask, ranked_targets
 
 __all__ = ["NextItemModule", "RankingEvalConfig", "next_targets", "target_queries"]
 

@@ -24,12 +24,12 @@ import torch
 import torchmetrics
 from torch import nn
 
-from features.batch import GenerativeBatch
-from features.jagged import Jagged
-from features.schema import FeatureSchema
-from models.blocks.input_features import ItemAndPosition
-from models.blocks.retrieval import target_ranks
-from models.blocks.sampled_softmax import (
+from lifeseq.features.batch import GenerativeBatch
+from lifeseq.features.jagged import Jagged
+from lifeseq.features.schema import FeatureSchema
+from lifeseq.models.blocks.input_features import ItemAndPosition
+from lifeseq.models.blocks.retrieval import target_ranks
+from lifeseq.models.blocks.sampled_softmax import (
     Negatives,
     SoftmaxLossConfig,
     draw_negatives,
@@ -37,12 +37,12 @@ from models.blocks.sampled_softmax import (
     sampled_logits,
     sampled_loss,
 )
-from models.interfaces import InputFeatures, ModelDims, SequenceEncoder
-from models.sequential import SequenceOutput, SequentialRecommender
-from trainers.fit_check import direction_error
-from trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig, PlatformModule
-from trainers.ranking_metrics import RankingMetrics
-from trainers.sharding import ShardingConfig
+from lifeseq.models.interfaces import InputFeatures, ModelDims, SequenceEncoder
+from lifeseq.models.sequential import SequenceOutput, SequentialRecommender
+from lifeseq.trainers.fit_check import direction_error
+from lifeseq.trainers.platform_module import DenseOptimizerConfig, EmbeddingConfig, PlatformModule
+from lifeseq.trainers.ranking_metrics import RankingMetrics
+from lifeseq.trainers.sharding import ShardingConfig
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks.checks import check_dropout, check_positive, check_widths
-from models.blocks.embeddings import EmbeddingTableSpec
-from models.blocks.mlp import mlp
-from models.blocks.recent_behaviors import RecentBehaviorInputs
-from models.ctr import CtrFeatures, CtrOutput
-from models.interfaces import CtrModel, ModelDims
+from lifeseq.models.blocks.checks import check_dropout, check_positive, check_widths
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec
+from lifeseq.models.blocks.mlp import mlp
+from lifeseq.models.blocks.recent_behaviors import RecentBehaviorInputs
+from lifeseq.models.ctr_features import CtrFeatures, CtrOutput
+from lifeseq.models.interfaces import CtrModel, ModelDims
 
 
 @dataclass(frozen=True)

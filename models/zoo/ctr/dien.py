@@ -55,15 +55,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks.checks import check_positive, check_widths
-from models.blocks.embeddings import EmbeddingTableSpec
-from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.mlp import mlp
-from models.blocks.recent_behaviors import RecentBehaviorInputs, RecentBehaviors
-from models.blocks.target_attention import DinAttention
-from models.blocks.windows import gather_rows
-from models.ctr import CtrFeatures, CtrOutput
-from models.interfaces import CtrModel, ModelDims
+from lifeseq.models.blocks.checks import check_positive, check_widths
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs
+from lifeseq.models.blocks.mlp import mlp
+from lifeseq.models.blocks.recent_behaviors import RecentBehaviorInputs, RecentBehaviors
+from lifeseq.models.blocks.target_attention import DinAttention
+from lifeseq.models.blocks.windows import gather_rows
+from lifeseq.models.ctr_features import CtrFeatures, CtrOutput
+from lifeseq.models.interfaces import CtrModel, ModelDims
+from lifeseq.pipeline.compat import scan as torch_scan
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def recur(
         (T, n, H) the state after every slot.
     """
     if torch.compiler.is_exporting():
-        from torch._higher_order_ops.scan import scan
+        scan = torch_scan()
 
         targets = h0.shape[0]  # T, symbolic under export
 

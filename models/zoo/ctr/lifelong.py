@@ -27,14 +27,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.blocks.checks import check_positive, check_widths
-from models.blocks.embeddings import EmbeddingTableSpec
-from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.mlp import mlp
-from models.blocks.target_attention import DinAttention
-from models.blocks.windows import gather_rows, recent
-from models.ctr import CtrFeatures, CtrOutput, item_category_tables, lifelong_inputs
-from models.interfaces import CtrModel, ItemCache, LongTermUnit, ModelDims
+from lifeseq.models.blocks.checks import check_positive, check_widths
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs
+from lifeseq.models.blocks.mlp import mlp
+from lifeseq.models.blocks.target_attention import DinAttention
+from lifeseq.models.blocks.windows import gather_rows, recent
+from lifeseq.models.ctr import item_category_tables, lifelong_inputs
+from lifeseq.models.ctr_features import CtrFeatures, CtrOutput
+from lifeseq.models.interfaces import CtrModel, ItemCache, LongTermUnit, ModelDims
 
 #: The shared tables' features → the id field each looks up.
 BASE_FEATURES = {

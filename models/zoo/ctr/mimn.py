@@ -67,12 +67,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.blocks.checks import check_positive, check_widths
-from models.blocks.embeddings import EmbeddingTableSpec
-from models.blocks.mlp import mlp
-from models.blocks.windows import TargetWindows, gather_rows, recent
-from models.ctr import CtrEvents, CtrFeatures, CtrOutput, CtrTargets, item_category_tables
-from models.interfaces import CtrModel, ModelDims
+from lifeseq.models.blocks.checks import check_positive, check_widths
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec
+from lifeseq.models.blocks.mlp import mlp
+from lifeseq.models.blocks.windows import TargetWindows, gather_rows, recent
+from lifeseq.models.ctr import item_category_tables
+from lifeseq.models.ctr_features import CtrEvents, CtrFeatures, CtrOutput, CtrTargets
+from lifeseq.models.interfaces import CtrModel, ModelDims
+from lifeseq.pipeline.compat import scan as torch_scan
 
 #: Embedding features → the id field each looks up (history and targets share the tables).
 FEATURES = {
@@ -284,7 +286,7 @@ class Mimn(CtrModel):
         state = self.initial_state(x.shape[0])
         if torch.compiler.is_exporting():
             # One traced step instead of n unrolled ones; the same `step`.
-            from torch._higher_order_ops.scan import scan
+            scan = torch_scan()
 
             def body(
                 carry: dict[str, torch.Tensor], xs: tuple[torch.Tensor, torch.Tensor]

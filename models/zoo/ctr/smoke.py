@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
-from models.blocks.checks import check_widths
-from models.blocks.embeddings import EmbeddingTableSpec
-from models.blocks.mlp import mlp
-from models.blocks.windows import window_mean
-from models.ctr import CtrFeatures, CtrOutput, item_category_tables
-from models.interfaces import CtrModel, ModelDims
+from lifeseq.models.blocks.checks import check_widths
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec
+from lifeseq.models.blocks.mlp import mlp
+from lifeseq.models.blocks.windows import window_mean
+from lifeseq.models.ctr import item_category_tables
+from lifeseq.models.ctr_features import CtrFeatures, CtrOutput
+from lifeseq.models.interfaces import CtrModel, ModelDims
 
 
 @dataclass(frozen=True)

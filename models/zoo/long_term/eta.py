@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.blocks.checks import check_positive, check_top_k
-from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.search import EtaSearch, SearchResult
-from models.blocks.target_attention import EsuConfig
-from models.blocks.two_stage import RetrievalUnit
-from models.interfaces import ModelDims
+from lifeseq.models.blocks.checks import check_positive, check_top_k
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs
+from lifeseq.models.blocks.search import EtaSearch, SearchResult
+from lifeseq.models.blocks.target_attention import EsuConfig
+from lifeseq.models.blocks.two_stage import RetrievalUnit
+from lifeseq.models.interfaces import ModelDims
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from models.blocks.checks import check_positive
-from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.target_attention import EsuConfig, MultiHeadTargetAttention
-from models.interfaces import LongTermOutput, LongTermUnit, ModelDims
+from lifeseq.models.blocks.checks import check_positive
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs
+from lifeseq.models.blocks.target_attention import EsuConfig, MultiHeadTargetAttention
+from lifeseq.models.interfaces import LongTermOutput, LongTermUnit, ModelDims
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.blocks.checks import check_positive
-from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.windows import scan_chunks
-from models.interfaces import LongTermOutput, LongTermUnit, ModelDims
+from lifeseq.models.blocks.checks import check_positive
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs
+from lifeseq.models.blocks.windows import scan_chunks
+from lifeseq.models.interfaces import LongTermOutput, LongTermUnit, ModelDims
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.blocks.checks import check_positive, check_top_k
-from models.blocks.lifelong_inputs import LifelongInputs
-from models.blocks.search import SearchResult
-from models.blocks.target_attention import EsuConfig
-from models.blocks.two_stage import RetrievalUnit
-from models.blocks.windows import NEG_INF, Chunk, chunked_topk, gather_rows, scan_chunks
-from models.interfaces import LongTermOutput, ModelDims
+from lifeseq.models.blocks.checks import check_positive, check_top_k
+from lifeseq.models.blocks.lifelong_inputs import LifelongInputs
+from lifeseq.models.blocks.search import SearchResult
+from lifeseq.models.blocks.target_attention import EsuConfig
+from lifeseq.models.blocks.two_stage import RetrievalUnit
+from lifeseq.models.blocks.windows import NEG_INF, Chunk, chunked_topk, gather_rows, scan_chunks
+from lifeseq.models.interfaces import LongTermOutput, ModelDims
 
 #: The query's fields, in order: the target's item and category, its request's hour of day and
 #: day of week.

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.blocks.checks import check_dropout, check_positive
-from models.blocks.embeddings import EmbeddingTableSpec
-from models.blocks.user_embedding import UserEmbeddingConfig
-from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
+from lifeseq.models.blocks.checks import check_dropout, check_positive
+from lifeseq.models.blocks.embeddings import EmbeddingTableSpec
+from lifeseq.models.blocks.user_embedding import UserEmbeddingConfig
+from lifeseq.models.interfaces import ModelDims, SequenceEncoder, SequenceRows
 
 
 @dataclass(frozen=True)

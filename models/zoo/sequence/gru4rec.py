@@ -24,8 +24,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.blocks.checks import check_dropout, check_positive
-from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
+from lifeseq.models.blocks.checks import check_dropout, check_positive
+from lifeseq.models.interfaces import ModelDims, SequenceEncoder, SequenceRows
+from lifeseq.pipeline.compat import scan as torch_scan
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Gru4Rec(SequenceEncoder):
         """The GRU over one row x (L, d) → (L, h), as `torch.export` traces it with a dynamic L
         (a `scan` over time; `nn.GRU` specializes L): r, z, n gates of `nn.GRU` without bias,
         `h' = (1 − z) ⊙ n + z ⊙ h`. Equal to `self.gru` on the row (tested by export == eager)."""
-        from torch._higher_order_ops.scan import scan
+        scan = torch_scan()
 
         h = self.config.hidden_size
         for layer in range(self.config.layers):

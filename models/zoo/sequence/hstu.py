@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks.checks import check_dropout, check_positive
-from models.blocks.jagged_attention import LengthGroup, RelativeBiasInputs, hstu_attention
-from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
+from lifeseq.models.blocks.checks import check_dropout, check_positive
+from lifeseq.models.blocks.jagged_attention import LengthGroup, RelativeBiasInputs, hstu_attention
+from lifeseq.models.interfaces import ModelDims, SequenceEncoder, SequenceRows
 
 LAYER_NORM_EPS = 1e-6
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks.checks import check_positive, check_widths
-from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
+from lifeseq.models.blocks.checks import check_positive, check_widths
+from lifeseq.models.interfaces import ModelDims, SequenceEncoder, SequenceRows
 
 LAYER_NORM_EPS = 1e-8
 

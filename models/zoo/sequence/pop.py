@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
+from lifeseq.models.interfaces import ModelDims, SequenceEncoder, SequenceRows
 
 
 @dataclass(frozen=True)

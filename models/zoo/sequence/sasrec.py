@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.blocks.checks import check_dropout, check_positive
-from models.blocks.jagged_attention import LengthGroup, softmax_attention
-from models.interfaces import ModelDims, SequenceEncoder, SequenceRows
+from lifeseq.models.blocks.checks import check_dropout, check_positive
+from lifeseq.models.blocks.jagged_attention import LengthGroup, softmax_attention
+from lifeseq.models.interfaces import ModelDims, SequenceEncoder, SequenceRows
 
 
 @dataclass(frozen=True)
