@@ -164,7 +164,7 @@ def misplaced(message: str) -> str | None:
 
     expected = list(dict.fromkeys(re.findall(r"models\.interfaces\.(\w+)\]", message)))
     given: dict[str, str] = {}
-    for path in dict.fromkeys(re.findall(r"models\.zoo\.[\w.]+\w", message)):
+    for path in dict.fromkeys(re.findall(r"lifeseq\.models\.zoo\.[\w.]+\w", message)):
         module, _, name = path.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module), name)

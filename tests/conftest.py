@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.abc
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -13,6 +15,24 @@ import pytest
 from lifeseq.pipeline.log_levels import LOG_LEVEL_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The card's folders: importable only as `lifeseq.<name>`, as in an installed lifeseq.
+OLD_TOP_LEVEL = ("pipeline", "features", "models", "trainers", "serving", "jobs")
+
+
+class _OldTopLevelNames(importlib.abc.MetaPathFinder):
+    """Refuses `import models` (and the other folders' bare names) inside the test run. The
+    repository root is on `sys.path` for `tests.*`, which would otherwise make `models` import
+    as a second copy of `lifeseq.models`: a test could pass on code that fails once installed."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname.partition(".")[0] in OLD_TOP_LEVEL:
+            raise ModuleNotFoundError(
+                f"No module named {fullname!r} (lifeseq's packages are lifeseq.{fullname})",
+                name=fullname,
+            )
+
+
+sys.meta_path.insert(0, _OldTopLevelNames())
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -184,7 +184,7 @@ def test_two_rank_torchrec_checkpoint_validates_like_the_run_that_wrote_it(
              "lifeseq.models.zoo.sequence.sasrec.SasRec"],
         ),
         ("encoder.init_args.config.blockz", "3",
-         ["--model.init_args.encoder.init_args.config.blockz: models.zoo.sequence.hstu.Hstu has "
+         ["--model.init_args.encoder.init_args.config.blockz: lifeseq.models.zoo.sequence.hstu.Hstu has "
           "no such key"]),
     ],
     ids=["bad_class_path", "unknown_key"],

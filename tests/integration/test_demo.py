@@ -72,7 +72,7 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path: Path) -> None:
 #: lifeseq's packages (FBGEMM logs on `root`), TorchRec's planner table, FBGEMM's kernel
 #: arguments, Lightning's start-up notices, Spark's log4j lines, torch.fx's tracing warning.
 THIRD_PARTY = re.compile(
-    r"^\d{4}-\d\d-\d\d [\d:,]+ [A-Z]+ (?!(pipeline|features|models|trainers|jobs|serving)\b)"
+    r"^\d{4}-\d\d-\d\d [\d:,]+ [A-Z]+ (?!lifeseq\.(pipeline|features|models|trainers|jobs|serving)\b)"
     r"|Successfully loaded|SplitTableBatchedEmbeddingBagsCodegen|Feature Gates|Planner Statistics"
     r"|GPU available|Seed set to|Initializing distributed|distributed_backend="
     r"|^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (WARN|INFO)|WindowExec|_symbolic_trace|is_fx_tracing"

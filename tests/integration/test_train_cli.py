@@ -152,7 +152,7 @@ def test_a_misspelt_key_names_the_flag_the_class_and_its_arguments(
 def test_a_misspelt_nested_key_suggests_the_right_one(tmp_path: Path, build: Path) -> None:
     flag = "--model.init_args.model.init_args.long_term.init_args.config.topk"
     ran = lifeseq(tmp_path, "train", "fit", *TWIN, "--data.root", str(build), flag, "3")
-    assert_refused(ran, 2, f"error: {flag}: models.zoo.long_term.twin.Twin has no such key",
+    assert_refused(ran, 2, f"error: {flag}: lifeseq.models.zoo.long_term.twin.Twin has no such key",
                    "did you mean top_k?")  # fmt: skip
 
 

@@ -360,6 +360,6 @@ def test_console_script_build_keeps_spark_logs_off_the_terminal(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "manifest.json").exists()
-    own_log = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO (pipeline|jobs)\.\w+: ")
+    own_log = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO lifeseq\.(pipeline|jobs)\.\w+: ")
     assert [line for line in result.stderr.splitlines() if not own_log.match(line)] == []
     assert "build finished" in result.stderr

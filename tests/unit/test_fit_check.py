@@ -158,14 +158,14 @@ def test_fitting_runs_pass_and_leave_the_rng_and_the_module_as_they_were(
         (
             ["--config", SEQ / "base.yaml", "--config", SEQ / "sasrec.yaml",
              "--model.init_args.encoder.class_path", "lifeseq.models.zoo.long_term.twin.Twin"],
-            "error: models.zoo.long_term.twin.Twin is a LongTermUnit, given as the encoder of "
+            "error: lifeseq.models.zoo.long_term.twin.Twin is a LongTermUnit, given as the encoder of "
             "lifeseq.trainers.tasks.next_item.NextItemModule or "
             "lifeseq.trainers.tasks.masked_item.MaskedItemModule (a SequenceEncoder).",
         ),
         (
             ["--config", CTR / "base.yaml",
              "--model.init_args.model", '{"class_path": "lifeseq.models.zoo.sequence.sasrec.SasRec"}'],
-            "error: models.zoo.sequence.sasrec.SasRec is a SequenceEncoder, given as the model of "
+            "error: lifeseq.models.zoo.sequence.sasrec.SasRec is a SequenceEncoder, given as the model of "
             "lifeseq.trainers.tasks.ctr.CtrModule (a CtrModel).",
         ),
     ],
