@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: The card's package folders, each installed as `lifeseq.<name>`.
-PACKAGES = ("pipeline", "features", "models", "trainers", "serving", "jobs")
+from lifeseq.trainers.legacy import PACKAGE_FOLDERS
 
 
 def checkout_environment(repo: Path, scratch: Path) -> dict[str, str]:
@@ -24,7 +23,7 @@ def checkout_environment(repo: Path, scratch: Path) -> dict[str, str]:
     subprocess runs)."""
     shim = scratch / "lifeseq-checkout" / "lifeseq"
     shim.mkdir(parents=True, exist_ok=True)
-    for name in PACKAGES:
+    for name in PACKAGE_FOLDERS:
         source, link = Path(repo).resolve() / name, shim / name
         if source.is_dir() and not link.exists():
             link.symlink_to(source, target_is_directory=True)

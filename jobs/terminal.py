@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import TextIO
 
 from lifeseq.pipeline.log_levels import LOG_LEVEL_ENV, log_level, python_log_level
+from lifeseq.trainers.legacy import PACKAGE_FOLDERS
 
 #: First parts of the logger names that are lifeseq's own: its namespace, and a job run as a
 #: script (`torchrun jobs/train.py`).
 OWN_LOGGERS = ("lifeseq", "__main__")
-#: lifeseq's package folders: warnings raised from a file in them are its own.
-OWN_FOLDERS = ("pipeline", "features", "models", "trainers", "jobs", "serving")
 #: Loggers of libraries that attach handlers of their own (so a root filter does not see them)
 #: or log chatter at WARNING: their level is set directly.
 THIRD_PARTY_LOGGERS = (
@@ -44,7 +43,8 @@ THIRD_PARTY_LOGGERS = (
 QUIET_THIRD_PARTY_LEVEL = logging.ERROR
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-_OWN_DIRS = tuple(str(_REPO_ROOT / name) + os.sep for name in OWN_FOLDERS)
+#: lifeseq's package folders: warnings raised from a file in them are its own.
+_OWN_DIRS = tuple(str(_REPO_ROOT / name) + os.sep for name in PACKAGE_FOLDERS)
 
 
 def is_own_logger(name: str) -> bool:

@@ -235,13 +235,12 @@ def config_error(argv: list[str]) -> str | None:
 
     seen_model = False
     base: Path | None = None
-    for flag, given in _flag_values(argv):
-        if namespaced(given) != given and given.rpartition(".")[2][:1].isupper():
+    for flag, value in _flag_values(argv):
+        if namespaced(value) != value and value.rpartition(".")[2][:1].isupper():
             return (
-                f"error: {flag} {given}: lifeseq's class paths are under lifeseq.* now; "
-                f"pass {namespaced(given)}"
+                f"error: {flag} {value}: lifeseq's class paths are under lifeseq.* now; "
+                f"pass {namespaced(value)}"
             )
-    for flag, value in zip(argv, argv[1:], strict=False):
         if flag == "--ckpt_path" and (Path(value) / "checkpoint.json").is_file():
             try:
                 tree = json.loads((Path(value) / "checkpoint.json").read_text()).get("tree", {})
@@ -262,7 +261,7 @@ def config_error(argv: list[str]) -> str | None:
             continue
         model = config.get("model") if isinstance(config, dict) else None
         path = model.get("class_path") if isinstance(model, dict) else None
-        if not is_legacy(path) and namespaced_tree(config) is not config:
+        if not is_legacy(path) and namespaced_tree(config) != config:
             return (
                 f"error: {value}: its class paths are from before the lifeseq.* namespace "
                 f"(models.… is lifeseq.models.… now); rewrite it with `lifeseq migrate {value} "

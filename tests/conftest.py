@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from lifeseq.pipeline.log_levels import LOG_LEVEL_ENV
+from lifeseq.trainers.legacy import PACKAGE_FOLDERS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: The card's folders: importable only as `lifeseq.<name>`, as in an installed lifeseq.
-OLD_TOP_LEVEL = ("pipeline", "features", "models", "trainers", "serving", "jobs")
 
 
 class _OldTopLevelNames(importlib.abc.MetaPathFinder):
@@ -25,7 +24,7 @@ class _OldTopLevelNames(importlib.abc.MetaPathFinder):
     as a second copy of `lifeseq.models`: a test could pass on code that fails once installed."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
-        if fullname.partition(".")[0] in OLD_TOP_LEVEL:
+        if fullname.partition(".")[0] in PACKAGE_FOLDERS:
             raise ModuleNotFoundError(
                 f"No module named {fullname!r} (lifeseq's packages are lifeseq.{fullname})",
                 name=fullname,

@@ -60,8 +60,9 @@ _OLD_GENERATIVE_ARCH = {
 }  # fmt: skip
 
 
-#: The card's package folders, installed as top-level packages before the `lifeseq` namespace.
-OLD_TOP_LEVEL = ("pipeline", "features", "models", "trainers", "serving", "jobs")
+#: The card's package folders, each installed as `lifeseq.<folder>` (before the `lifeseq`
+#: namespace: as a top-level package of that name).
+PACKAGE_FOLDERS = ("pipeline", "features", "models", "trainers", "serving", "jobs")
 #: Keys whose string values are class paths in a LightningCLI config or saved hyper-parameters.
 CLASS_PATH_KEYS = ("class_path", "_class_path")
 
@@ -71,24 +72,22 @@ def namespaced(class_path: str) -> str:
     `lifeseq.models.zoo.ctr.smoke.SmokeCtr`); today's paths, third-party paths and the
     pre-zoo modules (`LEGACY_MODULES`, translated by `migrate_model_config`) unchanged."""
     head, dot, _ = class_path.partition(".")
-    if not dot or head not in OLD_TOP_LEVEL or class_path in LEGACY_MODULES:
+    if not dot or head not in PACKAGE_FOLDERS or class_path in LEGACY_MODULES:
         return class_path
     return f"lifeseq.{class_path}"
 
 
 def namespaced_tree(value: Any) -> Any:
     """A copy of a config / hyper-parameter tree with every `class_path` / `_class_path` value
-    `namespaced`; `value` itself when nothing changes."""
+    `namespaced` (equal to `value` when it is today's already)."""
     if isinstance(value, dict):
-        items = {
+        return {
             key: namespaced(item) if key in CLASS_PATH_KEYS and isinstance(item, str)
             else namespaced_tree(item)
             for key, item in value.items()
         }  # fmt: skip
-        return value if all(items[k] is value[k] for k in value) else items
     if isinstance(value, list):
-        items = [namespaced_tree(item) for item in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        return [namespaced_tree(item) for item in value]
     return value
 
 
@@ -166,7 +165,8 @@ def migrate_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     today's already."""
     path = hparams.get("_class_path")
     if not is_legacy(path):
-        return namespaced_tree(hparams)
+        renamed = namespaced_tree(hparams)
+        return hparams if renamed == hparams else renamed
     init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}
     new_path, new_args = migrate_model_config(str(path), init_args)
     extras = {k: v for k, v in hparams.items() if k.startswith("_") and k != "_class_path"}
@@ -215,7 +215,7 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
     path = model.get("class_path")
     if not is_legacy(path):
         renamed = namespaced_tree(config)
-        if renamed is config:
+        if renamed == config:
             raise ValueError(
                 f"model.class_path {path!r} is today's (lifeseq.* namespace, model zoo); "
                 "nothing to do"

@@ -67,10 +67,6 @@ def find_dmp(module: nn.Module) -> nn.Module | None:
     return None
 
 
-def _unwrap_optimizer(optimizer: Any) -> Any:
-    return unwrap_lightning_optimizer(optimizer)
-
-
 class TorchRecStrategy(DDPStrategy):
     """DDP strategy aware of TorchRec's `DistributedModelParallel`; see the module docstring.
 
@@ -131,7 +127,7 @@ class TorchRecStrategy(DDPStrategy):
 
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         """This rank's optimizer state (fused state sharded like the tables), on every rank."""
-        return _unwrap_optimizer(optimizer).state_dict()
+        return unwrap_lightning_optimizer(optimizer).state_dict()
 
     def save_checkpoint(
         self,
@@ -186,7 +182,7 @@ class TorchRecStrategy(DDPStrategy):
         fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
         if fitting:
             for index, optimizer in enumerate(self.optimizers):
-                optimizer = _unwrap_optimizer(optimizer)
+                optimizer = unwrap_lightning_optimizer(optimizer)
                 if hasattr(optimizer, "init_state"):  # TorchRec KeyedOptimizer: lazy state
                     optimizer.init_state()
                 state = optimizer.state_dict()
@@ -222,7 +218,7 @@ class TorchRecStrategy(DDPStrategy):
         # the saved group with the same parameters (groups rank 0 lacks keep their config).
         saved_states = checkpoint.get("optimizer_states", [])
         for index, optimizer in enumerate(self.optimizers):
-            if not hasattr(_unwrap_optimizer(optimizer), "init_state"):
+            if not hasattr(unwrap_lightning_optimizer(optimizer), "init_state"):
                 continue
             live = optimizer_states[index]
             saved_groups = (
@@ -245,4 +241,4 @@ class TorchRecStrategy(DDPStrategy):
         the lazily created state of plain torch optimizers)."""
         states = checkpoint.get("optimizer_states", [])
         for optimizer, state in zip(self.optimizers, states, strict=False):
-            _unwrap_optimizer(optimizer).load_state_dict(state)
+            unwrap_lightning_optimizer(optimizer).load_state_dict(state)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from lifeseq.trainers.legacy import PACKAGE_FOLDERS
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("pipeline", "features", "models", "trainers", "serving", "jobs")
 
 PROBE = """
 import importlib, json
@@ -44,18 +45,18 @@ def test_setup_cfg_lists_every_package_under_the_namespace() -> None:
     listed = set(cfg["options"]["packages"].split())
     found = {
         "lifeseq." + ".".join(p.parent.relative_to(REPO_ROOT).parts)
-        for folder in FOLDERS
+        for folder in PACKAGE_FOLDERS
         for p in (REPO_ROOT / folder).rglob("__init__.py")
         if "__pycache__" not in p.parts
     }
     assert listed == found
     mapping = dict(line.split(" = ") for line in cfg["options"]["package_dir"].strip().splitlines())
-    assert mapping == {f"lifeseq.{folder}": folder for folder in FOLDERS}
+    assert mapping == {f"lifeseq.{folder}": folder for folder in PACKAGE_FOLDERS}
 
 
 def test_a_fresh_venv_outside_the_repository_imports_lifeseq_only(tmp_path: Path) -> None:
     source, wheels = tmp_path / "source", tmp_path / "wheels"  # setuptools writes build/ there
-    for name in FOLDERS:
+    for name in PACKAGE_FOLDERS:
         ignore = shutil.ignore_patterns("__pycache__")
         shutil.copytree(REPO_ROOT / name, source / name, ignore=ignore)
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
@@ -90,7 +91,9 @@ def test_a_fresh_venv_outside_the_repository_imports_lifeseq_only(tmp_path: Path
 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert {name: result[name] for name in FOLDERS} == {name: "missing" for name in FOLDERS}
+    assert {name: result[name] for name in PACKAGE_FOLDERS} == {
+        name: "missing" for name in PACKAGE_FOLDERS
+    }
     assert result["lifeseq.models.zoo"].startswith(str(fresh_site))
     assert "lifeseq.models.zoo.long_term.twin.Twin" in result["zoo"]
     cli = subprocess.run(

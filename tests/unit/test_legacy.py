@@ -142,7 +142,7 @@ def test_class_paths_from_before_the_namespace_are_namespaced() -> None:
     old = _before_the_namespace(today)
     assert old != today and "lifeseq." not in json.dumps(old)
     assert namespaced_tree(old) == today == migrate_config(old)
-    assert namespaced_tree(today) is today
+    assert namespaced_tree(today) == today
 
 
 @pytest.mark.unit
